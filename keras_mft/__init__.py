@@ -1,0 +1,19 @@
+"""keras-mft: Mask Fine-Tuning for KerasHub language models."""
+
+from keras_mft.bake import bake
+from keras_mft.mask_file import load_masks
+from keras_mft.mask_file import save_masks
+from keras_mft.masked_layers import MaskedDense
+from keras_mft.masked_layers import MaskedEinsumDense
+from keras_mft.version import __version__
+from keras_mft.wrap import wrap
+
+__all__ = [
+    "MaskedDense",
+    "MaskedEinsumDense",
+    "__version__",
+    "bake",
+    "load_masks",
+    "save_masks",
+    "wrap",
+]

@@ -1,0 +1,41 @@
+"""`bake`: multiply the learned masks into the kernels and drop the scores."""
+
+import keras_hub
+
+from keras_mft.masked_layers import is_masked
+from keras_mft.masked_layers import unmask_layer
+
+
+def masked_layers_of(model):
+    """The masked layers of `model`, in model order; raises if there are none."""
+    layers = [layer for layer in model._flatten_layers() if is_masked(layer)]
+    if not layers:
+        raise ValueError(
+            "This model has no masks: call `keras_mft.wrap(model)` first."
+        )
+    return layers
+
+
+def bake(model):
+    """Makes a wrapped model a plain KerasHub model again, in place.
+
+    Each masked kernel is multiplied by its current hard mask (exactly 0 or 1),
+    the scores are dropped and the layers become plain `keras.layers.Dense` /
+    `keras.layers.EinsumDense`. As in a freshly loaded KerasHub model, every
+    weight is trainable again, and a `CausalLM` is recompiled with KerasHub's
+    defaults (its sampler kept). The result saves with `save_to_preset` and
+    loads with KerasHub alone, without keras-mft.
+
+    Args:
+        model: a model returned by `keras_mft.wrap`.
+
+    Returns:
+        The same model object.
+    """
+    for layer in masked_layers_of(model):
+        unmask_layer(layer)
+    for layer in model._flatten_layers():
+        layer.trainable = True
+    if isinstance(model, keras_hub.models.CausalLM):
+        model.compile(sampler=model.sampler)
+    return model

@@ -1,0 +1,211 @@
+"""Mask files: the learned masks of a model, one bit per masked weight.
+
+Layout (all integers little-endian):
+
+| bytes      | content                                                     |
+|------------|-------------------------------------------------------------|
+| 8          | magic `KERASMFT`                                            |
+| 4          | uint32 length H of the header                               |
+| H          | UTF-8 JSON header (below)                                   |
+| payload    | each mask's bits, `numpy.packbits(..., bitorder="little")`  |
+| 32         | SHA-256 of everything before it                             |
+
+The header holds `format` (1), `keras_mft_version` and `masks`: one record per
+masked kernel, keyed by the kernel variable's `path`, with its `shape`,
+`sparsity`, `num_removed`, the SHA-256 of the frozen kernel's bytes
+(`kernel_sha256`) and where its bits lie in the payload (`offset`, `nbytes`).
+Nothing in the file is executed or unpickled.
+"""
+
+import hashlib
+import json
+import math
+import os
+import struct
+import tempfile
+
+import keras
+import numpy as np
+
+from keras_mft.bake import masked_layers_of
+from keras_mft.version import __version__
+
+MAGIC = b"KERASMFT"
+FORMAT = 1
+_LENGTH = struct.Struct("<I")
+_DIGEST_BYTES = 32
+
+
+def save_masks(model, path):
+    """Writes the current masks of a wrapped model to the file `path`.
+
+    The file is written to a temporary file beside `path` and renamed over it,
+    so a reader never sees a half-written file and an interrupted save leaves
+    any previous file intact.
+
+    Args:
+        model: a model returned by `keras_mft.wrap`.
+        path: where to write, e.g. `"math_band.mask"`.
+    """
+    records, chunks, offset = [], [], 0
+    for layer in masked_layers_of(model):
+        mask = keras.ops.convert_to_numpy(layer.hard_mask())
+        bits = np.packbits(mask.reshape(-1) == 1.0, bitorder="little").tobytes()
+        records.append(
+            {
+                "path": layer._kernel.path,
+                "shape": list(layer._kernel.shape),
+                "sparsity": layer.sparsity,
+                "num_removed": layer.num_removed,
+                "kernel_sha256": _fingerprint(layer),
+                "offset": offset,
+                "nbytes": len(bits),
+            }
+        )
+        chunks.append(bits)
+        offset += len(bits)
+    header = json.dumps(
+        {"format": FORMAT, "keras_mft_version": __version__, "masks": records}
+    ).encode("utf-8")
+    body = MAGIC + _LENGTH.pack(len(header)) + header + b"".join(chunks)
+    _write_atomically(path, body + hashlib.sha256(body).digest())
+
+
+def load_masks(model, path):
+    """Sets the masks of a wrapped model to those saved in `path`.
+
+    The file must come from the same model: same masked kernels (by path),
+    same shapes, same sparsities and the same frozen weights. Everything is
+    checked before anything is changed, so a refused file leaves the model as
+    it was.
+
+    Each score becomes 1.0 where the saved mask keeps a weight and 0.0 where it
+    removes one, which reproduces the saved masks exactly. To resume training
+    with the learned scores themselves, use `model.save_weights` and
+    `model.load_weights` (or `keras.callbacks.BackupAndRestore`).
+
+    Args:
+        model: a model returned by `keras_mft.wrap`, wrapped with the same
+            `layers`, `targets` and sparsities as the model that was saved.
+        path: a file written by `keras_mft.save_masks`.
+    """
+    layers = masked_layers_of(model)
+    records = _read_records(path)
+    by_path = {layer._kernel.path: layer for layer in layers}
+    missing = sorted(set(by_path) - set(records))
+    extra = sorted(set(records) - set(by_path))
+    if missing or extra:
+        raise ValueError(
+            f"The mask file {path} does not match this model's masked layers. "
+            f"Masked here but not in the file: {missing}. In the file but not "
+            f"masked here: {extra}. Wrap the model with the `layers` and "
+            "`targets` used when the file was saved."
+        )
+    new_scores = []
+    for kernel_path, layer in by_path.items():
+        record = records[kernel_path]
+        if tuple(record["shape"]) != tuple(layer._kernel.shape):
+            raise ValueError(
+                f"{kernel_path}: the mask file holds shape {record['shape']} "
+                f"but the model's kernel has shape {list(layer._kernel.shape)}."
+            )
+        if record["sparsity"] != layer.sparsity:
+            raise ValueError(
+                f"{kernel_path}: the mask file was saved with sparsity "
+                f"{record['sparsity']} but this layer has sparsity "
+                f"{layer.sparsity}. Wrap with the same sparsity."
+            )
+        if record["kernel_sha256"] != _fingerprint(layer):
+            raise ValueError(
+                f"{kernel_path}: the frozen kernel differs from the one the "
+                f"masks in {path} were learned on. Load the same model "
+                "(same preset and weights) before loading these masks."
+            )
+        keep = record["bits"]
+        if int(np.sum(~keep)) != layer.num_removed:
+            raise ValueError(
+                f"{kernel_path}: the mask file removes {int(np.sum(~keep))} "
+                f"weights, but sparsity {layer.sparsity} removes "
+                f"{layer.num_removed}. The file is corrupted."
+            )
+        new_scores.append(keep.astype("float32").reshape(record["shape"]))
+    for layer, scores in zip(by_path.values(), new_scores):
+        layer.scores.assign(scores)
+
+
+def _fingerprint(layer):
+    kernel = keras.ops.convert_to_numpy(layer._kernel)
+    return hashlib.sha256(np.ascontiguousarray(kernel).tobytes()).hexdigest()
+
+
+def _write_atomically(path, data):
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-mask-")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _read_records(path):
+    """Reads and validates a mask file: {kernel path: record with `bits`}."""
+    with open(path, "rb") as file:
+        data = file.read()
+
+    def refuse(problem):
+        return ValueError(
+            f"{path} is not a valid keras-mft mask file: {problem}. Save it "
+            "again with `keras_mft.save_masks`."
+        )
+
+    prefix = len(MAGIC) + _LENGTH.size
+    if len(data) < prefix + _DIGEST_BYTES or not data.startswith(MAGIC):
+        raise refuse("it does not start with the keras-mft mask header")
+    body, digest = data[:-_DIGEST_BYTES], data[-_DIGEST_BYTES:]
+    if hashlib.sha256(body).digest() != digest:
+        raise refuse("its checksum does not match (truncated or corrupted)")
+    (header_length,) = _LENGTH.unpack_from(body, len(MAGIC))
+    if prefix + header_length > len(body):
+        raise refuse("its header is longer than the file")
+    try:
+        header = json.loads(body[prefix : prefix + header_length])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise refuse("its header is not JSON") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise refuse(
+            f"it has format {header.get('format') if isinstance(header, dict) else None!r}, "
+            f"and this keras-mft ({__version__}) reads format {FORMAT}"
+        )
+    payload = body[prefix + header_length :]
+    records = {}
+    expected_offset = 0
+    for record in header.get("masks", []):
+        try:
+            shape = [int(n) for n in record["shape"]]
+            offset, nbytes = int(record["offset"]), int(record["nbytes"])
+            kernel_path = str(record["path"])
+            record["sparsity"] = float(record["sparsity"])
+        except (KeyError, TypeError, ValueError):
+            raise refuse("a mask record is incomplete") from None
+        size = math.prod(shape)
+        if (
+            any(n <= 0 for n in shape)
+            or offset != expected_offset
+            or nbytes != (size + 7) // 8
+            or offset + nbytes > len(payload)
+            or kernel_path in records
+        ):
+            raise refuse(f"the record of {kernel_path} is inconsistent")
+        packed = np.frombuffer(payload, np.uint8, count=nbytes, offset=offset)
+        bits = np.unpackbits(packed, count=size, bitorder="little")
+        records[kernel_path] = {**record, "bits": bits.astype(bool)}
+        expected_offset += nbytes
+    if expected_offset != len(payload):
+        raise refuse("its payload length does not match its header")
+    return records

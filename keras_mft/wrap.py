@@ -1,0 +1,215 @@
+"""`wrap`: freeze a KerasHub Llama and put learnable masks on some projections."""
+
+import zlib
+
+import keras
+import keras_hub
+import numpy as np
+
+from keras_mft import architectures
+from keras_mft.mask import check_sparsity
+from keras_mft.masked_layers import check_maskable
+from keras_mft.masked_layers import is_masked
+from keras_mft.masked_layers import mask_layer
+
+DEFAULT_BAND = "0:4"
+SCORE_INITS = ("random", "magnitude")
+# The paper's optimiser for MFT.
+LEARNING_RATE = 2e-5
+
+
+def wrap(
+    model,
+    *,
+    layers=None,
+    targets=None,
+    sparsity=0.1,
+    attention_sparsity=None,
+    mlp_sparsity=None,
+    score_init="random",
+    seed=None,
+):
+    """Prepares a KerasHub Llama model for Mask Fine-Tuning, in place.
+
+    Every weight of the model is frozen. The selected projections of the
+    selected decoder blocks become `MaskedDense` / `MaskedEinsumDense` layers
+    with a float32 `scores` variable each; those scores are the only trainable
+    variables. A `CausalLM` is recompiled with the paper's optimiser (AdamW,
+    learning rate 2e-5, weight decay 0) and its own loss, so `model.fit(...)`
+    works at once; recompile it to change that.
+
+    Args:
+        model: a `LlamaCausalLM` / `Llama3CausalLM`, or their backbones.
+        layers: the decoder blocks to mask (0-based): a band `"start:stop"`
+            (stop excluded, negative counts from the end, e.g. `"-4:"`), a
+            list of block indices, or `"all"`. Defaults to `"0:4"`, the first
+            four blocks (the paper's best band for instruction following).
+        targets: the projections to mask in each block, by alias (`q, k, v, o,
+            gate, up, down`) or KerasHub layer name (`query`, ...,
+            `feedforward_output_dense`). Defaults to all seven.
+        sparsity: the fraction of weights removed from each masked matrix,
+            in [0, 1). Exactly `floor(sparsity * size)` entries are removed.
+        attention_sparsity: overrides `sparsity` for `q, k, v, o`.
+        mlp_sparsity: overrides `sparsity` for `gate, up, down`.
+        score_init: `"random"` (normal, stddev 0.02, as in the paper's code:
+            the first mask is a random prune) or `"magnitude"` (`|W|`: the
+            first mask is the L1-magnitude mask).
+        seed: int seed of the random scores; the same seed gives the same
+            scores on every backend.
+
+    Returns:
+        The same model object, wrapped.
+
+    Example:
+
+    ```python
+    model = keras_hub.models.Llama3CausalLM.from_preset("llama3_8b_en")
+    model = keras_mft.wrap(model, layers="20:24", sparsity=0.1)
+    model.fit(data, epochs=2)
+    keras_mft.bake(model).save_to_preset("./llama3_mft")
+    ```
+    """
+    backbone = architectures.backbone_of(model)
+    if any(is_masked(layer) for layer in model._flatten_layers()):
+        raise ValueError(
+            "This model is already wrapped. Call `keras_mft.bake(model)` to "
+            "finish the current masks, or wrap a freshly loaded model."
+        )
+    blocks = backbone.transformer_layers
+    chosen_blocks = parse_layers(layers, len(blocks))
+    aliases = parse_targets(targets)
+    sparsity = check_sparsity(sparsity)
+    sparsity_of = {
+        "attention": sparsity
+        if attention_sparsity is None
+        else check_sparsity(attention_sparsity, "attention_sparsity"),
+        "mlp": sparsity
+        if mlp_sparsity is None
+        else check_sparsity(mlp_sparsity, "mlp_sparsity"),
+    }
+    if score_init not in SCORE_INITS:
+        raise ValueError(
+            f"`score_init` must be one of {SCORE_INITS}. "
+            f"Received: score_init={score_init!r}"
+        )
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"`seed` must be an int or None. Received: seed={seed!r}")
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % 2**32)
+
+    selected = []
+    for index in chosen_blocks:
+        projections = architectures.projections_of(blocks[index])
+        for alias in aliases:
+            layer = projections[alias]
+            check_maskable(layer)
+            group = architectures.group_of(alias)
+            selected.append((layer, sparsity_of[group]))
+
+    # Every check has passed: from here on the model is changed.
+    model.trainable = True
+    for layer in model._flatten_layers(include_self=False):
+        layer.trainable = False
+    for layer, layer_sparsity in selected:
+        scores = initial_scores(layer, score_init, seed)
+        mask_layer(layer, layer_sparsity, scores)
+
+    if isinstance(model, keras_hub.models.CausalLM):
+        model.compile(
+            optimizer=keras.optimizers.AdamW(
+                learning_rate=LEARNING_RATE, weight_decay=0.0
+            ),
+            sampler=model.sampler,
+        )
+    return model
+
+
+def parse_layers(layers, num_blocks):
+    """The sorted block indices that `layers` selects, validated."""
+    if layers is None:
+        layers = DEFAULT_BAND if num_blocks >= 4 else "all"
+    if isinstance(layers, str):
+        if layers == "all":
+            return list(range(num_blocks))
+        return _parse_band(layers, num_blocks)
+    if not isinstance(layers, (list, tuple)):
+        raise TypeError(
+            "`layers` must be a band like '20:24', a list of block indices, "
+            f"or 'all'. Received: layers={layers!r}"
+        )
+    if not layers:
+        raise ValueError("`layers` is empty: name at least one decoder block.")
+    for index in layers:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(
+                f"`layers` must contain ints. Received: layers={layers!r}"
+            )
+        if not 0 <= index < num_blocks:
+            raise ValueError(
+                f"Block {index} does not exist: this model has {num_blocks} "
+                f"decoder blocks, numbered 0 to {num_blocks - 1}."
+            )
+    if len(set(layers)) != len(layers):
+        raise ValueError(
+            f"`layers` lists a block twice. Received: layers={layers!r}"
+        )
+    return sorted(layers)
+
+
+def _parse_band(band, num_blocks):
+    parts = band.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        start = int(parts[0]) if parts[0].strip() else 0
+        stop = int(parts[1]) if parts[1].strip() else num_blocks
+    except ValueError:
+        raise ValueError(
+            "A band of blocks is written 'start:stop', e.g. '20:24' for blocks "
+            f"20, 21, 22 and 23. Received: layers={band!r}"
+        ) from None
+    start = start + num_blocks if start < 0 else start
+    stop = stop + num_blocks if stop < 0 else stop
+    if not 0 <= start < stop <= num_blocks:
+        raise ValueError(
+            f"The band {band!r} selects no valid blocks: this model has "
+            f"{num_blocks} decoder blocks, so 'start:stop' needs "
+            f"0 <= start < stop <= {num_blocks}."
+        )
+    return list(range(start, stop))
+
+
+def parse_targets(targets):
+    """The aliases of the projections that `targets` selects, validated."""
+    if targets is None:
+        return list(architectures.PROJECTIONS)
+    if isinstance(targets, str):
+        targets = [targets]
+    alias_of = {alias: alias for alias in architectures.PROJECTIONS}
+    alias_of.update(
+        {name: alias for alias, (name, _) in architectures.PROJECTIONS.items()}
+    )
+    unknown = [t for t in targets if t not in alias_of]
+    if unknown or not targets:
+        raise ValueError(
+            f"Unknown targets {unknown}. Choose among the aliases "
+            f"{list(architectures.PROJECTIONS)} or the KerasHub layer names "
+            f"{[name for name, _ in architectures.PROJECTIONS.values()]}."
+        )
+    chosen = {alias_of[t] for t in targets}
+    return [alias for alias in architectures.PROJECTIONS if alias in chosen]
+
+
+def initial_scores(layer, score_init, seed):
+    """The starting scores of one layer, computed in numpy.
+
+    Random scores come from a generator seeded by `seed` and the kernel's
+    path, so they are identical on every backend and do not depend on which
+    other layers are wrapped.
+    """
+    kernel = keras.ops.convert_to_numpy(layer._kernel).astype("float32")
+    if score_init == "magnitude":
+        return np.abs(kernel)
+    path_key = zlib.crc32(layer._kernel.path.encode("utf-8"))
+    rng = np.random.default_rng([seed, path_key])
+    return rng.normal(0.0, 0.02, size=kernel.shape).astype("float32")

@@ -1,0 +1,70 @@
+"""Small random Llama models shared by the tests.
+
+Weights come from numpy with a fixed seed, so a model is the same on every
+backend and its outputs can be compared with the numpy reference.
+"""
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+VOCABULARY_SIZE = 64
+
+
+def tiny_llama(num_layers=3, hidden_dim=32, seed=0, dtype=None, backbone_only=False):
+    """A random `LlamaCausalLM` (4 query heads, 2 key/value heads)."""
+    backbone = keras_hub.models.LlamaBackbone(
+        vocabulary_size=VOCABULARY_SIZE,
+        num_layers=num_layers,
+        num_query_heads=4,
+        num_key_value_heads=2,
+        hidden_dim=hidden_dim,
+        intermediate_dim=48,
+        dtype=dtype,
+    )
+    rng = np.random.default_rng(seed)
+    for variable in backbone.weights:
+        if variable.path.endswith("scale"):
+            value = 1.0 + 0.1 * rng.standard_normal(variable.shape)
+        else:
+            value = 0.2 * rng.standard_normal(variable.shape)
+        variable.assign(value.astype("float32"))
+    if backbone_only:
+        return backbone
+    return keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+
+
+def token_batch(batch_size=2, sequence_length=8, seed=1):
+    rng = np.random.default_rng(seed)
+    return {
+        "token_ids": rng.integers(0, VOCABULARY_SIZE, (batch_size, sequence_length)),
+        "padding_mask": np.ones((batch_size, sequence_length), bool),
+    }
+
+
+def to_numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def logits_of(model, batch):
+    return to_numpy(keras.ops.cast(model(batch), "float32"))
+
+
+def frozen_values(model):
+    """{path: numpy value} of every variable that is not a score."""
+    return {
+        v.path: to_numpy(v).copy()
+        for v in model.weights
+        if not v.path.endswith("/scores")
+    }
+
+
+@pytest.fixture
+def model():
+    return tiny_llama()
+
+
+@pytest.fixture
+def batch():
+    return token_batch()

@@ -1,0 +1,91 @@
+"""Mask selection and the straight-through estimator, against numpy."""
+
+from decimal import Decimal
+
+import keras
+import numpy as np
+import pytest
+
+from keras_mft.mask import check_sparsity
+from keras_mft.mask import keep_mask
+from keras_mft.mask import num_removed
+from keras_mft.mask import straight_through_mask
+from tests.conftest import to_numpy
+from tests.gradients import gradient
+
+
+def numpy_keep_mask(scores, removed):
+    """Reference: stable ascending sort of |score|, remove the first `removed`."""
+    order = np.argsort(np.abs(scores).reshape(-1), kind="stable")
+    keep = np.ones(scores.size, "float32")
+    keep[order[:removed]] = 0.0
+    return keep.reshape(scores.shape)
+
+
+@pytest.mark.parametrize("size, sparsity", [(100, 0.29), (10, 0.1), (7, 0.5), (4096, 0.1), (5, 0.0), (3, 0.99)])
+def test_num_removed_is_floor_of_the_written_ratio(size, sparsity):
+    assert num_removed(size, sparsity) == int(Decimal(str(sparsity)) * size)
+
+
+@pytest.mark.parametrize("shape", [(7,), (16, 24), (8, 4, 6)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.9])
+def test_keep_mask_matches_numpy(shape, sparsity):
+    scores = np.random.default_rng(0).normal(0, 0.02, shape).astype("float32")
+    removed = num_removed(scores.size, sparsity)
+    mask = to_numpy(keep_mask(keras.ops.convert_to_tensor(scores), removed))
+    np.testing.assert_array_equal(mask, numpy_keep_mask(scores, removed))
+    assert int(np.sum(mask == 0)) == removed
+
+
+def test_ties_are_broken_by_position():
+    # Many equal |scores|, including -0.0 and signs: the lower index goes first.
+    scores = np.array([[0.5, -0.5, 0.0, -0.0], [0.5, 0.25, -0.25, 0.0]], "float32")
+    for removed in range(scores.size):
+        mask = to_numpy(keep_mask(keras.ops.convert_to_tensor(scores), removed))
+        np.testing.assert_array_equal(mask, numpy_keep_mask(scores, removed))
+
+
+def test_all_equal_scores():
+    scores = np.full((10, 10), 0.3, "float32")
+    mask = to_numpy(keep_mask(keras.ops.convert_to_tensor(scores), 37))
+    assert mask.reshape(-1)[:37].sum() == 0 and mask.reshape(-1)[37:].min() == 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, 1.0, 1.5, "0.1", True, None])
+def test_check_sparsity_refuses(bad):
+    with pytest.raises((TypeError, ValueError), match=r"\[0, 1\)"):
+        check_sparsity(bad)
+
+
+@pytest.mark.parametrize("shape", [(6, 10), (6, 2, 5)])
+def test_straight_through_gradient_matches_analytic(shape):
+    """dL/ds = sign(s) * W * dL/dW_eff for L = sum(G * W * m)."""
+    rng = np.random.default_rng(3)
+    scores_value = rng.normal(0, 0.02, shape).astype("float32")
+    scores_value.reshape(-1)[0] = 0.0  # sign(0) = 0: no gradient there
+    kernel = rng.normal(0, 1.0, shape).astype("float32")
+    upstream = rng.normal(0, 1.0, shape).astype("float32")
+    removed = num_removed(scores_value.size, 0.3)
+    scores = keras.Variable(scores_value)
+
+    def loss():
+        mask = straight_through_mask(scores.value, removed)
+        return keras.ops.sum(keras.ops.multiply(upstream * kernel, mask))
+
+    np.testing.assert_allclose(
+        to_numpy(loss()),
+        np.sum(upstream * kernel * numpy_keep_mask(scores_value, removed)),
+        rtol=1e-5,
+    )
+    expected = np.sign(scores_value) * kernel * upstream
+    np.testing.assert_allclose(to_numpy(gradient(loss, scores)), expected, rtol=1e-6)
+
+
+def test_straight_through_forward_is_exactly_the_hard_mask():
+    scores = np.random.default_rng(4).normal(0, 0.02, (32, 32)).astype("float32")
+    removed = num_removed(scores.size, 0.1)
+    tensor = keras.ops.convert_to_tensor(scores)
+    hard = to_numpy(keep_mask(tensor, removed))
+    soft = to_numpy(straight_through_mask(tensor, removed))
+    assert set(np.unique(soft)) == {0.0, 1.0}
+    np.testing.assert_array_equal(soft, hard)

@@ -1,0 +1,133 @@
+"""MaskedDense and MaskedEinsumDense on their own."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_mft
+from keras_mft.mask import num_removed
+from tests.conftest import to_numpy
+from tests.gradients import gradient
+from tests.test_mask import numpy_keep_mask
+
+
+def dense(sparsity=0.25, **kwargs):
+    layer = keras_mft.MaskedDense(6, sparsity=sparsity, **kwargs)
+    layer.build((None, 10))
+    return layer
+
+
+def einsum_dense(sparsity=0.25, **kwargs):
+    layer = keras_mft.MaskedEinsumDense(
+        "bqm,muh->bquh", (None, 3, 4), sparsity=sparsity, **kwargs
+    )
+    layer.build((None, None, 10))
+    return layer
+
+
+def randomize(layer, seed=0):
+    rng = np.random.default_rng(seed)
+    for variable in layer.weights:
+        scale = 0.02 if variable.name == "scores" else 1.0
+        variable.assign(scale * rng.standard_normal(variable.shape))
+
+
+def test_only_the_scores_are_trainable():
+    layer = dense(use_bias=True)
+    assert [v.name for v in layer.trainable_variables] == ["scores"]
+    assert sorted(v.name for v in layer.non_trainable_variables) == ["bias", "kernel"]
+    assert layer.scores.dtype == "float32"
+    assert layer.scores.path.endswith("scores")
+
+
+@pytest.mark.parametrize("make", [dense, einsum_dense])
+def test_forward_is_kernel_times_mask(make):
+    layer = make()
+    randomize(layer)
+    x = np.random.default_rng(1).standard_normal(
+        (2, 10) if make is dense else (2, 5, 10)
+    ).astype("float32")
+    kernel, scores = to_numpy(layer._kernel), to_numpy(layer.scores)
+    effective = kernel * numpy_keep_mask(scores, layer.num_removed)
+    equation = "bm,mn->bn" if make is dense else "bqm,muh->bquh"
+    expected = np.einsum(equation, x, effective)
+    if layer.bias is not None:
+        expected = expected + to_numpy(layer.bias)
+    np.testing.assert_allclose(to_numpy(layer(x)), expected, rtol=1e-5, atol=1e-5)
+    assert layer.num_removed == num_removed(kernel.size, 0.25)
+    assert int(np.sum(to_numpy(layer.hard_mask()) == 0)) == layer.num_removed
+
+
+@pytest.mark.parametrize("make", [dense, einsum_dense])
+def test_score_gradient_matches_numpy(make):
+    """dL/ds = sign(s) * W * dL/dW_eff, with dL/dW_eff computed in numpy."""
+    layer = make(sparsity=0.4)
+    randomize(layer, seed=2)
+    rng = np.random.default_rng(3)
+    if make is dense:
+        x = rng.standard_normal((3, 10)).astype("float32")
+        upstream = rng.standard_normal((3, 6)).astype("float32")
+        grad_effective = np.einsum("bm,bn->mn", x, upstream)
+    else:
+        x = rng.standard_normal((2, 5, 10)).astype("float32")
+        upstream = rng.standard_normal((2, 5, 3, 4)).astype("float32")
+        grad_effective = np.einsum("bqm,bquh->muh", x, upstream)
+
+    def loss():
+        return keras.ops.sum(keras.ops.multiply(layer(x), upstream))
+
+    scores, kernel = to_numpy(layer.scores), to_numpy(layer._kernel)
+    expected = np.sign(scores) * kernel * grad_effective
+    actual = to_numpy(gradient(loss, layer.scores))
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["bfloat16", "mixed_bfloat16"])
+@pytest.mark.parametrize("make", [dense, einsum_dense])
+def test_low_precision_policies_keep_float32_scores(make, policy):
+    layer = make(dtype=policy)
+    randomize(layer)
+    x = np.ones((2, 10) if make is dense else (2, 5, 10), "float32")
+    y = layer(x)
+    assert layer.scores.dtype == "float32"
+    assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+
+    def loss():
+        return keras.ops.sum(keras.ops.cast(layer(x), "float32"))
+
+    grad = to_numpy(gradient(loss, layer.scores))
+    assert keras.backend.standardize_dtype(grad.dtype) == "float32"
+    assert np.all(np.isfinite(grad)) and np.any(grad != 0)
+
+
+@pytest.mark.parametrize("make", [dense, einsum_dense])
+def test_config_round_trip(make):
+    layer = make(sparsity=0.3)
+    randomize(layer)
+    config = layer.get_config()
+    assert config["sparsity"] == 0.3
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    clone.build((None, 10) if make is dense else (None, None, 10))
+    clone.set_weights(layer.get_weights())
+    x = np.ones((2, 10) if make is dense else (2, 5, 10), "float32")
+    np.testing.assert_array_equal(to_numpy(clone(x)), to_numpy(layer(x)))
+
+
+@pytest.mark.parametrize("make", [dense, einsum_dense])
+def test_registered_for_keras_serialization(make):
+    layer = make()
+    serialized = keras.saving.serialize_keras_object(layer)
+    assert serialized["registered_name"] == f"keras_mft>{type(layer).__name__}"
+    restored = keras.saving.deserialize_keras_object(serialized)
+    assert type(restored) is type(layer) and restored.sparsity == layer.sparsity
+
+
+def test_refuses_lora_and_quantization():
+    with pytest.raises(ValueError, match="LoRA"):
+        keras_mft.MaskedDense(4, lora_rank=2)
+    layer = dense()
+    with pytest.raises(NotImplementedError, match="bake"):
+        layer.quantize("int8")
+    with pytest.raises(NotImplementedError, match="LoRA"):
+        layer.enable_lora(2)
