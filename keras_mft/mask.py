@@ -67,13 +67,19 @@ def keep_mask(scores, removed):
 
 def _kth_smallest(keys, k):
     """The k-th smallest (1-based) of non-negative int32 `keys`, by bisection."""
-    low = ops.convert_to_tensor(0, "int32")
-    high = ops.convert_to_tensor(2**_VALUE_BITS - 1, "int32")
-    for _ in range(_VALUE_BITS):
+
+    def halve(step, bounds):
+        low, high = bounds
         middle = low + (high - low) // 2
         enough = ops.sum(ops.cast(ops.less_equal(keys, middle), "int32")) >= k
-        high = ops.where(enough, middle, high)
-        low = ops.where(enough, low, middle + 1)
+        return ops.where(enough, low, middle + 1), ops.where(enough, middle, high)
+
+    # A loop op rather than a Python loop keeps the compiled graph small.
+    bounds = (
+        ops.convert_to_tensor(0, "int32"),
+        ops.convert_to_tensor(2**_VALUE_BITS - 1, "int32"),
+    )
+    low, _ = ops.fori_loop(0, _VALUE_BITS, halve, bounds)
     return low
 
 

@@ -228,8 +228,9 @@ def test_fit_lowers_the_loss_changes_the_mask_and_freezes_the_rest(model, batch)
         np.testing.assert_array_equal(value, before[path], err_msg=path)
 
 
-def test_fit_in_bfloat16(batch):
-    model = tiny_llama(dtype="bfloat16")
+@pytest.mark.parametrize("policy", ["bfloat16", "mixed_bfloat16"])
+def test_fit_in_low_precision(batch, policy):
+    model = tiny_llama(dtype=policy)
     keras_mft.wrap(model, layers="all", seed=0)
     model.compile(optimizer=keras.optimizers.Adam(0.01))
     before = [to_numpy(v).copy() for v in model.trainable_variables]
