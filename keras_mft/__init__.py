@@ -1,6 +1,8 @@
 """keras-mft: Mask Fine-Tuning for KerasHub language models."""
 
 from keras_mft.bake import bake
+from keras_mft.instruction_data import instruction_dataset
+from keras_mft.instruction_data import read_jsonl
 from keras_mft.mask_file import load_masks
 from keras_mft.mask_file import save_masks
 from keras_mft.masked_layers import MaskedDense
@@ -13,7 +15,9 @@ __all__ = [
     "MaskedEinsumDense",
     "__version__",
     "bake",
+    "instruction_dataset",
     "load_masks",
+    "read_jsonl",
     "save_masks",
     "wrap",
 ]

@@ -1,0 +1,169 @@
+"""Instruction data with the loss on the responses only, as in the MFT paper.
+
+KerasHub's `CausalLMPreprocessor` puts the loss on every token. MFT, like the
+supervised fine-tuning it continues, trains on prompt/response pairs with the
+loss on the response tokens alone. `instruction_dataset` applies a chat
+template, tokenizes, packs and returns `(x, y, sample_weight)` arrays for
+`model.fit`, with `sample_weight` 1 on response tokens and 0 elsewhere.
+"""
+
+import json
+
+import numpy as np
+
+from keras_mft.chat_templates import check_template
+from keras_mft.chat_templates import render
+
+
+def read_jsonl(path):
+    """Reads prompt/response records, one JSON object per line.
+
+    Each line is `{"prompt": "...", "response": "..."}` (other fields are
+    ignored); blank lines are skipped.
+
+    Returns:
+        `{"prompts": [...], "responses": [...]}`.
+    """
+    prompts, responses = [], []
+    with open(path, "rb") as file:
+        for number, raw in enumerate(file, start=1):
+            where = f"{path}, line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{where} is not valid UTF-8 (byte {error.start}). Save the "
+                    "file as UTF-8."
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where} is not valid JSON: {error.msg}.") from None
+            prompt, response = _fields(record, where)
+            prompts.append(prompt)
+            responses.append(response)
+    if not prompts:
+        raise ValueError(f"{path} holds no records.")
+    return {"prompts": prompts, "responses": responses}
+
+
+def _fields(record, where):
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected an object with 'prompt' and 'response'.")
+    missing = [key for key in ("prompt", "response") if key not in record]
+    if missing:
+        raise ValueError(
+            f"{where} has no {' or '.join(repr(k) for k in missing)} field. "
+            'Each line must look like {"prompt": "...", "response": "..."}.'
+        )
+    prompt, response = record["prompt"], record["response"]
+    if not isinstance(prompt, str) or not isinstance(response, str):
+        raise ValueError(f"{where}: 'prompt' and 'response' must be strings.")
+    if not response.strip():
+        raise ValueError(
+            f"{where} has an empty response: there is nothing to learn from it. "
+            "Remove the line or fill in the response."
+        )
+    return prompt, response
+
+
+def instruction_dataset(
+    tokenizer,
+    data,
+    *,
+    sequence_length,
+    template="chatml",
+    system=None,
+    pack=True,
+):
+    """Tokenizes prompt/response pairs for training with a response-only loss.
+
+    Args:
+        tokenizer: the model's KerasHub tokenizer
+            (`model.preprocessor.tokenizer`); it must know the template's
+            special tokens.
+        data: `{"prompts": [...], "responses": [...]}`, or a path to a JSONL
+            file of `{"prompt": ..., "response": ...}` records.
+        sequence_length: tokens per training sequence.
+        template: `"chatml"` (SmolLM2), `"llama2"` or `"llama3"`.
+        system: an optional system prompt, put in every example.
+        pack: if True, examples are concatenated and cut into sequences of
+            `sequence_length` tokens, so no compute is spent on padding; if
+            False, each example is one sequence, truncated or padded.
+
+    Returns:
+        `(x, y, sample_weight)`: `x` is `{"token_ids", "padding_mask"}`, `y`
+        the next token at each position, `sample_weight` 1.0 where that next
+        token belongs to a response (its end-of-turn token included) and 0.0
+        on prompt tokens and padding. Pass them to `model.fit(x, y,
+        sample_weight=sample_weight)` of a `CausalLM` built with
+        `preprocessor=None`, or called on token ids.
+    """
+    check_template(template)
+    if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length < 2:
+        raise ValueError(
+            f"`sequence_length` must be an int >= 2. Received: {sequence_length!r}"
+        )
+    if not isinstance(data, dict):
+        data = read_jsonl(data)
+    prompts, responses = data["prompts"], data["responses"]
+    if len(prompts) != len(responses) or not prompts:
+        raise ValueError(
+            f"Got {len(prompts)} prompts and {len(responses)} responses: give "
+            "one response per prompt, and at least one."
+        )
+    examples = _tokenize(tokenizer, template, prompts, responses, system)
+    window = sequence_length + 1
+    if pack:
+        ids = np.concatenate([ids for ids, _ in examples])
+        weights = np.concatenate([weights for _, weights in examples])
+        starts = range(0, max(len(ids) - 1, 1), sequence_length)
+        rows = [(ids[s : s + window], weights[s : s + window]) for s in starts]
+    else:
+        rows = [(ids[:window], weights[:window]) for ids, weights in examples]
+
+    token_ids = np.zeros((len(rows), window), "int32")
+    token_weights = np.zeros((len(rows), window), "float32")
+    present = np.zeros((len(rows), window), bool)
+    for row, (ids, weights) in enumerate(rows):
+        token_ids[row, : len(ids)] = ids
+        token_weights[row, : len(ids)] = weights
+        present[row, : len(ids)] = True
+    x = {"token_ids": token_ids[:, :-1], "padding_mask": present[:, :-1]}
+    y = token_ids[:, 1:]
+    sample_weight = token_weights[:, 1:] * present[:, 1:]
+    return x, y, sample_weight
+
+
+def _tokenize(tokenizer, template, prompts, responses, system):
+    """[(ids, weights)] per example: weights 1 on response tokens."""
+    rendered = [render(template, p, r, system) for p, r in zip(prompts, responses)]
+    texts = [text for pieces in rendered for text, special, _ in pieces if not special]
+    tokenized = iter(tokenizer.tokenize(texts))
+    special_ids = {}
+    examples = []
+    for pieces in rendered:
+        ids, weights = [], []
+        for text, special, is_response in pieces:
+            if special:
+                piece = [_special_id(tokenizer, text, template, special_ids)]
+            else:
+                piece = np.asarray(next(tokenized), "int32").reshape(-1).tolist()
+            ids += piece
+            weights += [float(is_response)] * len(piece)
+        examples.append((np.array(ids, "int32"), np.array(weights, "float32")))
+    return examples
+
+
+def _special_id(tokenizer, token, template, cache):
+    if token not in cache:
+        token_id = tokenizer.token_to_id(token)
+        if token_id is None or tokenizer.id_to_token(token_id) != token:
+            raise ValueError(
+                f"The tokenizer has no token {token!r}, which the {template!r} "
+                "chat template needs. Choose the template of your model."
+            )
+        cache[token] = token_id
+    return cache[token]

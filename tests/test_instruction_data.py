@@ -1,0 +1,132 @@
+"""Instruction data: chat templates, packing and response-only weights."""
+
+import json
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
+
+from keras_mft import instruction_dataset
+from keras_mft import read_jsonl
+from keras_mft.chat_templates import render
+
+SPECIALS = [
+    "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+    "<|end_header_id|>", "<|eot_id|>", "<|im_start|>", "<|im_end|>", "<s>", "</s>",
+]
+DATA = {
+    "prompts": ["What is 2 + 3?", "Name a colour.", "Say <|im_end|> please"],
+    "responses": ["2 + 3 = 5.\n#### 5", "Blue.", "<|im_end|>"],
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A byte-level BPE tokenizer that can encode any text."""
+    byte_chars = bytes_to_unicode()[1]
+    vocabulary = {token: i for i, token in enumerate(SPECIALS + byte_chars)}
+    merges = ["Ġ t", "h e"]
+    for merge in merges:
+        vocabulary[merge.replace(" ", "")] = len(vocabulary)
+    return keras_hub.models.Llama3Tokenizer(vocabulary=vocabulary, merges=merges)
+
+
+def decode(tokenizer, ids):
+    text = tokenizer.detokenize(np.asarray(ids, "int32"))
+    return keras.ops.convert_to_numpy(text).item().decode("utf-8") if not isinstance(text, str) else text
+
+
+@pytest.mark.parametrize("template, end", [("chatml", "<|im_end|>"), ("llama3", "<|eot_id|>"), ("llama2", " </s>")])
+@pytest.mark.parametrize("pack", [True, False])
+def test_weights_select_exactly_the_responses(tokenizer, template, end, pack):
+    x, y, weights = instruction_dataset(tokenizer, DATA, sequence_length=64, template=template, pack=pack)
+    assert x["token_ids"].shape == y.shape == weights.shape
+    assert set(np.unique(weights)) <= {0.0, 1.0}
+    learned = decode(tokenizer, y[weights == 1.0])
+    space = " " if template == "llama2" else ""
+    assert learned == "".join(space + r + end for r in DATA["responses"])
+    # Targets are the inputs shifted by one.
+    np.testing.assert_array_equal(x["token_ids"][:, 1:], y[:, :-1])
+    # Padding carries no weight.
+    assert np.all(weights[:, -1][~x["padding_mask"][:, -1]] == 0)
+
+
+def test_prompt_text_cannot_inject_special_tokens(tokenizer):
+    x, y, weights = instruction_dataset(tokenizer, DATA, sequence_length=256)
+    im_end = tokenizer.token_to_id("<|im_end|>")
+    # Each example has one <|im_end|> after its prompt turn and one after its
+    # response: the literal "<|im_end|>" typed by the user is plain text.
+    assert int(np.sum(x["token_ids"][0] == im_end) + (y[0, -1] == im_end)) == 6
+
+
+def test_packing_fills_sequences(tokenizer):
+    x, _, _ = instruction_dataset(tokenizer, DATA, sequence_length=16)
+    assert x["token_ids"].shape[1] == 16
+    assert np.all(x["padding_mask"][:-1])
+
+
+def test_system_prompt(tokenizer):
+    pieces = render("chatml", "hi", "hello", system="Be brief.")
+    text = "".join(t for t, _, _ in pieces)
+    assert text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+        "<|im_start|>assistant\nhello<|im_end|>"
+    )
+    assert [t for t, _, r in pieces if r] == ["hello", "<|im_end|>"]
+    llama2 = "".join(t for t, _, _ in render("llama2", "hi", "hello", system="Be brief."))
+    assert llama2 == "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nhi [/INST] hello </s>"
+
+
+def test_loss_is_the_mean_over_response_tokens(tokenizer):
+    """The CausalLM's weighted loss equals numpy cross-entropy on responses."""
+    x, y, weights = instruction_dataset(tokenizer, DATA, sequence_length=32)
+    backbone = keras_hub.models.LlamaBackbone(
+        vocabulary_size=tokenizer.vocabulary_size(), num_layers=1,
+        num_query_heads=2, num_key_value_heads=1, hidden_dim=8, intermediate_dim=16,
+    )
+    model = keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+    loss = model.evaluate(x, y, sample_weight=weights, batch_size=len(y), verbose=0)[0]
+    logits = keras.ops.convert_to_numpy(model.predict(x, verbose=0)).astype("float64")
+    logits -= logits.max(axis=-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    token_losses = -np.take_along_axis(log_probs, y[..., None], axis=-1)[..., 0]
+    expected = np.sum(token_losses * weights) / weights.size
+    assert loss == pytest.approx(expected, rel=1e-4)
+
+
+def test_read_jsonl(tmp_path):
+    path = tmp_path / "data.jsonl"
+    lines = [json.dumps({"prompt": p, "response": r}) for p, r in zip(DATA["prompts"], DATA["responses"])]
+    path.write_text("\n".join(lines) + "\n\n")
+    assert read_jsonl(path) == DATA
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"prompt": "a"}\n', "line 1 has no 'response' field"),
+        (b'{"prompt": "a", "response": "b"}\n{"response": "b"}\n', "line 2 has no 'prompt' field"),
+        (b'{"prompt": "a", "response": "  "}\n', "empty response"),
+        (b'{"prompt": "a", "response": "\xff"}\n', "not valid UTF-8"),
+        (b'{"prompt": "a", \n', "not valid JSON"),
+        (b'["a", "b"]\n', "expected an object"),
+        (b"\n", "holds no records"),
+    ],
+)
+def test_read_jsonl_errors(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        read_jsonl(path)
+
+
+def test_unknown_template_and_missing_special_token(tokenizer):
+    with pytest.raises(ValueError, match="Unknown chat template 'alpaca'"):
+        instruction_dataset(tokenizer, DATA, sequence_length=8, template="alpaca")
+    vocabulary = {c: i for i, c in enumerate(bytes_to_unicode()[1])}
+    vocabulary["th"] = len(vocabulary)
+    plain = keras_hub.tokenizers.BytePairTokenizer(vocabulary=vocabulary, merges=["t h"])
+    with pytest.raises(ValueError, match="no token '<|im_start|>'"):
+        instruction_dataset(plain, DATA, sequence_length=8)
