@@ -48,10 +48,9 @@ def keep_mask(scores, removed):
 
     Args:
         scores: float32 tensor of any shape.
-        removed: int, how many entries to remove (see `num_removed`).
+        removed: int or int32 tensor, how many entries to remove (see
+            `num_removed`).
     """
-    if removed == 0:
-        return ops.ones_like(scores)
     keys = ops.view(ops.reshape(ops.abs(scores), (-1,)), "int32")
     threshold = _kth_smallest(keys, removed)
     below = ops.less(keys, threshold)

@@ -42,7 +42,7 @@ class MaskedKernel:
         self._add_scores(self.scores_initializer)
 
     def _add_scores(self, initializer):
-        """Freezes kernel and bias and adds the float32 `scores` variable."""
+        """Freezes kernel and bias; adds `scores` and `removed_count`."""
         self._kernel.trainable = False
         if self.bias is not None:
             self.bias.trainable = False
@@ -56,12 +56,30 @@ class MaskedKernel:
             autocast=False,
             trainable=True,
         )
+        # A variable, not a Python int, so that the sparsity can change during
+        # training without retracing the train step.
+        self.removed_count = self.add_weight(
+            name="removed_count",
+            shape=(),
+            initializer=keras.initializers.Constant(
+                num_removed(math.prod(self._kernel.shape), self.sparsity)
+            ),
+            dtype="int32",
+            trainable=False,
+        )
         self._tracker.lock()
 
     @property
     def num_removed(self):
         """How many kernel entries the mask removes: floor(sparsity * size)."""
-        return num_removed(math.prod(self._kernel.shape), self.sparsity)
+        return int(ops.convert_to_numpy(self.removed_count))
+
+    def set_sparsity(self, sparsity):
+        """Changes the fraction of the kernel that the mask removes."""
+        self.sparsity = check_sparsity(sparsity)
+        self.removed_count.assign(
+            num_removed(math.prod(self._kernel.shape), self.sparsity)
+        )
 
     @property
     def kernel(self):
@@ -69,12 +87,14 @@ class MaskedKernel:
             raise AttributeError(
                 "You must build the layer before accessing `kernel`."
             )
-        mask = straight_through_mask(self.scores, self.num_removed)
+        mask = straight_through_mask(self.scores, self.removed_count)
         return self._kernel * ops.cast(mask, self.compute_dtype)
 
     def hard_mask(self):
         """The current mask as a float32 tensor of 0s and 1s, no gradient."""
-        return keep_mask(ops.convert_to_tensor(self.scores), self.num_removed)
+        return keep_mask(
+            ops.convert_to_tensor(self.scores), ops.convert_to_tensor(self.removed_count)
+        )
 
     def quantize(self, mode=None, **kwargs):
         raise NotImplementedError(
@@ -88,10 +108,11 @@ class MaskedKernel:
         )
 
     def _own_variables(self):
-        return [v for v in (self._kernel, self.bias, self.scores) if v is not None]
+        variables = (self._kernel, self.bias, self.scores, self.removed_count)
+        return [v for v in variables if v is not None]
 
     # The raw kernel and bias are saved under Keras' own keys ("0", "1"), and
-    # the scores after them, so that `save_weights` / `load_weights` restore
+    # the scores and removed count after them, so that `save_weights` / `load_weights` restore
     # the exact training state.
     def save_own_variables(self, store):
         if not self.built:
@@ -104,7 +125,7 @@ class MaskedKernel:
         if len(store.keys()) != len(variables):
             raise ValueError(
                 f"Masked layer '{self.name}' expected {len(variables)} "
-                f"variables (kernel, bias if any, scores) but the weights file "
+                f"variables (kernel, bias if any, scores, removed_count) but the weights file "
                 f"has {len(store.keys())}. Load weights saved from a model "
                 "wrapped with the same `layers` and `targets`."
             )
@@ -216,6 +237,7 @@ def unmask_layer(layer):
     mask = ops.cast(layer.hard_mask(), layer._kernel.dtype)
     layer._kernel.assign(ops.multiply(layer._kernel.value, mask))
     del layer.scores
+    del layer.removed_count
     del layer.sparsity
     del layer.scores_initializer
     layer.__class__ = next(

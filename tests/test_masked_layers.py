@@ -28,6 +28,8 @@ def einsum_dense(sparsity=0.25, **kwargs):
 def randomize(layer, seed=0):
     rng = np.random.default_rng(seed)
     for variable in layer.weights:
+        if variable.name == "removed_count":
+            continue
         scale = 0.02 if variable.name == "scores" else 1.0
         variable.assign(scale * rng.standard_normal(variable.shape))
 
@@ -35,7 +37,7 @@ def randomize(layer, seed=0):
 def test_only_the_scores_are_trainable():
     layer = dense(use_bias=True)
     assert [v.name for v in layer.trainable_variables] == ["scores"]
-    assert sorted(v.name for v in layer.non_trainable_variables) == ["bias", "kernel"]
+    assert sorted(v.name for v in layer.non_trainable_variables) == ["bias", "kernel", "removed_count"]
     assert layer.scores.dtype == "float32"
     assert layer.scores.path.endswith("scores")
 
@@ -131,3 +133,18 @@ def test_refuses_lora_and_quantization():
         layer.quantize("int8")
     with pytest.raises(NotImplementedError, match="LoRA"):
         layer.enable_lora(2)
+
+
+def test_set_sparsity_changes_the_mask_used_by_call():
+    layer = dense(sparsity=0.1)
+    randomize(layer)
+    x = np.ones((1, 10), "float32")
+    layer.set_sparsity(0.5)
+    assert layer.sparsity == 0.5 and layer.num_removed == 30
+    mask = numpy_keep_mask(to_numpy(layer.scores), 30)
+    np.testing.assert_array_equal(to_numpy(layer.hard_mask()), mask)
+    expected = x @ (to_numpy(layer._kernel) * mask) + to_numpy(layer.bias)
+    np.testing.assert_allclose(to_numpy(layer(x)), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        layer.set_sparsity(1.2)
+    assert layer.sparsity == 0.5
