@@ -5,12 +5,14 @@ from keras_mft.instruction_data import instruction_dataset
 from keras_mft.instruction_data import read_jsonl
 from keras_mft.mask_file import load_masks
 from keras_mft.mask_file import save_masks
+from keras_mft.mask_fine_tuner import MaskFineTuner
 from keras_mft.masked_layers import MaskedDense
 from keras_mft.masked_layers import MaskedEinsumDense
 from keras_mft.version import __version__
 from keras_mft.wrap import wrap
 
 __all__ = [
+    "MaskFineTuner",
     "MaskedDense",
     "MaskedEinsumDense",
     "__version__",

@@ -1,0 +1,181 @@
+"""`MaskFineTuner`: a Keras callback that watches and steers mask training."""
+
+import math
+import os
+import warnings
+
+import keras
+import numpy as np
+
+from keras_mft.bake import bake
+from keras_mft.bake import masked_layers_of
+from keras_mft.mask_file import save_masks
+
+
+class MaskFineTuner(keras.callbacks.Callback):
+    """Reports how the masks change, and optionally schedules, saves and stops.
+
+    After each epoch, and every `report_every` steps if set, it adds to the
+    Keras logs (so they show in the progress bar and in `History`):
+
+    - `mask_sparsity`: the fraction of all masked weights that are removed;
+    - `mask_flips`: the fraction of mask entries that changed since the last
+      report;
+    - `mask_changed`: the fraction that differs from the mask at the start of
+      training;
+    - with `per_matrix=True`, `sparsity/<layer path>` for each masked matrix.
+
+    Args:
+        report_every: also report every this many training steps.
+        per_matrix: add the sparsity of each masked matrix to the logs.
+        ramp_steps: if set, the sparsity of every masked matrix grows
+            linearly from 0 at step 0 to its target (the sparsity given to
+            `wrap`) at step `ramp_steps`, and stays there. Steps are counted
+            from the start of training, across epochs.
+        snapshot_dir: if set, a directory where the masks are saved with
+            `keras_mft.save_masks` at the end of each epoch: `best.mask` when
+            the `monitor`ed value improves (as `ModelCheckpoint` does with
+            `save_best_only=True`), and also `epoch-NNN.mask` for every epoch
+            if `save_best_only=False`.
+        monitor: the logged value that decides the best snapshot, e.g.
+            `"val_loss"`.
+        mode: `"min"` or `"max"`: whether a smaller or a larger `monitor` is
+            better.
+        save_best_only: see `snapshot_dir`.
+        stop_below_flips: if set, stop training once `mask_flips` has stayed
+            below this fraction for `patience` reports in a row: the masks
+            have settled.
+        patience: see `stop_below_flips`.
+        bake_on_train_end: bake the model (`keras_mft.bake`) when training
+            ends.
+    """
+
+    def __init__(
+        self,
+        *,
+        report_every=None,
+        per_matrix=False,
+        ramp_steps=None,
+        snapshot_dir=None,
+        monitor="val_loss",
+        mode="min",
+        save_best_only=True,
+        stop_below_flips=None,
+        patience=3,
+        bake_on_train_end=False,
+    ):
+        super().__init__()
+        for name, value in (("report_every", report_every), ("ramp_steps", ramp_steps)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"`{name}` must be a positive int or None. Received: {value!r}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"`mode` must be 'min' or 'max'. Received: {mode!r}")
+        self.report_every = report_every
+        self.per_matrix = per_matrix
+        self.ramp_steps = ramp_steps
+        self.snapshot_dir = snapshot_dir
+        self.monitor = monitor
+        self.mode = mode
+        self.save_best_only = save_best_only
+        self.stop_below_flips = stop_below_flips
+        self.patience = patience
+        self.bake_on_train_end = bake_on_train_end
+
+    def on_train_begin(self, logs=None):
+        self._layers = masked_layers_of(self.model)
+        self._targets = [layer.sparsity for layer in self._layers]
+        self._initial = self._packed_masks()
+        self._last = self._initial
+        self._quiet_reports = 0
+        self._best = math.inf if self.mode == "min" else -math.inf
+        self._step = 0
+        if self.snapshot_dir is not None:
+            os.makedirs(self.snapshot_dir, exist_ok=True)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        steps_per_epoch = self.params.get("steps")
+        if steps_per_epoch:
+            # Right after a restart (e.g. BackupAndRestore), epoch > 0.
+            self._step = epoch * steps_per_epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.ramp_steps is not None and self._step <= self.ramp_steps:
+            self._sync()
+            fraction = self._step / self.ramp_steps
+            for layer, target in zip(self._layers, self._targets):
+                layer.set_sparsity(target * fraction)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self.report_every and self._step % self.report_every == 0 and logs is not None:
+            logs.update(self._report())
+
+    def on_epoch_end(self, epoch, logs=None):
+        report = self._report()
+        if logs is not None:
+            logs.update(report)
+        if self.snapshot_dir is not None:
+            self._snapshot(epoch, logs or {})
+        if self.stop_below_flips is not None and self._quiet_reports >= self.patience:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.bake_on_train_end:
+            bake(self.model)
+
+    def _sync(self):
+        # On JAX, the training state lives outside the variables during an
+        # epoch; reading `self.model` writes it back, and the next step
+        # reads the variables again.
+        return self.model
+
+    def _packed_masks(self):
+        self._sync()
+        masks = []
+        for layer in self._layers:
+            keep = keras.ops.convert_to_numpy(layer.hard_mask()).reshape(-1) == 1.0
+            masks.append(np.packbits(keep))
+        return masks
+
+    def _report(self):
+        current = self._packed_masks()
+        sizes = [math.prod(layer._kernel.shape) for layer in self._layers]
+        total = sum(sizes)
+        kept = [int(np.bitwise_count(mask).sum()) for mask in current]
+        flips = _count_differences(current, self._last)
+        changed = _count_differences(current, self._initial)
+        self._last = current
+        if self.stop_below_flips is not None:
+            quiet = flips / total < self.stop_below_flips
+            self._quiet_reports = self._quiet_reports + 1 if quiet else 0
+        report = {
+            "mask_sparsity": 1.0 - sum(kept) / total,
+            "mask_flips": flips / total,
+            "mask_changed": changed / total,
+        }
+        if self.per_matrix:
+            for layer, size, kept_here in zip(self._layers, sizes, kept):
+                path = layer._kernel.path.rsplit("/", 1)[0]
+                report[f"sparsity/{path}"] = 1.0 - kept_here / size
+        return report
+
+    def _snapshot(self, epoch, logs):
+        if not self.save_best_only:
+            save_masks(self.model, os.path.join(self.snapshot_dir, f"epoch-{epoch + 1:03d}.mask"))
+        value = logs.get(self.monitor)
+        if value is None:
+            warnings.warn(
+                f"MaskFineTuner: `{self.monitor}` is not in the logs "
+                f"({sorted(logs)}), so no best snapshot was saved. Set "
+                "`monitor` to one of them (pass validation data for 'val_loss').",
+                stacklevel=2,
+            )
+            return
+        better = value < self._best if self.mode == "min" else value > self._best
+        if better:
+            self._best = value
+            save_masks(self.model, os.path.join(self.snapshot_dir, "best.mask"))
+
+
+def _count_differences(masks, others):
+    return sum(int(np.bitwise_count(a ^ b).sum()) for a, b in zip(masks, others))

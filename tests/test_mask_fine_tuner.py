@@ -1,0 +1,141 @@
+"""MaskFineTuner: figures recomputed from the scores, schedule, snapshots, stops."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_mft
+from keras_mft.mask import num_removed
+from keras_mft.masked_layers import is_masked
+from tests.conftest import logits_of
+from tests.conftest import tiny_llama
+from tests.conftest import to_numpy
+from tests.conftest import token_batch
+from tests.test_mask import numpy_keep_mask
+
+
+def wrapped(seed=0):
+    model = keras_mft.wrap(tiny_llama(), layers="0:2", sparsity=0.2, seed=seed)
+    model.compile(optimizer=keras.optimizers.Adam(0.02))
+    return model
+
+
+def masked(model):
+    return [layer for layer in model._flatten_layers() if is_masked(layer)]
+
+
+class Recorder(keras.callbacks.Callback):
+    """Keeps the scores and removed counts it sees, independently of MFT code."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch_scores, self.step_removed, self.epoch_logits = [], [], []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.step_removed.append([layer.num_removed for layer in masked(self.model)])
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_scores.append([to_numpy(l.scores).copy() for l in masked(self.model)])
+        self.epoch_logits.append(logits_of(self.model, token_batch()))
+
+
+def fit(model, callbacks, epochs=3, batch_size=2, sequences=4):
+    batch = token_batch(batch_size=sequences)
+    labels = np.roll(batch["token_ids"], -1, axis=1)
+    return model.fit(batch, labels, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=callbacks)
+
+
+def test_logged_figures_match_numpy():
+    model = wrapped()
+    initial = [to_numpy(l.scores).copy() for l in masked(model)]
+    recorder = Recorder()
+    history = fit(model, [keras_mft.MaskFineTuner(per_matrix=True), recorder]).history
+
+    def masks(scores):
+        return [numpy_keep_mask(s, l.num_removed) for s, l in zip(scores, masked(model))]
+
+    total = sum(s.size for s in initial)
+    previous = first = masks(initial)
+    for epoch, scores in enumerate(recorder.epoch_scores):
+        current = masks(scores)
+        removed = sum(int(np.sum(m == 0)) for m in current)
+        flips = sum(int(np.sum(a != b)) for a, b in zip(current, previous))
+        changed = sum(int(np.sum(a != b)) for a, b in zip(current, first))
+        assert history["mask_sparsity"][epoch] == pytest.approx(removed / total)
+        assert history["mask_flips"][epoch] == pytest.approx(flips / total)
+        assert history["mask_changed"][epoch] == pytest.approx(changed / total)
+        previous = current
+    assert history["mask_changed"][-1] > 0
+    for layer in masked(model):
+        key = "sparsity/" + layer._kernel.path.rsplit("/", 1)[0]
+        expected = num_removed(int(np.prod(layer.scores.shape)), 0.2)
+        assert history[key][-1] == pytest.approx(expected / np.prod(layer.scores.shape))
+
+
+def test_step_reports():
+    history = fit(wrapped(), [keras_mft.MaskFineTuner(report_every=1)], epochs=1).history
+    assert "mask_flips" in history
+
+
+def test_ramp_reaches_the_target_at_the_promised_step():
+    model = wrapped()
+    targets = [l.num_removed for l in masked(model)]
+    sizes = [int(np.prod(l.scores.shape)) for l in masked(model)]
+    recorder = Recorder()
+    fit(model, [keras_mft.MaskFineTuner(ramp_steps=4), recorder], epochs=3)
+    steps = recorder.step_removed
+    assert len(steps) == 6
+    assert steps[0] == [0] * len(sizes)
+    for step in (4, 5):
+        assert steps[step] == targets
+    for step in range(1, 4):
+        assert steps[step] == [num_removed(n, 0.2 * step / 4) for n in sizes]
+        assert all(a <= b for a, b in zip(steps[step - 1], steps[step]))
+
+
+def test_an_unfinished_ramp_is_what_training_used():
+    model = wrapped()
+    fit(model, [keras_mft.MaskFineTuner(ramp_steps=100)], epochs=1)
+    for layer in masked(model):
+        size = int(np.prod(layer.scores.shape))
+        assert layer.num_removed == num_removed(size, 0.2 * 1 / 100)
+        assert int(np.sum(to_numpy(layer.hard_mask()) == 0)) == layer.num_removed
+
+
+def test_snapshots_reload_to_identical_logits(tmp_path):
+    model = wrapped()
+    recorder = Recorder()
+    tuner = keras_mft.MaskFineTuner(snapshot_dir=tmp_path, monitor="loss", save_best_only=False)
+    history = fit(model, [tuner, recorder]).history
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best.mask", "epoch-001.mask", "epoch-002.mask", "epoch-003.mask",
+    ]
+    fresh = wrapped(seed=42)
+    keras_mft.load_masks(fresh, tmp_path / "epoch-002.mask")
+    np.testing.assert_array_equal(logits_of(fresh, token_batch()), recorder.epoch_logits[1])
+    best = int(np.argmin(history["loss"]))
+    keras_mft.load_masks(fresh, tmp_path / "best.mask")
+    np.testing.assert_array_equal(logits_of(fresh, token_batch()), recorder.epoch_logits[best])
+
+
+def test_missing_monitor_warns(tmp_path):
+    with pytest.warns(UserWarning, match="val_loss"):
+        fit(wrapped(), [keras_mft.MaskFineTuner(snapshot_dir=tmp_path)], epochs=1)
+
+
+def test_early_stop_when_masks_settle():
+    tuner = keras_mft.MaskFineTuner(stop_below_flips=1.0, patience=2)
+    history = fit(wrapped(), [tuner], epochs=10).history
+    assert len(history["loss"]) == 2
+
+
+def test_bake_on_train_end():
+    model = wrapped()
+    fit(model, [keras_mft.MaskFineTuner(bake_on_train_end=True)], epochs=1)
+    assert not masked(model)
+
+
+@pytest.mark.parametrize("kwargs", [{"report_every": 0}, {"ramp_steps": 2.5}, {"mode": "best"}])
+def test_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        keras_mft.MaskFineTuner(**kwargs)
