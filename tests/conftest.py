@@ -8,6 +8,7 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
+from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
 VOCABULARY_SIZE = 64
 
@@ -68,3 +69,19 @@ def model():
 @pytest.fixture
 def batch():
     return token_batch()
+
+
+SPECIAL_TOKENS = [
+    "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+    "<|end_header_id|>", "<|eot_id|>", "<|im_start|>", "<|im_end|>", "<s>", "</s>",
+]
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer():
+    """A byte-level BPE tokenizer that can encode any text, with chat tokens."""
+    vocabulary = {token: i for i, token in enumerate(SPECIAL_TOKENS + bytes_to_unicode()[1])}
+    merges = ["Ġ t", "h e"]
+    for merge in merges:
+        vocabulary[merge.replace(" ", "")] = len(vocabulary)
+    return keras_hub.models.Llama3Tokenizer(vocabulary=vocabulary, merges=merges)

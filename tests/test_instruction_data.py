@@ -12,25 +12,15 @@ from keras_mft import instruction_dataset
 from keras_mft import read_jsonl
 from keras_mft.chat_templates import render
 
-SPECIALS = [
-    "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-    "<|end_header_id|>", "<|eot_id|>", "<|im_start|>", "<|im_end|>", "<s>", "</s>",
-]
 DATA = {
     "prompts": ["What is 2 + 3?", "Name a colour.", "Say <|im_end|> please"],
     "responses": ["2 + 3 = 5.\n#### 5", "Blue.", "<|im_end|>"],
 }
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    """A byte-level BPE tokenizer that can encode any text."""
-    byte_chars = bytes_to_unicode()[1]
-    vocabulary = {token: i for i, token in enumerate(SPECIALS + byte_chars)}
-    merges = ["Ġ t", "h e"]
-    for merge in merges:
-        vocabulary[merge.replace(" ", "")] = len(vocabulary)
-    return keras_hub.models.Llama3Tokenizer(vocabulary=vocabulary, merges=merges)
+@pytest.fixture
+def tokenizer(byte_tokenizer):
+    return byte_tokenizer
 
 
 def decode(tokenizer, ids):

@@ -1,0 +1,156 @@
+"""Held-out loss on responses, greedy exact-match, and a results table."""
+
+import json
+import math
+import re
+
+import keras
+import keras_hub
+import numpy as np
+
+from keras_mft.chat_templates import render
+
+_ANSWER = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
+
+
+def response_loss(model, data, batch_size=8):
+    """Mean cross-entropy over response tokens, and its perplexity.
+
+    Unlike `model.evaluate`, which divides the weighted sum by every position
+    of the batch, this is the mean over the tokens with weight 1.
+
+    Args:
+        model: a `CausalLM`.
+        data: `(x, y, sample_weight)` from `instruction_dataset`.
+
+    Returns:
+        `{"loss": ..., "perplexity": ..., "tokens": ...}`.
+    """
+    x, y, weights = data
+    total, count = 0.0, 0.0
+    for start in range(0, len(y), batch_size):
+        rows = slice(start, start + batch_size)
+        logits = model({key: value[rows] for key, value in x.items()})
+        losses = keras.losses.sparse_categorical_crossentropy(
+            y[rows], keras.ops.cast(logits, "float32"), from_logits=True
+        )
+        total += float(np.sum(keras.ops.convert_to_numpy(losses) * weights[rows]))
+        count += float(np.sum(weights[rows]))
+    if count == 0:
+        raise ValueError("The data has no response tokens to evaluate.")
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": int(count)}
+
+
+def final_answer(text):
+    """The number after `####` (GSM8K style), without commas, or None."""
+    match = _ANSWER.search(text)
+    if match is None:
+        return None
+    number = match.group(1).replace(",", "")
+    return number[:-2] if number.endswith(".0") else number
+
+
+def greedy_generate(model, tokenizer, prompts, *, template, end_token, system=None,
+                    max_new_tokens=128, batch_size=8):
+    """Greedy continuations of chat-formatted prompts, as text.
+
+    The model's own sampler is left untouched: a greedy sampler is used for
+    these calls only.
+    """
+    end_id = tokenizer.token_to_id(end_token)
+    prompt_ids = [_prompt_ids(tokenizer, template, p, system) for p in prompts]
+    sampler, function = model.sampler, model.generate_function
+    model.sampler, model.generate_function = keras_hub.samplers.GreedySampler(), None
+    try:
+        generate = model.make_generate_function()
+        texts = []
+        for start in range(0, len(prompt_ids), batch_size):
+            batch = prompt_ids[start : start + batch_size]
+            longest = max(len(ids) for ids in batch)
+            token_ids = np.zeros((len(batch), longest + max_new_tokens), "int32")
+            padding_mask = np.zeros(token_ids.shape, bool)
+            for row, ids in enumerate(batch):
+                token_ids[row, : len(ids)] = ids
+                padding_mask[row, : len(ids)] = True
+            output = generate(
+                {"token_ids": token_ids, "padding_mask": padding_mask},
+                stop_token_ids=[end_id],
+            )
+            output_ids = keras.ops.convert_to_numpy(output["token_ids"])
+            for row, ids in enumerate(batch):
+                new = output_ids[row, len(ids) : len(ids) + max_new_tokens].tolist()
+                new = new[: new.index(end_id)] if end_id in new else new
+                texts.append(_detokenize(tokenizer, new))
+        return texts
+    finally:
+        model.sampler, model.generate_function = sampler, function
+
+
+def exact_match(model, tokenizer, prompts, answers, **generate_kwargs):
+    """The share of prompts whose greedy answer after `####` is right.
+
+    Args:
+        answers: reference texts ending in `#### N`, or the numbers N.
+        **generate_kwargs: passed to `greedy_generate` (`template`,
+            `end_token`, `max_new_tokens`, ...).
+
+    Returns:
+        `{"exact_match": ..., "correct": ..., "total": ...}`.
+    """
+    outputs = greedy_generate(model, tokenizer, prompts, **generate_kwargs)
+    return score_answers(outputs, answers)
+
+
+def score_answers(outputs, answers):
+    """Compares the `####` answers of `outputs` with `answers`."""
+    correct = 0
+    for output, answer in zip(outputs, answers, strict=True):
+        expected = final_answer(str(answer)) or str(answer).strip()
+        correct += final_answer(output) == expected
+    return {"exact_match": correct / len(outputs), "correct": correct, "total": len(outputs)}
+
+
+def results_table(results):
+    """A markdown table of `{arm: {metric: value}}`, metrics as columns."""
+    metrics = sorted({name for row in results.values() for name in row})
+    lines = [
+        "| arm | " + " | ".join(metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
+    for arm, row in results.items():
+        cells = [_format(row.get(name)) for name in metrics]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def save_results(results, path):
+    """Writes `{arm: {metric: value}}` as JSON."""
+    with open(path, "w") as file:
+        json.dump(results, file, indent=2, sort_keys=True)
+
+
+def _format(value):
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _prompt_ids(tokenizer, template, prompt, system):
+    ids = []
+    for text, special, is_response in render(template, prompt, "", system):
+        if is_response:
+            break
+        if special:
+            ids.append(tokenizer.token_to_id(text))
+        else:
+            ids += np.asarray(tokenizer.tokenize(text), "int32").reshape(-1).tolist()
+    return ids
+
+
+def _detokenize(tokenizer, ids):
+    text = tokenizer.detokenize(np.asarray(ids, "int32"))
+    if isinstance(text, str):
+        return text
+    text = keras.ops.convert_to_numpy(text) if not isinstance(text, bytes) else text
+    return text.item().decode("utf-8") if hasattr(text, "item") else text.decode("utf-8")

@@ -1,0 +1,159 @@
+"""The protocol's arms and the evaluation helpers."""
+
+import json
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+import keras_mft
+from keras_mft import evaluation
+from keras_mft import protocol
+from keras_mft.masked_layers import is_masked
+from tests.conftest import to_numpy
+from tests.test_mask import numpy_keep_mask
+
+DATA = {
+    "prompts": ["What is 2 + 3?", "Name a colour.", "Count to three.", "Hi"],
+    "responses": ["2 + 3 = 5.\n#### 5", "Blue.", "one two three", "Hello!"],
+}
+
+
+def tiny_model(tokenizer, num_layers=2):
+    backbone = keras_hub.models.LlamaBackbone(
+        vocabulary_size=tokenizer.vocabulary_size(), num_layers=num_layers,
+        num_query_heads=2, num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
+    )
+    return keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+
+
+@pytest.fixture
+def data(byte_tokenizer):
+    return keras_mft.instruction_dataset(byte_tokenizer, DATA, sequence_length=24)
+
+
+def test_linear_warmup_decay_matches_its_formula():
+    schedule = keras_mft.LinearWarmupDecay(1.0, total_steps=100, warmup_fraction=0.1)
+    values = np.array([float(to_numpy(schedule(step))) for step in range(101)])
+    expected = np.minimum((np.arange(101) + 1) / 10, (100 - np.arange(101)) / 90)
+    np.testing.assert_allclose(values, np.clip(expected, 0, 1), rtol=1e-6)
+    assert values.argmax() in (9, 10) and values[-1] == 0
+    restored = keras_mft.LinearWarmupDecay.from_config(schedule.get_config())
+    assert float(to_numpy(restored(50))) == pytest.approx(values[50])
+
+
+def test_full_fine_tune_trains_every_weight(byte_tokenizer, data):
+    model = tiny_model(byte_tokenizer)
+    before = [to_numpy(v).copy() for v in model.weights]
+    history = protocol.full_fine_tune(model, data, epochs=2, batch_size=2, learning_rate=1e-2, verbose=0)
+    assert len(model.trainable_variables) == len(model.weights)
+    assert all(np.any(to_numpy(v) != b) for v, b in zip(model.weights, before))
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert isinstance(model.optimizer, keras.optimizers.AdamW)
+
+
+def test_mask_fine_tune_bakes_a_trained_mask(byte_tokenizer, data):
+    model = tiny_model(byte_tokenizer)
+    history = protocol.mask_fine_tune(
+        model, data, layers="all", sparsity=0.2, seed=0, epochs=2,
+        batch_size=2, learning_rate=1e-2, verbose=0,
+        callbacks=[keras_mft.MaskFineTuner()],
+    )
+    assert history.history["mask_changed"][-1] > 0
+    assert not any(is_masked(layer) for layer in model._flatten_layers())
+    kernel = to_numpy(model.backbone.transformer_layers[0]._feedforward_gate_dense.kernel)
+    assert int(np.sum(kernel == 0)) == int(0.2 * kernel.size)
+
+
+@pytest.mark.parametrize("score_init", ["random", "magnitude"])
+def test_untrained_masks(byte_tokenizer, score_init):
+    model = tiny_model(byte_tokenizer)
+    layer = model.backbone.transformer_layers[1]._feedforward_output_dense
+    kernel = to_numpy(layer.kernel).copy()
+    protocol.untrained_mask(model, score_init, layers=[1], sparsity=0.25, seed=0)
+    baked = to_numpy(layer.kernel)
+    assert int(np.sum(baked == 0)) == int(0.25 * kernel.size)
+    if score_init == "magnitude":
+        np.testing.assert_array_equal(baked, kernel * numpy_keep_mask(kernel, int(0.25 * kernel.size)))
+
+
+def test_lora_fine_tune(byte_tokenizer, data):
+    model = tiny_model(byte_tokenizer)
+    protocol.lora_fine_tune(model, data, rank=4, alpha=2, epochs=1, batch_size=2, learning_rate=1e-2, verbose=0)
+    names = sorted({v.path.split("/")[-2] + "/" + v.name for v in model.trainable_variables})
+    assert names == [
+        "query/lora_kernel_a", "query/lora_kernel_b",
+        "value/lora_kernel_a", "value/lora_kernel_b",
+    ]
+    query = model.backbone.transformer_layers[0]._self_attention_layer._query_dense
+    assert query.lora_rank == 4 and query.lora_alpha == 2
+    assert np.any(to_numpy(query.lora_kernel_b) != 0)
+
+
+def test_response_loss_is_the_mean_over_response_tokens(byte_tokenizer, data):
+    model = tiny_model(byte_tokenizer)
+    x, y, weights = data
+    result = evaluation.response_loss(model, data, batch_size=3)
+    logits = to_numpy(model(x)).astype("float64")
+    logits -= logits.max(axis=-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    token_losses = -np.take_along_axis(log_probs, y[..., None], axis=-1)[..., 0]
+    expected = np.sum(token_losses * weights) / np.sum(weights)
+    assert result["loss"] == pytest.approx(expected, rel=1e-5)
+    assert result["perplexity"] == pytest.approx(np.exp(expected), rel=1e-5)
+    assert result["tokens"] == int(weights.sum())
+
+
+def reference_greedy(model, prompt_ids, steps, end_id):
+    """Greedy decoding by recomputing the whole sequence at every step."""
+    ids = list(prompt_ids)
+    for _ in range(steps):
+        batch = {"token_ids": np.array([ids]), "padding_mask": np.ones((1, len(ids)), bool)}
+        next_id = int(np.argmax(to_numpy(model(batch))[0, -1]))
+        if next_id == end_id:
+            break
+        ids.append(next_id)
+    return ids[len(prompt_ids):]
+
+
+def test_greedy_generate_matches_a_plain_greedy_loop(byte_tokenizer):
+    model = tiny_model(byte_tokenizer)
+    model.sampler = keras_hub.samplers.TopKSampler(k=5)
+    prompts = ["What is 2 + 3?", "Hi"]
+    texts = evaluation.greedy_generate(
+        model, byte_tokenizer, prompts, template="chatml", end_token="<|im_end|>",
+        max_new_tokens=6, batch_size=2,
+    )
+    end_id = byte_tokenizer.token_to_id("<|im_end|>")
+    for prompt, text in zip(prompts, texts):
+        prompt_ids = evaluation._prompt_ids(byte_tokenizer, "chatml", prompt, None)
+        expected = reference_greedy(model, prompt_ids, 6, end_id)
+        assert text == evaluation._detokenize(byte_tokenizer, expected)
+    assert isinstance(model.sampler, keras_hub.samplers.TopKSampler)
+
+
+@pytest.mark.parametrize(
+    "text, answer",
+    [("so 5 apples.\n#### 5", "5"), ("#### 1,234", "1234"), ("#### -3.5", "-3.5"),
+     ("#### 7.0", "7"), ("no answer", None)],
+)
+def test_final_answer(text, answer):
+    assert evaluation.final_answer(text) == answer
+
+
+def test_score_answers():
+    outputs = ["... #### 5", "#### 12", "I don't know"]
+    result = evaluation.score_answers(outputs, ["#### 5", "11", "#### 3"])
+    assert result == {"exact_match": 1 / 3, "correct": 1, "total": 3}
+
+
+def test_results_table(tmp_path):
+    results = {"base": {"loss": 1.5, "exact_match": 0.25}, "mft": {"loss": 1.25}}
+    table = evaluation.results_table(results)
+    assert table.splitlines() == [
+        "| arm | exact_match | loss |", "|---|---|---|",
+        "| base | 0.2500 | 1.5000 |", "| mft |  | 1.2500 |",
+    ]
+    evaluation.save_results(results, tmp_path / "results.json")
+    assert json.loads((tmp_path / "results.json").read_text()) == results
