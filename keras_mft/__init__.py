@@ -11,6 +11,7 @@ from keras_mft.mask_fine_tuner import MaskFineTuner
 from keras_mft.masked_layers import MaskedDense
 from keras_mft.masked_layers import MaskedEinsumDense
 from keras_mft.schedules import LinearWarmupDecay
+from keras_mft.smollm2 import smollm2_135m_instruct
 from keras_mft.version import __version__
 from keras_mft.wrap import wrap
 
@@ -27,5 +28,6 @@ __all__ = [
     "protocol",
     "read_jsonl",
     "save_masks",
+    "smollm2_135m_instruct",
     "wrap",
 ]

@@ -35,3 +35,11 @@ def test_readme_usage_block(tmp_path):
     output = run_python(["-c", code], tmp_path)
     assert "transformer_layer_0/self_attention/query/scores" in output
     assert (tmp_path / "band.mask").is_file()
+
+
+def test_paper_protocol_in_fast_mode(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_MFT_FAST", "1")
+    output = run_python([str(ROOT / "examples" / "paper_protocol.py")], tmp_path)
+    for arm in ("| FFT + MFT |", "| FFT + continued FFT |", "| FFT + L1 mask |", "| LoRA from base |"):
+        assert arm in output
+    assert (tmp_path / "protocol_results.json").is_file()

