@@ -8,7 +8,7 @@ import keras
 import keras_hub
 import numpy as np
 
-from keras_mft.chat_templates import render
+from keras_mft.instruction_data import tokenize_examples
 
 _ANSWER = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
 
@@ -59,7 +59,7 @@ def greedy_generate(model, tokenizer, prompts, *, template, end_token, system=No
     these calls only.
     """
     end_id = tokenizer.token_to_id(end_token)
-    prompt_ids = [_prompt_ids(tokenizer, template, p, system) for p in prompts]
+    prompt_ids = _prompt_ids(tokenizer, template, prompts, system)
     sampler, function = model.sampler, model.generate_function
     model.sampler, model.generate_function = keras_hub.samplers.GreedySampler(), None
     try:
@@ -136,16 +136,10 @@ def _format(value):
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _prompt_ids(tokenizer, template, prompt, system):
-    ids = []
-    for text, special, is_response in render(template, prompt, "", system):
-        if is_response:
-            break
-        if special:
-            ids.append(tokenizer.token_to_id(text))
-        else:
-            ids += np.asarray(tokenizer.tokenize(text), "int32").reshape(-1).tolist()
-    return ids
+def _prompt_ids(tokenizer, template, prompts, system):
+    """Token ids of each chat-formatted prompt, up to where the answer starts."""
+    examples = tokenize_examples(tokenizer, template, prompts, [""] * len(prompts), system)
+    return [ids[weights == 0].tolist() for ids, weights in examples]
 
 
 def _detokenize(tokenizer, ids):

@@ -114,7 +114,7 @@ def instruction_dataset(
             f"Got {len(prompts)} prompts and {len(responses)} responses: give "
             "one response per prompt, and at least one."
         )
-    examples = _tokenize(tokenizer, template, prompts, responses, system)
+    examples = tokenize_examples(tokenizer, template, prompts, responses, system)
     window = sequence_length + 1
     if pack:
         ids = np.concatenate([ids for ids, _ in examples])
@@ -137,7 +137,7 @@ def instruction_dataset(
     return x, y, sample_weight
 
 
-def _tokenize(tokenizer, template, prompts, responses, system):
+def tokenize_examples(tokenizer, template, prompts, responses, system=None):
     """[(ids, weights)] per example: weights 1 on response tokens."""
     rendered = [render(template, p, r, system) for p, r in zip(prompts, responses)]
     texts = [text for pieces in rendered for text, special, _ in pieces if not special]

@@ -126,8 +126,11 @@ def test_greedy_generate_matches_a_plain_greedy_loop(byte_tokenizer):
         max_new_tokens=6, batch_size=2,
     )
     end_id = byte_tokenizer.token_to_id("<|im_end|>")
-    for prompt, text in zip(prompts, texts):
-        prompt_ids = evaluation._prompt_ids(byte_tokenizer, "chatml", prompt, None)
+    all_prompt_ids = evaluation._prompt_ids(byte_tokenizer, "chatml", prompts, None)
+    assert evaluation._detokenize(byte_tokenizer, all_prompt_ids[1]) == (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    for prompt_ids, text in zip(all_prompt_ids, texts):
         expected = reference_greedy(model, prompt_ids, 6, end_id)
         assert text == evaluation._detokenize(byte_tokenizer, expected)
     assert isinstance(model.sampler, keras_hub.samplers.TopKSampler)
