@@ -62,7 +62,7 @@ class MaskedKernel:
             name="removed_count",
             shape=(),
             initializer=keras.initializers.Constant(
-                num_removed(math.prod(self._kernel.shape), self.sparsity)
+                self._removed_for(self.sparsity)
             ),
             dtype="int32",
             trainable=False,
@@ -77,9 +77,10 @@ class MaskedKernel:
     def set_sparsity(self, sparsity):
         """Changes the fraction of the kernel that the mask removes."""
         self.sparsity = check_sparsity(sparsity)
-        self.removed_count.assign(
-            num_removed(math.prod(self._kernel.shape), self.sparsity)
-        )
+        self.removed_count.assign(self._removed_for(self.sparsity))
+
+    def _removed_for(self, sparsity):
+        return num_removed(math.prod(self._kernel.shape), sparsity)
 
     @property
     def kernel(self):
@@ -112,8 +113,8 @@ class MaskedKernel:
         return [v for v in variables if v is not None]
 
     # The raw kernel and bias are saved under Keras' own keys ("0", "1"), and
-    # the scores and removed count after them, so that `save_weights` / `load_weights` restore
-    # the exact training state.
+    # the scores and removed count after them, so that `save_weights` /
+    # `load_weights` restore the exact training state.
     def save_own_variables(self, store):
         if not self.built:
             return
@@ -125,8 +126,8 @@ class MaskedKernel:
         if len(store.keys()) != len(variables):
             raise ValueError(
                 f"Masked layer '{self.name}' expected {len(variables)} "
-                f"variables (kernel, bias if any, scores, removed_count) but the weights file "
-                f"has {len(store.keys())}. Load weights saved from a model "
+                "variables (kernel, bias if any, scores, removed_count) but the "
+                f"weights file has {len(store.keys())}. Load weights saved from a model "
                 "wrapped with the same `layers` and `targets`."
             )
         for index, variable in enumerate(variables):
