@@ -1,15 +1,21 @@
 """keras-mft: Mask Fine-Tuning for KerasHub language models."""
 
-from keras_mft.bake import bake
 from keras_mft import evaluation
+from keras_mft import plot
 from keras_mft import protocol
+from keras_mft.bake import bake
+from keras_mft.bake import masks_of
+from keras_mft.gsm8k import gsm8k
 from keras_mft.instruction_data import instruction_dataset
 from keras_mft.instruction_data import read_jsonl
+from keras_mft.mask_file import apply_masks
+from keras_mft.mask_file import describe_masks
 from keras_mft.mask_file import load_masks
 from keras_mft.mask_file import save_masks
 from keras_mft.mask_fine_tuner import MaskFineTuner
 from keras_mft.masked_layers import MaskedDense
 from keras_mft.masked_layers import MaskedEinsumDense
+from keras_mft.preset import save_preset
 from keras_mft.schedules import LinearWarmupDecay
 from keras_mft.smollm2 import smollm2_135m_instruct
 from keras_mft.version import __version__
@@ -21,13 +27,19 @@ __all__ = [
     "MaskedDense",
     "MaskedEinsumDense",
     "__version__",
+    "apply_masks",
     "bake",
+    "describe_masks",
     "evaluation",
+    "gsm8k",
     "instruction_dataset",
     "load_masks",
+    "masks_of",
+    "plot",
     "protocol",
     "read_jsonl",
     "save_masks",
+    "save_preset",
     "smollm2_135m_instruct",
     "wrap",
 ]

@@ -1,5 +1,6 @@
 """`bake`: multiply the learned masks into the kernels and drop the scores."""
 
+import keras
 import keras_hub
 
 from keras_mft.masked_layers import is_masked
@@ -14,6 +15,19 @@ def masked_layers_of(model):
             "This model has no masks: call `keras_mft.wrap(model)` first."
         )
     return layers
+
+
+def masks_of(model):
+    """The current hard masks of a wrapped model, as numpy arrays.
+
+    Returns:
+        `{kernel path: mask}`, each mask a boolean array of the kernel's
+        shape, True where the weight is kept.
+    """
+    return {
+        layer._kernel.path: keras.ops.convert_to_numpy(layer.hard_mask()) == 1.0
+        for layer in masked_layers_of(model)
+    }
 
 
 def bake(model):

