@@ -40,6 +40,16 @@ def preset(tmp_path_factory, byte_tokenizer):
 
 
 @pytest.fixture(scope="module")
+def hugging_face_checkpoint(tmp_path_factory, preset):
+    """The tiny preset exported to a Hugging Face `transformers` directory."""
+    model = keras_hub.models.CausalLM.from_preset(preset)
+    directory = str(tmp_path_factory.mktemp("hf") / "tiny")
+    model.export_to_transformers(directory)
+    model.preprocessor.export_to_transformers(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "train.jsonl"
     path.write_text("".join(json.dumps(record) + "\n" for record in RECORDS), "utf-8")
@@ -113,6 +123,26 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
     batch = token_batch(sequence_length=6)
     np.testing.assert_allclose(
         logits_of(reloaded, batch), logits_of(reference, batch), rtol=1e-5, atol=1e-5)
+
+
+def test_train_and_eval_a_hugging_face_checkpoint(
+    capsys, tmp_path, preset, hugging_face_checkpoint, data_file
+):
+    assert json.load(open(os.path.join(hugging_face_checkpoint, "config.json")))["model_type"] == "llama"
+    out = str(tmp_path / "run")
+    status, _, err = run(capsys, "train", "--preset", hugging_face_checkpoint, "--data", data_file,
+                         "--epochs", "1", "--seq-len", "16", "--out", out)
+    assert status == 0, err
+    masks = os.path.join(out, "masks.mask")
+    assert len(keras_mft.describe_masks(masks)) == 3 * 7
+    # The same weights as the KerasHub preset, so the same mask file applies to both.
+    evaluated = [
+        run(capsys, "eval", "--preset", source, "--data", data_file, "--masks", masks, "--seq-len", "16")
+        for source in (preset, hugging_face_checkpoint)
+    ]
+    assert [status for status, _, _ in evaluated] == [0, 0]
+    rows = [out.strip().splitlines()[-1].split("|")[2:] for _, out, _ in evaluated]
+    assert rows[0] == rows[1]
 
 
 def test_argument_errors_are_one_line(capsys, data_file):
