@@ -115,6 +115,8 @@ def build_parser():
                        help="peak learning rate (default: %(default)s)")
     train.add_argument("--seed", type=int, default=0, help="seed of the initial scores (default: %(default)s)")
     train.add_argument("--out", default="keras-mft-train", help="output directory (default: %(default)s)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in --out from its last finished epoch")
 
     evaluate = _command(commands, "eval", run_eval, "Held-out response loss of a model, with or without masks.")
     _model_arguments(evaluate)
@@ -181,6 +183,14 @@ def run_demo(args):
 
 
 def run_train(args):
+    backup_dir = os.path.join(args.out, "backup")
+    if os.path.exists(backup_dir) and not args.resume:
+        raise CommandError(
+            f"{args.out} holds an interrupted run: pass --resume to continue it, "
+            "or choose another --out."
+        )
+    if args.resume and not os.path.exists(backup_dir):
+        raise CommandError(f"--resume: {args.out} holds no interrupted run to continue.")
     records = read_jsonl(args.data)
     model, tokenizer = _load_model(args.preset)
     data = _dataset(tokenizer, records, args)
@@ -194,18 +204,29 @@ def run_train(args):
     record_loss = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: losses.append(float(logs["loss"]))
     )
+    tuner = MaskFineTuner(snapshot_dir=args.out, monitor="loss")
+    # BackupAndRestore saves the whole training state at each epoch's end and,
+    # after an interruption, restarts from there: the same steps follow.
+    backup = keras.callbacks.BackupAndRestore(backup_dir)
     x, y, sample_weight = data
     history = model.fit(
         x, y, sample_weight=sample_weight, batch_size=args.batch_size,
-        epochs=args.epochs, callbacks=[MaskFineTuner(), record_loss],
+        epochs=args.epochs, callbacks=[tuner, backup, record_loss],
     )
+    if tuner.non_finite_loss_step is not None:
+        raise CommandError(
+            f"the loss stopped being finite at step {tuner.non_finite_loss_step}, so "
+            f"training stopped. The masks of the best epoch before it are in "
+            f"{os.path.join(args.out, 'best.mask')} if one finished."
+        )
     masks_path = os.path.join(args.out, "masks.mask")
     save_masks(model, masks_path)
     plot.training_curve(losses, os.path.join(args.out, "training_curve.png"))
     plot.mask_change(initial_masks, masks_of(model), os.path.join(args.out, "mask_change.png"))
     with open(os.path.join(args.out, "history.json"), "w", encoding="utf-8") as file:
         json.dump({"epochs": history.history, "step_losses": losses}, file, indent=2)
-    print(f"Wrote {masks_path}, history.json and two plots into {args.out}.")
+    print(f"Wrote {masks_path} (the final masks), best.mask (lowest epoch loss), "
+          f"history.json and two plots into {args.out}.")
     print(f"Bake them into a preset with: keras-mft bake --masks {masks_path} --out DIR"
           + (f" --preset {args.preset}" if args.preset else ""))
 

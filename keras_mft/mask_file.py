@@ -224,6 +224,11 @@ def _write_atomically(path, data):
     directory = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-mask-")
     try:
+        # mkstemp creates the file readable by its owner only; give it the
+        # permissions `open` would, so the mask file can be shared.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()

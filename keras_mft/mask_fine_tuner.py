@@ -48,6 +48,12 @@ class MaskFineTuner(keras.callbacks.Callback):
         patience: see `stop_below_flips`.
         bake_on_train_end: bake the model (`keras_mft.bake`) when training
             ends.
+
+    If the training loss stops being finite (NaN or infinite), training stops
+    at once with a warning; no snapshot is saved after that step and
+    `bake_on_train_end` does not bake, so the files of earlier epochs keep
+    the last good masks. `non_finite_loss_step` is then the step (counted
+    from 1) where it happened; otherwise it is None.
     """
 
     def __init__(
@@ -89,6 +95,7 @@ class MaskFineTuner(keras.callbacks.Callback):
         self._quiet_reports = 0
         self._best = math.inf if self.mode == "min" else -math.inf
         self._step = 0
+        self.non_finite_loss_step = None
         if self.snapshot_dir is not None:
             os.makedirs(self.snapshot_dir, exist_ok=True)
 
@@ -107,10 +114,23 @@ class MaskFineTuner(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self._step += 1
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.non_finite_loss_step = self._step
+            self.model.stop_training = True
+            warnings.warn(
+                f"MaskFineTuner: the loss became {float(loss)} at step {self._step}, "
+                "so training stopped and no later snapshot is saved. Check the data "
+                "and the model's weights, or lower the learning rate.",
+                stacklevel=2,
+            )
+            return
         if self.report_every and self._step % self.report_every == 0 and logs is not None:
             logs.update(self._report())
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.non_finite_loss_step is not None:
+            return
         report = self._report()
         if logs is not None:
             logs.update(report)
@@ -120,7 +140,7 @@ class MaskFineTuner(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        if self.bake_on_train_end:
+        if self.bake_on_train_end and self.non_finite_loss_step is None:
             bake(self.model)
 
     def _sync(self):

@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from keras_mft import architectures
 
@@ -27,8 +28,9 @@ def training_curve(losses, path, *, title="Mask fine-tuning"):
     figure = Figure(figsize=(6, 3.5), layout="constrained")
     axes = figure.subplots()
     axes.plot(np.arange(1, len(losses) + 1), losses, marker=".")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("training step")
-    axes.set_ylabel("training loss (mean over the epoch so far)")
+    axes.set_ylabel("Keras training loss\n(mean over the epoch so far)")
     axes.set_title(title)
     axes.grid(alpha=0.3)
     figure.savefig(path, dpi=120)

@@ -214,3 +214,24 @@ def test_demo_smoke(capsys, tmp_path):
     assert config["config"]["tie_word_embeddings"] is True
     for name in ("training_curve.png", "mask_change.png"):
         assert os.path.getsize(os.path.join(out, name)) > 1000
+
+
+def test_kill_and_resume_script(tmp_path, preset):
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "kill_and_resume.py")
+    result = subprocess.run(
+        [sys.executable, script, "--preset", preset, "--work", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "training unfinished: True" in result.stdout
+    assert "identical to the uninterrupted run's: True" in result.stdout
+    assert not (tmp_path / "interrupted" / "backup").exists()
+
+
+def test_train_refuses_to_overwrite_an_interrupted_run(capsys, tmp_path, preset, data_file):
+    (tmp_path / "backup").mkdir()
+    line = error_line(capsys, "train", "--preset", preset, "--data", data_file, "--out", str(tmp_path))
+    assert "holds an interrupted run: pass --resume" in line
+    line = error_line(capsys, "train", "--preset", preset, "--data", data_file,
+                      "--out", str(tmp_path / "new"), "--resume")
+    assert "holds no interrupted run" in line

@@ -1,6 +1,12 @@
 """keras_mft.save_masks / load_masks."""
 
+import hashlib
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -128,3 +134,88 @@ def test_interrupted_save_leaves_the_previous_file(saved, monkeypatch):
         keras_mft.save_masks(wrapped(seed=9), path)
     assert path.read_bytes() == previous
     assert os.listdir(path.parent) == [path.name]
+
+
+def rewrite_header(path, change):
+    """The file at `path` with its JSON header changed and a valid checksum."""
+    data = path.read_bytes()[: -mask_file._DIGEST_BYTES]
+    prefix = len(mask_file.MAGIC) + mask_file._LENGTH.size
+    (length,) = mask_file._LENGTH.unpack_from(data, len(mask_file.MAGIC))
+    header = json.loads(data[prefix : prefix + length])
+    change(header)
+    encoded = json.dumps(header).encode("utf-8")
+    body = mask_file.MAGIC + mask_file._LENGTH.pack(len(encoded)) + encoded + data[prefix + length :]
+    path.write_bytes(body + hashlib.sha256(body).digest())
+
+
+def test_a_file_from_another_version_of_the_same_format_loads(saved, batch):
+    model, path = saved
+    rewrite_header(path, lambda header: header.update(keras_mft_version="0.0.1"))
+    fresh = wrapped(seed=3)
+    keras_mft.load_masks(fresh, path)
+    np.testing.assert_array_equal(logits_of(fresh, batch), logits_of(model, batch))
+
+
+def set_first(key, value):
+    return lambda header: header["masks"][0].update({key: value})
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda header: header.update(format=2), "it has format 2, and this keras-mft"),
+        (set_first("shape", [2**40, 2**40]), "is inconsistent"),
+        (set_first("shape", [-4, 8]), "is inconsistent"),
+        (set_first("shape", "float32"), "is incomplete"),
+        (set_first("nbytes", 2**62), "is inconsistent"),
+        (set_first("offset", -1), "is inconsistent"),
+        (set_first("sparsity", "a lot"), "is incomplete"),
+        (lambda header: header["masks"][0].pop("path"), "is incomplete"),
+    ],
+)
+def test_refuses_hostile_headers_before_allocating(saved, change, message, monkeypatch):
+    _, path = saved
+    rewrite_header(path, change)
+    unpacked = []
+    monkeypatch.setattr(mask_file.np, "unpackbits", lambda *a, **k: unpacked.append(1) or np.unpackbits(*a, **k))
+    model = wrapped(seed=5)
+    before = scores_of(model)
+    with pytest.raises(ValueError, match=message):
+        keras_mft.load_masks(model, path)
+    assert_unchanged(model, before)
+    # Records are checked in file order: the damaged first one is never unpacked.
+    assert not unpacked
+
+
+KEEP_SAVING = """
+import sys
+import keras_mft
+from tests.test_mask_file import wrapped
+models = [wrapped(seed=1), wrapped(seed=2)]
+print("ready", flush=True)
+for step in range(10**6):
+    keras_mft.save_masks(models[step % 2], sys.argv[1])
+"""
+
+
+def test_sigkill_during_saves_leaves_a_valid_file(saved, tmp_path):
+    _, path = saved
+    child = subprocess.Popen(
+        [sys.executable, "-c", KEEP_SAVING, str(path)],
+        stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert child.stdout.readline().strip() == "ready"
+    for delay in (0.3, 0.05, 0.2):
+        time.sleep(delay)
+        os.kill(child.pid, 0)  # still saving
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    # Whatever moment the kill hit, the file is one complete save.
+    keras_mft.load_masks(wrapped(seed=5), path)
+
+
+def test_saved_file_has_the_usual_permissions(saved):
+    _, path = saved
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask

@@ -133,3 +133,29 @@ def test_early_stop_when_masks_settle_then_bake():
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         keras_mft.MaskFineTuner(**kwargs)
+
+
+class PoisonFinalNorm(keras.callbacks.Callback):
+    """Makes the loss NaN from the start of epoch `epoch` (0-based)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            norm = self.model.backbone.layer_norm
+            norm.scale.assign(np.full(norm.scale.shape, np.nan, "float32"))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_snapshot(tmp_path):
+    model = wrapped()
+    tuner = keras_mft.MaskFineTuner(snapshot_dir=str(tmp_path), monitor="loss",
+                                    save_best_only=False, bake_on_train_end=True)
+    with pytest.warns(UserWarning, match="loss became nan at step 3"):
+        history = fit(model, [tuner, PoisonFinalNorm(epoch=1)], epochs=3)
+    assert tuner.non_finite_loss_step == 3
+    assert len(history.history["loss"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.mask", "epoch-001.mask"]
+    assert (tmp_path / "best.mask").read_bytes() == (tmp_path / "epoch-001.mask").read_bytes()
+    assert masked(model), "a model whose loss went NaN is not baked"

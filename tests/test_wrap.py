@@ -110,6 +110,7 @@ def test_default_band_is_all_blocks_when_fewer_than_four(model):
         ({"targets": ["q", "qq"]}, ValueError, r"Unknown targets \['qq'\]"),
         ({"targets": []}, ValueError, "Unknown targets"),
         ({"sparsity": 1.0}, ValueError, r"\[0, 1\)"),
+        ({"sparsity": -0.1}, ValueError, r"\[0, 1\)"),
         ({"sparsity": float("nan")}, ValueError, r"\[0, 1\)"),
         ({"sparsity": "0.1"}, TypeError, r"\[0, 1\)"),
         ({"mlp_sparsity": -0.5}, ValueError, "mlp_sparsity"),
@@ -124,6 +125,17 @@ def test_bad_arguments_are_refused_and_change_nothing(model, kwargs, error, mess
         keras_mft.wrap(model, **kwargs)
     assert not any(is_masked(layer) for layer in model._flatten_layers())
     assert len(model.trainable_variables) == trainable_before
+    for path, value in frozen_values(model).items():
+        np.testing.assert_array_equal(value, before[path])
+
+
+def test_refuses_an_unbuilt_layer(model):
+    query = model.backbone.transformer_layers[1]._self_attention_layer._query_dense
+    query.built = False
+    before = frozen_values(model)
+    with pytest.raises(ValueError, match="'query' is not built"):
+        keras_mft.wrap(model, seed=0)
+    assert not any(is_masked(layer) for layer in model._flatten_layers())
     for path, value in frozen_values(model).items():
         np.testing.assert_array_equal(value, before[path])
 
