@@ -1,0 +1,72 @@
+"""Time of mask selection for LLaMA-7B-sized matrices, on the active backend.
+
+Compares keras-mft's selection (`keras_mft.mask.keep_mask`: bisection over
+the bit patterns of |score|) with a full sort and with `ops.top_k` of the
+same scores, each through `keras.ops`, and prints a table. Each method is run
+once to warm up (compilation, caches) and then `--repeats` times; the table
+shows the median.
+
+    KERAS_BACKEND=jax python benchmarks/selection.py [--sizes 4096x4096,4096x11008] [--json FILE]
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_mft.mask import keep_mask
+from keras_mft.mask import num_removed
+
+
+def seconds(function, repeats):
+    ops.convert_to_numpy(function())  # warm-up; also waits for the result
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ops.convert_to_numpy(function())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(shape, sparsity, repeats):
+    scores = np.random.default_rng(0).normal(0, 0.02, shape).astype("float32")
+    scores = ops.convert_to_tensor(scores)
+    flat = ops.reshape(ops.abs(scores), (-1,))
+    removed = num_removed(int(np.prod(shape)), sparsity)
+    methods = {
+        "keras-mft": lambda: keep_mask(scores, removed),
+        "sort": lambda: ops.sort(flat),
+        "top_k": lambda: ops.top_k(-flat, removed, sorted=False)[1],
+    }
+    return {name: seconds(method, repeats) for name, method in methods.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="4096x4096,4096x11008")
+    parser.add_argument("--sparsity", type=float, default=0.1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    backend = keras.backend.backend()
+    rows = []
+    print(f"| backend | matrix | keras-mft (s) | sort (s) | top_k (s) | sort / keras-mft | top_k / keras-mft |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for size in args.sizes.split(","):
+        shape = tuple(int(n) for n in size.split("x"))
+        result = measure(shape, args.sparsity, args.repeats)
+        rows.append({"backend": backend, "shape": list(shape), **result})
+        print(f"| {backend} | {size} | {result['keras-mft']:.3f} | {result['sort']:.3f} | "
+              f"{result['top_k']:.3f} | {result['sort'] / result['keras-mft']:.1f}x | "
+              f"{result['top_k'] / result['keras-mft']:.1f}x |", flush=True)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as file:
+            json.dump(rows, file, indent=2)
+
+
+if __name__ == "__main__":
+    main()
