@@ -1,10 +1,11 @@
 """Time of mask selection for LLaMA-7B-sized matrices, on the active backend.
 
-Compares keras-mft's selection (`keras_mft.mask.keep_mask`: bisection over
+Compares keras-mft's selection (`keras_mft.mask.keep_mask`: radix select over
 the bit patterns of |score|) with a full sort and with `ops.top_k` of the
-same scores, each through `keras.ops`, and prints a table. Each method is run
-once to warm up (compilation, caches) and then `--repeats` times; the table
-shows the median.
+same scores, each through `keras.ops` and compiled as a train step compiles
+it (`jax.jit`, `tf.function(jit_compile=True)`, eager PyTorch), and prints a
+table. Each method is run once to warm up (compilation, caches) and then
+`--repeats` times; the table shows the median.
 
     KERAS_BACKEND=jax python benchmarks/selection.py [--sizes 4096x4096,4096x11008] [--json FILE]
 """
@@ -22,6 +23,20 @@ from keras_mft.mask import keep_mask
 from keras_mft.mask import num_removed
 
 
+def compiled(function):
+    """`function` compiled the way Keras compiles a train step on this backend."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.jit(function)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(function, jit_compile=True)
+    return function
+
+
 def seconds(function, repeats):
     ops.convert_to_numpy(function())  # warm-up; also waits for the result
     times = []
@@ -35,14 +50,13 @@ def seconds(function, repeats):
 def measure(shape, sparsity, repeats):
     scores = np.random.default_rng(0).normal(0, 0.02, shape).astype("float32")
     scores = ops.convert_to_tensor(scores)
-    flat = ops.reshape(ops.abs(scores), (-1,))
     removed = num_removed(int(np.prod(shape)), sparsity)
     methods = {
-        "keras-mft": lambda: keep_mask(scores, removed),
-        "sort": lambda: ops.sort(flat),
-        "top_k": lambda: ops.top_k(-flat, removed, sorted=False)[1],
+        "keras-mft": compiled(lambda s: keep_mask(s, removed)),
+        "sort": compiled(lambda s: ops.sort(ops.reshape(ops.abs(s), (-1,)))),
+        "top_k": compiled(lambda s: ops.top_k(-ops.reshape(ops.abs(s), (-1,)), removed, sorted=False)[1]),
     }
-    return {name: seconds(method, repeats) for name, method in methods.items()}
+    return {name: seconds(lambda: method(scores), repeats) for name, method in methods.items()}
 
 
 def main():

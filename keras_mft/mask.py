@@ -12,10 +12,14 @@ from fractions import Fraction
 
 from keras import ops
 
+from keras_mft.histogram import histogram
+
 # |score| as float32 is non-negative, so its bit pattern read as int32 sorts in
-# the same order as its value. Searching over the 31 value bits finds the k-th
-# smallest entry exactly, with one comparison pass per bit and no sort.
-_VALUE_BITS = 31
+# the same order as its value. Its 31 value bits are searched in two passes
+# (radix select): first the high 15 bits, then the low 16.
+_LOW_BITS = 16
+_HIGH_BINS = 2 ** (31 - _LOW_BITS)
+_LOW_BINS = 2**_LOW_BITS
 
 
 def check_sparsity(sparsity, name="sparsity"):
@@ -52,42 +56,42 @@ def keep_mask(scores, removed):
             `num_removed`).
     """
     keys = ops.view(ops.reshape(ops.abs(scores), (-1,)), "int32")
-    threshold = _kth_smallest(keys, removed)
-    below = ops.less(keys, threshold)
+    threshold, ties_to_remove = _kth_smallest(keys, removed)
     tied = ops.equal(keys, threshold)
-    ties_to_remove = removed - ops.sum(ops.cast(below, "int32"))
     tie_rank = ops.cumsum(ops.cast(tied, "int32"))
     is_removed = ops.logical_or(
-        below, ops.logical_and(tied, ops.less_equal(tie_rank, ties_to_remove))
+        ops.less(keys, threshold),
+        ops.logical_and(tied, ops.less_equal(tie_rank, ties_to_remove)),
     )
     keep = ops.cast(ops.logical_not(is_removed), scores.dtype)
     return ops.reshape(keep, ops.shape(scores))
 
 
 def _kth_smallest(keys, k):
-    """The k-th smallest (1-based) of non-negative int32 `keys`, by bisection."""
-    # A loop op rather than a Python loop keeps the compiled graph small, and
-    # a module-level body lets JAX reuse the compiled loop between calls.
-    bounds = (
-        ops.convert_to_tensor(0, "int32"),
-        ops.convert_to_tensor(2**_VALUE_BITS - 1, "int32"),
-        keys,
-        ops.convert_to_tensor(k, "int32"),
+    """The k-th smallest (1-based) of non-negative int32 `keys`, by radix select.
+
+    Returns:
+        `(value, needed)`: the k-th smallest value, and how many entries equal
+        to it are among the k smallest (0 when k = 0).
+    """
+    k = ops.convert_to_tensor(k, "int32")
+    high = ops.right_shift(keys, _LOW_BITS)
+    high_bin, k_in_high = _select_bin(high, k, _HIGH_BINS)
+    # Entries outside the chosen high bin go to an extra bin, never chosen.
+    low = ops.where(
+        ops.equal(high, high_bin), ops.bitwise_and(keys, _LOW_BINS - 1), _LOW_BINS
     )
-    low, _, _, _ = ops.fori_loop(0, _VALUE_BITS, _halve, bounds)
-    return low
+    low_bin, needed = _select_bin(low, k_in_high, _LOW_BINS + 1)
+    return high_bin * _LOW_BINS + low_bin, needed
 
 
-def _halve(step, state):
-    low, high, keys, k = state
-    middle = low + (high - low) // 2
-    enough = ops.sum(ops.cast(ops.less_equal(keys, middle), "int32")) >= k
-    return (
-        ops.where(enough, low, middle + 1),
-        ops.where(enough, middle, high),
-        keys,
-        k,
-    )
+def _select_bin(bins, k, num_bins):
+    """The bin of the k-th smallest entry, and k's rank within that bin."""
+    counts = histogram(bins, num_bins)
+    cumulative = ops.cumsum(counts)
+    chosen = ops.sum(ops.cast(ops.less(cumulative, k), "int32"))
+    before = ops.take(ops.pad(cumulative, [[1, 0]]), chosen)
+    return chosen, k - before
 
 
 def straight_through_mask(scores, removed):

@@ -13,7 +13,7 @@ from tests.conftest import to_numpy
 from tests.test_mask import numpy_keep_mask
 
 # Few distinct values force many ties; the edge values test the bit-pattern
-# bisection at its ends (zeros of both signs, subnormals, the largest float).
+# radix select at its ends (zeros of both signs, subnormals, the largest float).
 EDGE_VALUES = [0.0, -0.0, 1e-45, -1e-45, 0.5, -0.5, 3.4e38, -3.4e38]
 scores_arrays = hnp.arrays(
     np.float32,
