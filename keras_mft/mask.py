@@ -57,11 +57,27 @@ def keep_mask(scores, removed):
     """
     keys = ops.view(ops.reshape(ops.abs(scores), (-1,)), "int32")
     threshold, ties_to_remove = _kth_smallest(keys, removed)
+    # Entries equal to the threshold are removed in flat order until enough
+    # are gone. Ranking them with a cumulative sum over the whole kernel would
+    # cost a full pass that XLA runs slowly; instead the kernel is viewed as
+    # rows, the row where the removal stops is found from per-row counts, and
+    # only that row is ranked.
+    columns = scores.shape[-1] if len(scores.shape) else 1
+    keys = ops.reshape(keys, (-1, columns))
     tied = ops.equal(keys, threshold)
-    tie_rank = ops.cumsum(ops.cast(tied, "int32"))
+    tied_before = ops.cumsum(ops.sum(ops.cast(tied, "int32"), axis=1))
+    last_row = ops.sum(ops.cast(ops.less(tied_before, ties_to_remove), "int32"))
+    ties_in_last_row = ties_to_remove - ops.take(ops.pad(tied_before, [[1, 0]]), last_row)
+    rank_in_last_row = ops.cumsum(ops.cast(ops.take(tied, last_row, axis=0), "int32"))
+    row = ops.expand_dims(ops.arange(ops.shape(keys)[0], dtype="int32"), 1)
+    tie_removed = ops.logical_or(
+        ops.less(row, last_row),
+        ops.logical_and(
+            ops.equal(row, last_row), ops.less_equal(rank_in_last_row, ties_in_last_row)
+        ),
+    )
     is_removed = ops.logical_or(
-        ops.less(keys, threshold),
-        ops.logical_and(tied, ops.less_equal(tie_rank, ties_to_remove)),
+        ops.less(keys, threshold), ops.logical_and(tied, tie_removed)
     )
     keep = ops.cast(ops.logical_not(is_removed), scores.dtype)
     return ops.reshape(keep, ops.shape(scores))
