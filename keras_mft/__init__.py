@@ -5,6 +5,7 @@ from keras_mft import plot
 from keras_mft import protocol
 from keras_mft.bake import bake
 from keras_mft.bake import masks_of
+from keras_mft.bake import scores_of
 from keras_mft.gsm8k import gsm8k
 from keras_mft.instruction_data import instruction_dataset
 from keras_mft.instruction_data import read_jsonl
@@ -40,6 +41,7 @@ __all__ = [
     "read_jsonl",
     "save_masks",
     "save_preset",
+    "scores_of",
     "smollm2_135m_instruct",
     "wrap",
 ]

@@ -30,6 +30,18 @@ def masks_of(model):
     }
 
 
+def scores_of(model):
+    """The current scores of a wrapped model, as numpy arrays.
+
+    Returns:
+        `{kernel path: scores}`, each a float32 array of the kernel's shape.
+    """
+    return {
+        layer._kernel.path: keras.ops.convert_to_numpy(layer.scores)
+        for layer in masked_layers_of(model)
+    }
+
+
 def bake(model):
     """Makes a wrapped model a plain KerasHub model again, in place.
 

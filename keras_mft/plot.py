@@ -1,7 +1,8 @@
 """Figures of mask training, saved as PNG files.
 
 Figures are drawn with `matplotlib.figure.Figure`, not `pyplot`, so they work
-without a display and leave any open pyplot figures alone.
+without a display and leave any open pyplot figures alone. Each function
+saves its figure and returns it (a notebook displays a returned figure).
 """
 
 import re
@@ -34,6 +35,7 @@ def training_curve(losses, path, *, title="Mask fine-tuning"):
     axes.set_title(title)
     axes.grid(alpha=0.3)
     figure.savefig(path, dpi=120)
+    return figure
 
 
 def mask_change(before, after, path, *, title="Share of each mask that changed"):
@@ -74,3 +76,67 @@ def mask_change(before, after, path, *, title="Share of each mask that changed")
     figure.colorbar(image, ax=axes, label="% of mask entries changed")
     axes.set_title(title)
     figure.savefig(path, dpi=120)
+    return figure
+
+
+def mask_flips(history, path, *, title="How the masks moved"):
+    """Saves `mask_flips` and `mask_changed` over training as a line plot.
+
+    Args:
+        history: the `History` that `model.fit` returns with a
+            `keras_mft.MaskFineTuner` among its callbacks, or its `.history`
+            dict (one value per epoch).
+        path: the PNG file to write.
+        title: the figure's title.
+    """
+    logs = getattr(history, "history", history)
+    missing = [name for name in ("mask_flips", "mask_changed") if name not in logs]
+    if missing:
+        raise ValueError(
+            f"The history has no {' or '.join(missing)}: train with "
+            "`callbacks=[keras_mft.MaskFineTuner()]` to record them."
+        )
+    figure = Figure(figsize=(6, 3.5), layout="constrained")
+    axes = figure.subplots()
+    epochs = np.arange(1, len(logs["mask_flips"]) + 1)
+    axes.plot(epochs, 100 * np.asarray(logs["mask_flips"]), marker="o",
+              label="changed since the last report")
+    axes.plot(epochs, 100 * np.asarray(logs["mask_changed"]), marker="o",
+              label="changed since the start")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("% of mask entries")
+    axes.set_title(title)
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.savefig(path, dpi=120)
+    return figure
+
+
+def score_histogram(scores, masks, path, *, bins=100, title="Scores of kept and removed weights"):
+    """Saves histograms of the scores of kept and of removed entries.
+
+    Args:
+        scores: `{kernel path: scores}`, e.g. from `keras_mft.scores_of`.
+        masks: `{kernel path: mask}` of the same kernels, from
+            `keras_mft.masks_of`.
+        path: the PNG file to write.
+        bins: the number of histogram bins.
+        title: the figure's title.
+    """
+    if set(scores) != set(masks):
+        raise ValueError("`scores` and `masks` must hold the same kernels.")
+    values = np.concatenate([np.ravel(scores[name]) for name in scores])
+    kept = np.concatenate([np.ravel(masks[name]) for name in scores]).astype(bool)
+    edges = np.histogram_bin_edges(values, bins=bins)
+    figure = Figure(figsize=(6, 3.5), layout="constrained")
+    axes = figure.subplots()
+    axes.hist(values[kept], bins=edges, alpha=0.7, label=f"kept ({kept.sum():,})")
+    axes.hist(values[~kept], bins=edges, alpha=0.7, label=f"removed ({(~kept).sum():,})")
+    axes.set_yscale("log")
+    axes.set_xlabel("score")
+    axes.set_ylabel("entries (log scale)")
+    axes.set_title(title)
+    axes.legend()
+    figure.savefig(path, dpi=120)
+    return figure
