@@ -11,7 +11,9 @@ Models (`--model`):
 Arms: `mft` (`keras_mft.wrap` on the band, all 7 projections), `fft` (every
 weight), `fft_band` (every weight of the band's blocks), `lora8` / `lora64`
 (Keras LoRA, rank 8 / 64, on the band's 7 projections; the same layers MFT
-masks). Every arm trains with AdamW (learning rate 2e-5, weight decay 0) and
+masks), and for the memory benchmark `norms` (only the band's RMS-norm
+scales: the same backward pass through the band, with no weight-sized
+gradient). Every arm trains with AdamW (learning rate 2e-5, weight decay 0) and
 KerasHub's causal-LM loss, through Keras' own compiled train step.
 """
 
@@ -29,7 +31,7 @@ from keras_mft import architectures
 from keras_mft.wrap import parse_layers
 
 ARMS = ("mft", "fft", "fft_band", "lora8", "lora64")
-LORA_RANKS = {"lora1": 1, "lora8": 8, "lora64": 64}
+LORA_RANKS = {"lora8": 8, "lora64": 64}
 MODELS = {
     "smollm2": {"band": "4:8", "batch_size": 4, "sequence_length": 256},
     "llama7b_slice": {"band": "0:2", "batch_size": 1, "sequence_length": 512},
@@ -77,12 +79,17 @@ def prepare(model, arm, band):
         for layer in model._flatten_layers(include_self=False):
             layer.trainable = False
         for block in band_blocks(model, band):
+            projections = architectures.projections_of(block).values()
             if arm == "fft_band":
                 block.trainable = True
-                continue
-            for layer in architectures.projections_of(block).values():
-                layer.trainable = True
-                layer.enable_lora(LORA_RANKS[arm])
+            elif arm == "norms":
+                block.trainable = True
+                for layer in projections:
+                    layer.trainable = False
+            else:
+                for layer in projections:
+                    layer.trainable = True
+                    layer.enable_lora(LORA_RANKS[arm])
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=2e-5, weight_decay=0.0),
         weighted_metrics=[],
@@ -126,9 +133,8 @@ def median_seconds(step, warmup, repeats):
     return statistics.median(times)
 
 
-def release(model):
-    """Frees a model before the next arm is built."""
-    del model
+def release():
+    """Frees the models no longer referenced, before the next arm is built."""
     keras.backend.clear_session()
     gc.collect()
 

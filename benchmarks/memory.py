@@ -1,10 +1,11 @@
 """Peak memory that MFT adds per masked weight during training, on the active backend.
 
-Each arm runs in a fresh Python process: it builds the model, prepares the
-arm, notes its resident memory, runs `--steps` train steps and reports the
-peak resident memory (`ru_maxrss`) above that. The reference arm, `lora1`
-(LoRA of rank 1 on the same projections), runs the same forward and backward
-pass through the band with almost nothing to train, so
+Each arm runs in a fresh Python process: it builds the model, notes its
+resident memory, prepares the arm (for MFT: adds the scores), runs `--steps`
+train steps and reports the peak resident memory (`ru_maxrss`) above that
+note. The reference arm, `norms`, trains only the band's RMS-norm scales: it
+runs the same forward and backward pass through the band with no weight-sized
+gradient, so
 
     (MFT's peak - the reference's peak) / masked weights
 
@@ -30,7 +31,7 @@ import keras
 import arms
 
 BUDGET_BYTES = 16
-MEMORY_ARMS = ("lora1", "mft", "fft_band")
+MEMORY_ARMS = ("norms", "mft", "fft_band")
 
 
 def band_for(model_name, num_layers):
@@ -42,11 +43,12 @@ def run_arm(model_name, arm, num_layers, steps):
     """In this process: the resident memory before training and the peak during it."""
     settings = arms.MODELS[model_name]
     band = band_for(model_name, num_layers)
-    model = arms.prepare(arms.build_model(model_name, num_layers), arm, band)
+    model = arms.build_model(model_name, num_layers)
     x, y, sample_weight = arms.batch(
         model.backbone.vocabulary_size, settings["batch_size"], settings["sequence_length"]
     )
     before = arms.current_rss_bytes()
+    arms.prepare(model, arm, band)
     for _ in range(steps):
         model.train_on_batch(x, y, sample_weight=sample_weight)
     return {
@@ -70,7 +72,7 @@ def measure(model_name, num_layers, steps):
         results[arm] = json.loads(child.stdout.strip().splitlines()[-1])
         print(f"  {arm}: {results[arm]['extra_peak_bytes'] / 2**20:,.0f} MiB above the built model", flush=True)
     masked = results["mft"]["masked_weights"]
-    reference = results["lora1"]["extra_peak_bytes"]
+    reference = results["norms"]["extra_peak_bytes"]
     row = {"backend": keras.backend.backend(), "model": model_name, "masked_weights": masked}
     for arm in ("mft", "fft_band"):
         row[f"{arm}_bytes_per_weight"] = (results[arm]["extra_peak_bytes"] - reference) / masked

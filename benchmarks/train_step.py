@@ -17,26 +17,31 @@ import keras
 import arms
 
 
-def measure(model_name, arm_names, warmup, steps):
+def time_arm(model_name, arm, warmup, steps):
+    """One arm's row; its model is freed when this returns."""
     settings = arms.MODELS[model_name]
+    model = arms.prepare(arms.build_model(model_name), arm, settings["band"])
+    x, y, sample_weight = arms.batch(
+        model.backbone.vocabulary_size, settings["batch_size"], settings["sequence_length"]
+    )
+    seconds = arms.median_seconds(
+        lambda: model.train_on_batch(x, y, sample_weight=sample_weight), warmup, steps
+    )
+    return {
+        "backend": keras.backend.backend(),
+        "model": model_name,
+        "arm": arm,
+        "trainable": arms.trainable_count(model),
+        "seconds": seconds,
+    }
+
+
+def measure(model_name, arm_names, warmup, steps):
     rows = []
     for arm in arm_names:
-        model = arms.prepare(arms.build_model(model_name), arm, settings["band"])
-        x, y, sample_weight = arms.batch(
-            model.backbone.vocabulary_size, settings["batch_size"], settings["sequence_length"]
-        )
-        seconds = arms.median_seconds(
-            lambda: model.train_on_batch(x, y, sample_weight=sample_weight), warmup, steps
-        )
-        rows.append({
-            "backend": keras.backend.backend(),
-            "model": model_name,
-            "arm": arm,
-            "trainable": arms.trainable_count(model),
-            "seconds": seconds,
-        })
-        print(f"  {arm}: {seconds:.3f} s", flush=True)
-        arms.release(model)
+        rows.append(time_arm(model_name, arm, warmup, steps))
+        arms.release()
+        print(f"  {arm}: {rows[-1]['seconds']:.3f} s", flush=True)
     reference = {row["arm"]: row["seconds"] for row in rows}
     for row in rows:
         row["vs_fft_band"] = row["seconds"] / reference["fft_band"] if "fft_band" in reference else None
@@ -55,6 +60,10 @@ def verdict(rows):
         f"{'met' if met_band else 'MISSED'}); MFT / full FFT = {mft['vs_fft']:.2f} "
         f"(target < 1: {'met' if met_fft else 'MISSED'})"
     )
+
+
+def ratio(value):
+    return "" if value is None else f"{value:.2f}"
 
 
 def main():
@@ -76,7 +85,7 @@ def main():
         ["backend", "model", "arm", "trainable weights", "step (s)", "/ FFT band", "/ full FFT"],
         [
             [row["backend"], row["model"], row["arm"], f"{row['trainable']:,}",
-             f"{row['seconds']:.3f}", f"{row['vs_fft_band']:.2f}", f"{row['vs_fft']:.2f}"]
+             f"{row['seconds']:.3f}", ratio(row["vs_fft_band"]), ratio(row["vs_fft"])]
             for row in rows
         ],
     ))

@@ -79,7 +79,7 @@ def test_memory_benchmark_reports_bytes_per_masked_weight(results):
     directory, _ = results
     row = read(directory, "memory")
     assert row["masked_weights"] == TINY_BAND_KERNELS
-    assert set(row["raw"]) == {"lora1", "mft", "fft_band"}
+    assert set(row["raw"]) == {"norms", "mft", "fft_band"}
     assert all(arm["extra_peak_bytes"] > 0 for arm in row["raw"].values())
 
 
