@@ -2,7 +2,7 @@
 
     nox -s tests-jax          # one backend
     nox -s tests-torch -- -k wrap   # arguments after -- go to pytest
-    nox -s bench              # the benchmarks (about 45 minutes on 2 cores)
+    nox -s bench              # the benchmarks (about 70 minutes on 2 cores)
     nox -s bench -- jax       # the benchmarks on some backends only
 """
 
@@ -14,10 +14,12 @@ nox.options.sessions = ["tests-jax", "tests-torch", "tests-tensorflow"]
 
 # What each backend adds to keras-hub (which always brings TensorFlow).
 # torch is pinned to a CPU build; an unpinned torch pulls a multi-GB CUDA one.
+# The tensorflow session gets torch too, as the other backend that the
+# `--backend` test switches to.
 BACKEND_PACKAGES = {
     "jax": ["jax[cpu]"],
     "torch": ["torch==2.13.0"],
-    "tensorflow": [],
+    "tensorflow": ["torch==2.13.0"],
 }
 
 

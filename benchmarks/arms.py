@@ -30,7 +30,8 @@ import keras_mft
 from keras_mft import architectures
 from keras_mft.wrap import parse_layers
 
-ARMS = ("mft", "fft", "fft_band", "lora8", "lora64")
+# Full FFT needs the most memory, so it runs last.
+ARMS = ("mft", "fft_band", "lora8", "lora64", "fft")
 LORA_RANKS = {"lora8": 8, "lora64": 64}
 MODELS = {
     "smollm2": {"band": "4:8", "batch_size": 4, "sequence_length": 256},

@@ -182,7 +182,8 @@ def test_missing_model_package_says_how_to_install(capsys, monkeypatch, data_fil
 
 
 def test_backend_flag_restarts_on_that_backend(tmp_path):
-    other = "torch" if keras.backend.backend() != "torch" else "jax"
+    # TensorFlow comes with keras-hub; the tensorflow session installs torch.
+    other = "tensorflow" if keras.backend.backend() != "tensorflow" else "torch"
     broken = tmp_path / "broken.jsonl"
     broken.write_text("not json\n", "utf-8")
     result = subprocess.run(
