@@ -28,6 +28,7 @@ import statistics
 import time
 
 import keras
+import keras_hub
 import numpy as np
 
 import keras_mft
@@ -35,9 +36,10 @@ from keras_mft import evaluation
 from keras_mft import protocol
 
 SETTINGS = {
+    "model": "smollm2_135m_instruct",  # --fast: "tiny", a small random Llama
     "train_problems": 320,  # the first of keras_mft.gsm8k("train")
     "held_out_problems": 128,  # the first of keras_mft.gsm8k("held_out"), for the loss
-    "exact_match_problems": 64,  # the first of those, answered greedily
+    "exact_match_problems": 32,  # the first of those, answered greedily
     "max_new_tokens": 256,
     "sequence_length": 256,
     "batch_size": 8,
@@ -100,6 +102,8 @@ class Experiment:
         return record
 
     def base_model(self):
+        if self.settings["model"] == "tiny":
+            return tiny_model(self.tokenizer.vocabulary_size())
         model = keras_mft.smollm2_135m_instruct()
         model.preprocessor = None  # the data is already tokenized
         return model
@@ -184,6 +188,18 @@ class Experiment:
         return record
 
 
+def tiny_model(vocabulary_size):
+    """A small Llama with random numpy weights, the same on every backend."""
+    backbone = keras_hub.models.Llama3Backbone(
+        vocabulary_size=vocabulary_size, num_layers=8, num_query_heads=2,
+        num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
+    )
+    rng = np.random.default_rng(0)
+    backbone.set_weights([rng.normal(0.0, 0.1, w.shape) if w.ndim > 1 else np.ones(w.shape)
+                          for w in backbone.get_weights()])
+    return keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=None)
+
+
 def settings_key(settings):
     """A short hash of the settings and the backend: results only mix when both match."""
     text = json.dumps({**settings, "backend": keras.backend.backend()}, sort_keys=True)
@@ -251,11 +267,12 @@ def main():
     parser.add_argument("--weights", default="reproduction-weights", help="where the FFT weights are kept")
     parser.add_argument("--images", default="docs/images")
     parser.add_argument("--report", action="store_true", help="only print the tables and draw the plots")
-    parser.add_argument("--fast", action="store_true", help="a few examples and tokens, to test the script")
+    parser.add_argument("--fast", action="store_true",
+                        help="a tiny random model, a few examples and tokens, to test the script")
     args = parser.parse_args()
     settings = dict(SETTINGS)
     if args.fast:
-        settings.update(train_problems=8, held_out_problems=4, exact_match_problems=2,
+        settings.update(model="tiny", train_problems=8, held_out_problems=4, exact_match_problems=2,
                         max_new_tokens=4, sequence_length=64, fft_epochs=1)
     arms = args.arms.split(",") if args.arms else arm_names()
     unknown = [arm for arm in arms if arm not in arm_names()]

