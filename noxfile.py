@@ -4,6 +4,7 @@
     nox -s tests-torch -- -k wrap   # arguments after -- go to pytest
     nox -s bench              # the benchmarks (about 70 minutes on 2 cores)
     nox -s bench -- jax       # the benchmarks on some backends only
+    nox -s docs               # the documentation site, built strictly and checked in Chromium
 """
 
 import nox
@@ -64,3 +65,23 @@ def bench(session):
                 env={"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"},
             )
     session.run("python", "benchmarks/report.py")
+
+
+# The documentation site's tools, pinned: the build must not change under us.
+DOCS_PACKAGES = [
+    "mkdocs==1.6.1", "mkdocs-material==9.8.2", "mkdocstrings-python==2.0.11",
+    "mkdocs-gen-files==0.6.1", "playwright==1.65.2",
+]
+
+
+@nox.session(python="3.11")
+def docs(session):
+    """Builds the site in strict mode, then opens every page in headless Chromium.
+
+    Needs Chromium at /usr/bin/chromium (Debian: `apt-get install chromium`).
+    The screenshots of the pages go to site-screenshots/.
+    """
+    session.install(*DOCS_PACKAGES)
+    env = {"DISABLE_MKDOCS_2_WARNING": "true"}
+    session.run("mkdocs", "build", "--strict", env=env)
+    session.run("python", "docs/check_site.py", "site", "--screenshots", "site-screenshots")

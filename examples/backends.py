@@ -8,7 +8,7 @@ not a code change: set `KERAS_BACKEND` before `import keras`. The initial
 scores come from numpy with a fixed seed, so every backend starts from the
 same masks. This guide learns masks on SmolLM2-135M-Instruct on the backend
 it runs on, then runs itself on every other installed backend and compares.
-It takes about 5 minutes on 2 CPU cores with all three backends installed.
+It takes about 7 minutes on 2 CPU cores with all three backends installed.
 """
 
 import os

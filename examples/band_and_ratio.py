@@ -10,7 +10,7 @@ instruction following) and kept r = 0.1. This guide measures both choices on
 SmolLM2-135M-Instruct (30 blocks) with GSM8K problems: for each setting, the
 held-out answer loss with the untrained random mask and with the learned
 mask. It takes about 9 minutes on 2 CPU cores; the same sweep at a larger
-scale, with seeds, is in `docs/reproduction.md`.
+scale, with more bands and ratios, is in `docs/reproduction.md`.
 """
 
 import os
@@ -50,7 +50,7 @@ def load_model():
 
 model = load_model()
 tokenizer = model.preprocessor.tokenizer
-TRAIN, HELD_OUT, SEQUENCE_LENGTH = (8, 4, 64) if FAST else (64, 32, 256)
+TRAIN, HELD_OUT, SEQUENCE_LENGTH = (8, 4, 64) if FAST else (48, 24, 256)
 train = {key: values[:TRAIN] for key, values in keras_mft.gsm8k("train").items()}
 held_out = {key: values[:HELD_OUT] for key, values in keras_mft.gsm8k("held_out").items()}
 x, y, sample_weight = keras_mft.instruction_dataset(tokenizer, train, sequence_length=SEQUENCE_LENGTH)
@@ -79,21 +79,21 @@ def mask_fine_tune(layers, sparsity):
 """
 ## Which band?
 
-Four bands across the 30 blocks, each removing 10%. Masking near the input
-changes everything downstream; the paper's best band for math is 4-7.
+Three bands of the 30 blocks: the first four, the paper's best band for math
+(blocks 4-7), and the last four. Each removes 10% of every projection.
 """
 
-BANDS = ["0:4", "4:8", "13:17", "26:30"] if not FAST else ["0:4", "4:8"]
+BANDS = ["0:4", "4:8", "26:30"] if not FAST else ["0:4", "4:8"]
 bands = {band: mask_fine_tune(band, 0.1) for band in BANDS}
 
 """
 ## Which ratio?
 
-Blocks 4-7, removing 1% to 20% of each matrix. Removing more costs more at
+Blocks 4-7, removing 5% to 20% of each matrix. Removing more costs more at
 first (the random mask); whether learning recovers it is what we measure.
 """
 
-RATIOS = [0.01, 0.05, 0.1, 0.2] if not FAST else [0.05, 0.1]
+RATIOS = [0.05, 0.1, 0.2] if not FAST else [0.05, 0.1]
 ratios = {ratio: bands["4:8"] if ratio == 0.1 else mask_fine_tune("4:8", ratio) for ratio in RATIOS}
 
 """
@@ -130,3 +130,28 @@ keras_mft.plot.mask_change(default["initial masks"], keras_mft.masks_of(default[
 keras_mft.plot.score_histogram(keras_mft.scores_of(default["model"]),
                                keras_mft.masks_of(default["model"]), "scores.png")
 print("wrote mask_change.png, scores.png")
+
+"""
+## What one run showed
+
+On JAX, with the settings above (48 training problems, one epoch of 4 steps,
+24 held-out problems; the unmasked model's held-out loss is 1.6113):
+
+| blocks | ratio | random mask | learned mask |
+|---|---|---|---|
+| 0:4 | 0.1 | 2.1107 | 1.9168 |
+| 4:8 | 0.1 | 1.7198 | 1.6312 |
+| 26:30 | 0.1 | 1.9885 | 1.8168 |
+| 4:8 | 0.05 | 1.6572 | 1.5680 |
+| 4:8 | 0.2 | 1.8367 | 1.7398 |
+
+![Held-out loss by band](../images/guide_band_sweep.png)
+
+![Held-out loss by ratio](../images/guide_ratio_sweep.png)
+
+Removing weights from the first or the last blocks costs far more than from
+blocks 4-7, and four steps of learning recover a large part of the cost of the
+random mask in every setting. With 5% removed, the learned mask's held-out
+loss fell below the unmasked model's. One run on 24 problems is not evidence:
+`docs/reproduction.md` repeats the sweeps with more data.
+"""

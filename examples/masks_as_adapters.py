@@ -7,7 +7,8 @@ A learned MFT mask is to its base model what a LoRA adapter is: a small file
 that turns the shared base model into the fine-tuned one. The file stores one
 bit per masked weight and a fingerprint of each kernel it was learned on, so
 it is refused by any other model. This guide learns a mask on
-SmolLM2-135M-Instruct (about 4 minutes on 2 CPU cores), then moves it around.
+SmolLM2-135M-Instruct (about 3 minutes in all on 2 CPU cores), then moves it
+around.
 """
 
 import os

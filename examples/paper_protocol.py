@@ -31,22 +31,36 @@ FAST = os.environ.get("KERAS_MFT_FAST") == "1"
 """
 ## The base model and the data
 
-The arms start from copies of the same weights, so the base model is loaded
-once and its weights kept.
+Each arm loads the model again and sets the weights it starts from: those of
+the base model, or those of the fine-tuned one.
 """
 
-base = keras_mft.smollm2_135m_instruct()
+
+def load_base():
+    """The base model: SmolLM2-135M-Instruct, or a tiny model in fast mode."""
+    model = keras_mft.smollm2_135m_instruct()
+    if FAST:  # a tiny model with random numpy weights, the same on every backend
+        tiny = keras_hub.models.Llama3Backbone(
+            vocabulary_size=model.backbone.vocabulary_size, num_layers=8,
+            num_query_heads=2, num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
+        )
+        rng = np.random.default_rng(0)
+        tiny.set_weights([rng.normal(0.0, 0.1, w.shape) if w.ndim > 1 else np.ones(w.shape)
+                          for w in tiny.get_weights()])
+        model = keras_hub.models.Llama3CausalLM(backbone=tiny, preprocessor=model.preprocessor)
+    return model
+
+
+def model_with(weights):
+    model = load_base()
+    model.preprocessor = None  # the data below is already tokenized
+    model.set_weights(weights)
+    return model
+
+
+base = load_base()
 tokenizer = base.preprocessor.tokenizer
-if FAST:  # a tiny model with random numpy weights, the same on every backend
-    tiny = keras_hub.models.Llama3Backbone(
-        vocabulary_size=base.backbone.vocabulary_size, num_layers=8,
-        num_query_heads=2, num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
-    )
-    rng = np.random.default_rng(0)
-    tiny.set_weights([rng.normal(0.0, 0.1, w.shape) if w.ndim > 1 else np.ones(w.shape)
-                      for w in tiny.get_weights()])
-    base = keras_hub.models.Llama3CausalLM(backbone=tiny, preprocessor=base.preprocessor)
-base.preprocessor = None  # the data below is already tokenized
+base.preprocessor = None
 base_weights = base.get_weights()
 
 TRAIN, HELD_OUT, SEQUENCE_LENGTH = (8, 4, 64) if FAST else (48, 24, 256)
@@ -54,15 +68,6 @@ train = {key: values[:TRAIN] for key, values in keras_mft.gsm8k("train").items()
 held_out = {key: values[:HELD_OUT] for key, values in keras_mft.gsm8k("held_out").items()}
 train_data = keras_mft.instruction_dataset(tokenizer, train, sequence_length=SEQUENCE_LENGTH)
 held_out_data = keras_mft.instruction_dataset(tokenizer, held_out, sequence_length=SEQUENCE_LENGTH)
-
-
-def model_with(weights):
-    model = keras_hub.models.Llama3CausalLM(
-        backbone=keras_hub.models.Llama3Backbone.from_config(base.backbone.get_config()),
-        preprocessor=None,
-    )
-    model.set_weights(weights)
-    return model
 
 
 def evaluate(model):

@@ -146,8 +146,9 @@ class MaskedKernel:
 class MaskedDense(MaskedKernel, keras.layers.Dense):
     """A `keras.layers.Dense` whose frozen kernel is multiplied by a learned mask.
 
+    It takes the arguments of `keras.layers.Dense` (`units`, ...), and:
+
     Args:
-        units: as in `keras.layers.Dense`.
         sparsity: float in [0, 1), the fraction of kernel entries removed:
             exactly `floor(sparsity * kernel.size)` of them.
         scores_initializer: initializer of the float32 scores. Defaults to
@@ -173,8 +174,10 @@ class MaskedEinsumDense(MaskedKernel, keras.layers.EinsumDense):
     attention kernel removes `floor(sparsity * kernel.size)` entries, exactly
     as the same weights laid out as a 2-D matrix would.
 
+    It takes the arguments of `keras.layers.EinsumDense` (`equation`,
+    `output_shape`, ...), and:
+
     Args:
-        equation, output_shape: as in `keras.layers.EinsumDense`.
         sparsity: float in [0, 1), the fraction of kernel entries removed.
         scores_initializer: initializer of the float32 scores. Defaults to
             `RandomNormal(stddev=0.02)`.

@@ -46,8 +46,9 @@ def mask_change(before, after, path, *, title="Share of each mask that changed")
     `after`.
 
     Args:
-        before, after: `{kernel path: mask}` from `keras_mft.masks_of`, taken
-            e.g. before and after training.
+        before: `{kernel path: mask}` from `keras_mft.masks_of`, taken e.g.
+            before training.
+        after: the same kernels' masks, e.g. after training.
         path: the PNG file to write.
         title: the figure's title.
     """

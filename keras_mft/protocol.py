@@ -88,8 +88,9 @@ def lora_fine_tune(
     """LoRA through KerasHub's `enable_lora` on every decoder block.
 
     Args:
-        rank, alpha: LoRA's rank and scale numerator (the update is
-            `alpha / rank * A @ B`); the paper compares with 64 and 16.
+        rank: LoRA's rank; the paper compares with 64.
+        alpha: LoRA's scale numerator (the update is `alpha / rank * A @ B`);
+            the paper uses 16.
         targets: projections to adapt, as for `keras_mft.wrap`; KerasHub's
             default is query and value.
     """

@@ -63,10 +63,13 @@ def wrap(
     Example:
 
     ```python
-    model = keras_hub.models.Llama3CausalLM.from_preset("llama3_8b_en")
-    model = keras_mft.wrap(model, layers="20:24", sparsity=0.1)
-    model.fit(data, epochs=2)
-    keras_mft.bake(model).save_to_preset("./llama3_mft")
+    # Or any KerasHub Llama: keras_hub.models.Llama3CausalLM.from_preset(...)
+    model = keras_mft.smollm2_135m_instruct()
+    model = keras_mft.wrap(model, layers="4:8", sparsity=0.1)
+    [v.path for v in model.trainable_variables][:2]
+    # ['transformer_layer_4/self_attention/query/scores', ...]
+    # model.fit(...) learns the masks; then a plain KerasHub model:
+    model = keras_mft.bake(model)
     ```
     """
     backbone = architectures.backbone_of(model)

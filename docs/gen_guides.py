@@ -1,0 +1,50 @@
+"""Turns each guide in examples/ into a page of the site, at build time.
+
+A guide is a runnable `.py` file in the keras.io style: a header docstring
+(`Title:`, `Description:`, then prose), code, and more docstring blocks of
+prose between the code. The page keeps the prose as Markdown and the code as
+Python blocks, in order. Run by mkdocs-gen-files (see mkdocs.yml).
+"""
+
+import ast
+import inspect
+import pathlib
+
+import mkdocs_gen_files
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+GUIDES = [
+    "quickstart", "paper_protocol", "band_and_ratio", "backends",
+    "masks_as_adapters", "straight_through", "kill_and_resume",
+]
+
+
+def guide_to_markdown(source, name):
+    """The page of one guide: the header, then prose and code in file order."""
+    lines = source.splitlines()
+    header, *body = ast.parse(source).body
+    fields, _, intro = inspect.cleandoc(header.value.value).partition("\n\n")
+    title = fields.split("Title:", 1)[1].split("Description:", 1)[0].strip()
+    description = " ".join(fields.split("Description:", 1)[1].split())
+    parts = [f"# {title}", f"*{description}*", intro,
+             f"Run it from a clone of the repository: `python examples/{name}.py`. "
+             "`KERAS_BACKEND` chooses the backend."]
+    code_from = header.end_lineno
+    for node in body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
+                and isinstance(node.value.value, str):
+            parts += [_code(lines[code_from : node.lineno - 1]), inspect.cleandoc(node.value.value)]
+            code_from = node.end_lineno
+    parts.append(_code(lines[code_from:]))
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def _code(lines):
+    text = "\n".join(lines).strip("\n")
+    return f"```python\n{text}\n```" if text.strip() else ""
+
+
+for guide in GUIDES:
+    source = (ROOT / "examples" / f"{guide}.py").read_text(encoding="utf-8")
+    with mkdocs_gen_files.open(f"guides/{guide}.md", "w") as page:
+        page.write(guide_to_markdown(source, guide))
