@@ -6,7 +6,7 @@ continued fine-tuning, random and L1-magnitude masks and LoRA.
 The paper fully fine-tunes a model (FFT), then learns masks on the fine-tuned
 model with the same data and loss, and compares with the baselines below, each
 for the same number of steps. This guide runs every arm on the embedded
-SmolLM2-135M-Instruct with 32 GSM8K problems, so that it finishes in about 9
+SmolLM2-135M-Instruct with 32 GSM8K problems, so that it finishes in about 8
 minutes on 2 CPU cores. At this size the differences between arms are within
 noise: the guide shows the workflow. `benchmarks/reproduce.py` runs the same
 arms with more data, several seeds, MFT without the FFT stage and greedy
