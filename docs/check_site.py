@@ -79,10 +79,11 @@ def main():
     screenshots = pathlib.Path(args.screenshots)
     screenshots.mkdir(parents=True, exist_ok=True)
     base = serve(site)
+    pages = pages_of(site)
     failures = {}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
-        for page in pages_of(site):
+        for page in pages:
             name = page.strip("/").replace("/", "_") or "index"
             problems = check_page(browser, base + page, screenshots / f"{name}.png")
             print(f"{'FAIL' if problems else 'ok  '} /{page}")
@@ -91,7 +92,7 @@ def main():
         browser.close()
     for page, problems in failures.items():
         print(f"\n/{page}:\n  " + "\n  ".join(problems))
-    print(f"\n{len(pages_of(site)) - len(failures)} of {len(pages_of(site))} pages without "
+    print(f"\n{len(pages) - len(failures)} of {len(pages)} pages without "
           f"problems; screenshots in {screenshots}/")
     sys.exit(1 if failures else 0)
 
