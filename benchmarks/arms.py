@@ -80,7 +80,7 @@ def prepare(model, arm, band):
         for layer in model._flatten_layers(include_self=False):
             layer.trainable = False
         for block in band_blocks(model, band):
-            projections = architectures.projections_of(block).values()
+            projections = architectures.projections_of(model.backbone, block).values()
             if arm == "fft_band":
                 block.trainable = True
             elif arm == "norms":
@@ -107,7 +107,7 @@ def masked_count(model, band):
     return sum(
         int(np.prod(layer.kernel.shape))
         for block in band_blocks(model, band)
-        for layer in architectures.projections_of(block).values()
+        for layer in architectures.projections_of(model.backbone, block).values()
     )
 
 

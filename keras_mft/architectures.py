@@ -1,62 +1,99 @@
 """Which KerasHub models keras-mft can wrap, and where their projections are.
 
-A decoder block of KerasHub's Llama has seven projections. keras-mft names
-each by its KerasHub layer name or by a short alias:
+Every supported decoder block has attention projections and MLP projections
+built from `Dense`/`EinsumDense` layers. keras-mft names them by the same
+short aliases whatever the model, and accepts each model's own KerasHub layer
+names as well:
 
-| alias  | KerasHub layer name              | group     |
-|--------|----------------------------------|-----------|
-| `q`    | `query`                          | attention |
-| `k`    | `key`                            | attention |
-| `v`    | `value`                          | attention |
-| `o`    | `attention_output`               | attention |
-| `gate` | `feedforward_gate_dense`         | mlp       |
-| `up`   | `feedforward_intermediate_dense` | mlp       |
-| `down` | `feedforward_output_dense`       | mlp       |
+| alias  | Llama, Mistral, Qwen, Phi3       | Gemma, Gemma3  | GPT-2                            | group     |
+|--------|----------------------------------|----------------|----------------------------------|-----------|
+| `q`    | `query`                          | `query`        | `query`                          | attention |
+| `k`    | `key`                            | `key`          | `key`                            | attention |
+| `v`    | `value`                          | `value`        | `value`                          | attention |
+| `o`    | `attention_output`               | `attention_output` | `attention_output`           | attention |
+| `gate` | `feedforward_gate_dense`         | `ffw_gating`   | (none: GPT-2's MLP has no gate)  | mlp       |
+| `up`   | `feedforward_intermediate_dense` | `ffw_gating_2` | `feedforward_intermediate_dense` | mlp       |
+| `down` | `feedforward_output_dense`       | `ffw_linear`   | `feedforward_output_dense`       | mlp       |
 """
 
 import keras_hub
 
-# alias -> (KerasHub layer name, group), in the order the paper lists them.
-PROJECTIONS = {
-    "q": ("query", "attention"),
-    "k": ("key", "attention"),
-    "v": ("value", "attention"),
-    "o": ("attention_output", "attention"),
-    "gate": ("feedforward_gate_dense", "mlp"),
-    "up": ("feedforward_intermediate_dense", "mlp"),
-    "down": ("feedforward_output_dense", "mlp"),
+# Every alias and its group, in the order the paper lists the projections.
+GROUP_OF = {
+    "q": "attention",
+    "k": "attention",
+    "v": "attention",
+    "o": "attention",
+    "gate": "mlp",
+    "up": "mlp",
+    "down": "mlp",
+}
+ALIASES = tuple(GROUP_OF)
+
+_ATTENTION = {"q": "query", "k": "key", "v": "value", "o": "attention_output"}
+_GATED_MLP = {
+    "gate": "feedforward_gate_dense",
+    "up": "feedforward_intermediate_dense",
+    "down": "feedforward_output_dense",
+}
+_GEMMA_MLP = {"gate": "ffw_gating", "up": "ffw_gating_2", "down": "ffw_linear"}
+_PLAIN_MLP = {
+    "up": "feedforward_intermediate_dense",
+    "down": "feedforward_output_dense",
 }
 
-SUPPORTED_MODELS = (
-    "keras_hub.models.LlamaCausalLM",
-    "keras_hub.models.Llama3CausalLM",
-    "keras_hub.models.LlamaBackbone",
-    "keras_hub.models.Llama3Backbone",
-)
+# Backbone class -> {alias: KerasHub layer name}. Subclasses (Llama3Backbone
+# of LlamaBackbone) are found through their parent.
+LAYER_NAMES = {
+    keras_hub.models.LlamaBackbone: {**_ATTENTION, **_GATED_MLP},
+    keras_hub.models.MistralBackbone: {**_ATTENTION, **_GATED_MLP},
+    keras_hub.models.QwenBackbone: {**_ATTENTION, **_GATED_MLP},
+    keras_hub.models.Qwen3Backbone: {**_ATTENTION, **_GATED_MLP},
+    keras_hub.models.Phi3Backbone: {**_ATTENTION, **_GATED_MLP},
+    keras_hub.models.GemmaBackbone: {**_ATTENTION, **_GEMMA_MLP},
+    keras_hub.models.Gemma3Backbone: {**_ATTENTION, **_GEMMA_MLP},
+    keras_hub.models.GPT2Backbone: {**_ATTENTION, **_PLAIN_MLP},
+}
+
+
+def supported_models():
+    """The names of the backbones keras-mft can wrap (and their `CausalLM`s)."""
+    return [cls.__name__ for cls in LAYER_NAMES]
 
 
 def backbone_of(model):
-    """The Llama backbone of `model`, or a TypeError naming what is supported."""
-    if isinstance(model, keras_hub.models.LlamaCausalLM):
-        return model.backbone
-    if isinstance(model, keras_hub.models.LlamaBackbone):
-        return model
+    """The backbone of `model`, or a TypeError naming what is supported."""
+    backbone = model.backbone if isinstance(model, keras_hub.models.CausalLM) else model
+    if isinstance(backbone, tuple(LAYER_NAMES)):
+        return backbone
     raise TypeError(
-        f"keras-mft cannot wrap a {type(model).__name__}. Supported models: "
-        f"{', '.join(SUPPORTED_MODELS)} (Llama3 classes subclass the Llama "
-        "ones). Load one with e.g. "
+        f"keras-mft cannot wrap a {type(model).__name__}. Supported: the "
+        f"causal LMs and backbones of {', '.join(supported_models())} "
+        "(and their subclasses, such as Llama3Backbone). Load one with e.g. "
         "`keras_hub.models.Llama3CausalLM.from_preset(...)`."
     )
 
 
-def projections_of(block):
-    """The projections of one decoder block, as {alias: layer}."""
+def layer_names_of(backbone):
+    """{alias: KerasHub layer name} of the projections of `backbone`'s blocks."""
+    for cls in type(backbone).__mro__:
+        if cls in LAYER_NAMES:
+            return LAYER_NAMES[cls]
+    backbone_of(backbone)  # raises the error that lists what is supported
+
+
+def projections_of(backbone, block):
+    """The projections of one decoder block of `backbone`, as {alias: layer}."""
     by_name = {
         layer.name: layer for layer in block._flatten_layers(include_self=False)
     }
-    return {alias: by_name[name] for alias, (name, _) in PROJECTIONS.items()}
+    return {alias: by_name[name] for alias, name in layer_names_of(backbone).items()}
 
 
-def group_of(alias):
-    """'attention' or 'mlp'."""
-    return PROJECTIONS[alias][1]
+def alias_of_layer_name(name):
+    """The alias of a KerasHub projection layer name, in any supported model."""
+    for names in LAYER_NAMES.values():
+        for alias, layer_name in names.items():
+            if layer_name == name:
+                return alias
+    raise KeyError(f"{name!r} is not a projection keras-mft masks.")

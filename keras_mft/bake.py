@@ -4,7 +4,7 @@ import keras
 import keras_hub
 
 from keras_mft.masked_layers import is_masked
-from keras_mft.masked_layers import unmask_layer
+from keras_mft.masked_layers import unmask_layers
 
 
 def masked_layers_of(model):
@@ -58,8 +58,7 @@ def bake(model):
     Returns:
         The same model object.
     """
-    for layer in masked_layers_of(model):
-        unmask_layer(layer)
+    unmask_layers(masked_layers_of(model))
     for layer in model._flatten_layers():
         layer.trainable = True
     if isinstance(model, keras_hub.models.CausalLM):

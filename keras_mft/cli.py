@@ -106,8 +106,9 @@ def build_parser():
     train.add_argument("--layers",
                        help="blocks to mask: a band 'start:stop', indices '1,5,9' or 'all' "
                             "(default: 0:4, or all blocks if the model has fewer)")
-    train.add_argument("--targets", default="q,k,v,o,gate,up,down",
-                       help="projections to mask, comma-separated (default: %(default)s)")
+    train.add_argument("--targets",
+                       help="projections to mask, comma-separated, e.g. 'q,v,down' "
+                            "(default: all of the model's, q,k,v,o,gate,up,down for Llama)")
     train.add_argument("--sparsity", type=float, default=0.1,
                        help="fraction of each matrix removed (default: %(default)s)")
     train.add_argument("--epochs", type=_positive_int, default=2, help="(default: %(default)s)")
@@ -194,7 +195,7 @@ def run_train(args):
     records = read_jsonl(args.data)
     model, tokenizer = _load_model(args.preset)
     data = _dataset(tokenizer, records, args)
-    wrap(model, layers=_layers(args.layers), targets=args.targets.split(","),
+    wrap(model, layers=_layers(args.layers), targets=args.targets.split(",") if args.targets else None,
          sparsity=args.sparsity, seed=args.seed)
     steps = math.ceil(len(data[1]) / args.batch_size) * args.epochs
     model.compile(optimizer=paper_optimizer(steps, args.lr), sampler=model.sampler)

@@ -110,16 +110,19 @@ def _select_bin(bins, k, num_bins):
     return chosen, k - before
 
 
-def straight_through_mask(scores, removed):
-    """The hard mask in the forward pass, with gradient `sign(scores)`.
+def straight_through(scores, hard):
+    """`hard` in the forward pass, with gradient `sign(scores)` to `scores`.
 
-    Forward: `keep_mask(scores, removed)`, exactly 0 or 1. Backward: the
-    gradient reaching the mask is passed to `|scores|` unchanged, so
+    The gradient reaching the mask is passed to `|scores|` unchanged, so
     `d loss / d scores = sign(scores) * d loss / d mask` for kept and removed
     entries alike (the straight-through estimator of the MFT paper).
     """
-    hard = keep_mask(ops.stop_gradient(scores), removed)
     # `scores - stop_gradient(scores)` is exactly zero, so the forward value is
     # `hard` bit for bit, while its derivative with respect to scores is 1.
     zero_with_gradient = scores - ops.stop_gradient(scores)
-    return hard + zero_with_gradient * ops.stop_gradient(ops.sign(scores))
+    return ops.stop_gradient(hard) + zero_with_gradient * ops.stop_gradient(ops.sign(scores))
+
+
+def straight_through_mask(scores, removed):
+    """`keep_mask(scores, removed)` forward, with the straight-through gradient."""
+    return straight_through(scores, keep_mask(ops.stop_gradient(scores), removed))

@@ -12,7 +12,7 @@ Layout (all integers little-endian):
 
 The header holds `format` (1), `keras_mft_version` and `masks`: one record per
 masked kernel, keyed by the kernel variable's `path`, with its `shape`,
-`sparsity`, `num_removed`, the SHA-256 of the frozen kernel's bytes
+`sparsity`, `selection` (`"per_matrix"` when absent), `num_removed`, the SHA-256 of the frozen kernel's bytes
 (`kernel_sha256`) and where its bits lie in the payload (`offset`, `nbytes`).
 Nothing in the file is executed or unpickled.
 """
@@ -29,6 +29,7 @@ import numpy as np
 
 from keras_mft import architectures
 from keras_mft.bake import masked_layers_of
+from keras_mft.selection import parse_selection
 from keras_mft.version import __version__
 from keras_mft.wrap import wrap
 
@@ -58,7 +59,8 @@ def save_masks(model, path):
                 "path": layer._kernel.path,
                 "shape": list(layer._kernel.shape),
                 "sparsity": layer.sparsity,
-                "num_removed": layer.num_removed,
+                "selection": layer.selection,
+                "num_removed": int(np.sum(mask == 0.0)),
                 "kernel_sha256": _fingerprint(layer),
                 "offset": offset,
                 "nbytes": len(bits),
@@ -104,12 +106,19 @@ def load_masks(model, path):
             "`targets` used when the file was saved."
         )
     new_scores = []
+    removed_by_group = {}
     for kernel_path, layer in by_path.items():
         record = records[kernel_path]
         if tuple(record["shape"]) != tuple(layer._kernel.shape):
             raise ValueError(
                 f"{kernel_path}: the mask file holds shape {record['shape']} "
                 f"but the model's kernel has shape {list(layer._kernel.shape)}."
+            )
+        if record["selection"] != layer.selection:
+            raise ValueError(
+                f"{kernel_path}: the mask file was saved with selection "
+                f"{record['selection']!r} but this layer uses {layer.selection!r}. "
+                "Wrap with the same `selection`."
             )
         if record["sparsity"] != layer.sparsity:
             raise ValueError(
@@ -124,13 +133,25 @@ def load_masks(model, path):
                 "(same preset and weights) before loading these masks."
             )
         keep = record["bits"]
-        if int(np.sum(~keep)) != layer.num_removed:
+        if layer._global_group is not None:
+            # A global group removes a total, shared unevenly by its members.
+            group = layer._global_group
+            removed_by_group[group] = removed_by_group.get(group, 0) + int(np.sum(~keep))
+        elif int(np.sum(~keep)) != layer.num_removed:
             raise ValueError(
                 f"{kernel_path}: the mask file removes {int(np.sum(~keep))} "
                 f"weights, but sparsity {layer.sparsity} removes "
                 f"{layer.num_removed}. The file is corrupted."
             )
         new_scores.append(keep.astype("float32").reshape(record["shape"]))
+    for group, removed in removed_by_group.items():
+        expected = sum(int(keras.ops.convert_to_numpy(m.removed_count)) for m in group.layers)
+        if removed != expected:
+            raise ValueError(
+                f"The mask file removes {removed} weights from the global group of "
+                f"{group.layers[0].name}, but its sparsity removes {expected}. "
+                "The file is corrupted."
+            )
     for layer, scores in zip(by_path.values(), new_scores):
         layer.scores.assign(scores)
 
@@ -144,7 +165,7 @@ def apply_masks(model, path):
     (kernels, shapes, frozen weights) runs before the model is changed.
 
     Args:
-        model: a `LlamaCausalLM` / `Llama3CausalLM` (or backbone) that is not
+        model: a KerasHub causal LM (or backbone) that `wrap` accepts, not
             wrapped, with the weights the masks were learned on.
         path: a file written by `keras_mft.save_masks`.
 
@@ -155,7 +176,7 @@ def apply_masks(model, path):
     backbone = architectures.backbone_of(model)
     where = {}
     for index, block in enumerate(backbone.transformer_layers):
-        for alias, layer in architectures.projections_of(block).items():
+        for alias, layer in architectures.projections_of(backbone, block).items():
             where[layer._kernel.path] = (index, alias, layer)
     unknown = sorted(set(records) - set(where))
     if unknown:
@@ -163,12 +184,16 @@ def apply_masks(model, path):
             f"The mask file {path} masks kernels that this model does not have: "
             f"{unknown[:3]}. Load the model the masks were learned on."
         )
+    selections = {record["selection"] for record in records.values()}
+    if len(selections) != 1:
+        raise ValueError(f"The mask file {path} mixes selections {sorted(selections)}.")
+    selection = selections.pop()
     blocks = sorted({where[p][0] for p in records})
-    aliases = [a for a in architectures.PROJECTIONS if any(where[p][1] == a for p in records)]
+    aliases = [a for a in architectures.ALIASES if any(where[p][1] == a for p in records)]
     sparsities = {"attention": set(), "mlp": set()}
     for kernel_path, record in records.items():
         _, alias, layer = where[kernel_path]
-        sparsities[architectures.group_of(alias)].add(record["sparsity"])
+        sparsities[architectures.GROUP_OF[alias]].add(record["sparsity"])
         if tuple(record["shape"]) != tuple(layer._kernel.shape):
             raise ValueError(
                 f"{kernel_path}: the mask file holds shape {record['shape']} "
@@ -188,8 +213,10 @@ def apply_masks(model, path):
             "`keras_mft.load_masks`."
         )
     only = {group: values.pop() if values else None for group, values in sparsities.items()}
+    if isinstance(parse_selection(selection), tuple):
+        only = {"attention": None, "mlp": None}  # N:M fixes the sparsity
     wrap(
-        model, layers=blocks, targets=aliases,
+        model, layers=blocks, targets=aliases, selection=selection,
         attention_sparsity=only["attention"], mlp_sparsity=only["mlp"],
     )
     load_masks(model, path)
@@ -200,7 +227,7 @@ def describe_masks(path):
     """What a mask file holds, read without a model.
 
     Returns:
-        `[{"path", "shape", "sparsity", "num_removed"}]`, one entry per
+        `[{"path", "shape", "sparsity", "selection", "num_removed"}]`, one entry per
         masked kernel, in file order. The file is fully validated first.
     """
     return [
@@ -208,6 +235,7 @@ def describe_masks(path):
             "path": kernel_path,
             "shape": list(record["shape"]),
             "sparsity": record["sparsity"],
+            "selection": record["selection"],
             "num_removed": int(np.sum(~record["bits"])),
         }
         for kernel_path, record in _read_records(path).items()
@@ -277,6 +305,8 @@ def _read_records(path):
             offset, nbytes = int(record["offset"]), int(record["nbytes"])
             kernel_path = str(record["path"])
             record["sparsity"] = float(record["sparsity"])
+            record["selection"] = record.get("selection", "per_matrix")
+            parse_selection(record["selection"])
         except (KeyError, TypeError, ValueError):
             raise refuse("a mask record is incomplete") from None
         size = math.prod(shape)

@@ -4,9 +4,10 @@ The hook is the one Keras uses for LoRA: `call` is Keras' own and reads
 `self.kernel`, and the `kernel` property returns the effective kernel, here
 `kernel * mask`. The kernel and bias are frozen; the only trainable variable is
 `scores`, float32 and shaped like the kernel, from which the mask is recomputed
-at every call (see `keras_mft.mask`).
+at every call (see `keras_mft.mask` and, for the other ways of choosing the
+removed entries, `keras_mft.selection`).
 
-`mask_layer` and `unmask_layer` turn a built KerasHub projection into its masked
+`mask_layer` and `unmask_layers` turn a built KerasHub projection into its masked
 twin and back in place, the way `enable_lora` does, so the layer keeps its
 name, its variables and their paths.
 """
@@ -16,22 +17,25 @@ import math
 import keras
 from keras import ops
 
+from keras_mft import selection as selections
 from keras_mft.mask import check_sparsity
 from keras_mft.mask import keep_mask
 from keras_mft.mask import num_removed
-from keras_mft.mask import straight_through_mask
+from keras_mft.mask import straight_through
 
 
 class MaskedKernel:
     """What `MaskedDense` and `MaskedEinsumDense` add to their Keras parent."""
 
-    def __init__(self, *args, sparsity=0.1, scores_initializer=None, **kwargs):
+    def __init__(
+        self, *args, sparsity=0.1, selection="per_matrix", scores_initializer=None, **kwargs
+    ):
         if kwargs.get("lora_rank"):
             raise ValueError(
                 "A masked layer cannot also use LoRA. Remove `lora_rank`."
             )
         super().__init__(*args, **kwargs)
-        self.sparsity = check_sparsity(sparsity)
+        self._set_selection(selection, sparsity)
         self.scores_initializer = keras.initializers.get(
             scores_initializer
             or keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
@@ -40,6 +44,14 @@ class MaskedKernel:
     def build(self, input_shape):
         super().build(input_shape)
         self._add_scores(self.scores_initializer)
+
+    def _set_selection(self, selection, sparsity):
+        self.selection = selection
+        self._selection = selections.parse_selection(selection)
+        self._global_group = None  # set by `keras_mft.wrap`
+        if isinstance(self._selection, tuple):
+            sparsity = selections.n_m_sparsity(*self._selection)
+        self.sparsity = check_sparsity(sparsity)
 
     def _add_scores(self, initializer):
         """Freezes kernel and bias; adds `scores` and `removed_count`."""
@@ -71,16 +83,32 @@ class MaskedKernel:
 
     @property
     def num_removed(self):
-        """How many kernel entries the mask removes: floor(sparsity * size)."""
+        """How many kernel entries the mask removes: floor(sparsity * size).
+
+        With `selection="global"`, how many it removes now: the group removes
+        the sum of its members' floor(sparsity * size), shared by one threshold.
+        """
+        if self._selection == selections.GLOBAL:
+            mask = ops.convert_to_numpy(self.hard_mask())
+            return int(mask.size - mask.sum())
         return int(ops.convert_to_numpy(self.removed_count))
 
     def set_sparsity(self, sparsity):
         """Changes the fraction of the kernel that the mask removes."""
+        if isinstance(self._selection, tuple):
+            raise ValueError(
+                f"Layer '{self.name}' keeps {self.selection} weights, which "
+                "fixes its sparsity; it cannot be changed (nor ramped)."
+            )
         self.sparsity = check_sparsity(sparsity)
         self.removed_count.assign(self._removed_for(self.sparsity))
 
     def _removed_for(self, sparsity):
-        return num_removed(math.prod(self._kernel.shape), sparsity)
+        size = math.prod(self._kernel.shape)
+        if isinstance(self._selection, tuple):
+            n, m = self._selection
+            return size // m * (m - n)
+        return num_removed(size, sparsity)
 
     @property
     def kernel(self):
@@ -88,14 +116,24 @@ class MaskedKernel:
             raise AttributeError(
                 "You must build the layer before accessing `kernel`."
             )
-        mask = straight_through_mask(self.scores, self.removed_count)
+        mask = straight_through(self.scores, self.hard_mask())
         return self._kernel * ops.cast(mask, self.compute_dtype)
 
     def hard_mask(self):
         """The current mask as a float32 tensor of 0s and 1s, no gradient."""
-        return keep_mask(
-            ops.convert_to_tensor(self.scores), ops.convert_to_tensor(self.removed_count)
-        )
+        scores = ops.stop_gradient(ops.convert_to_tensor(self.scores))
+        if self._selection == selections.PER_MATRIX:
+            return keep_mask(scores, ops.convert_to_tensor(self.removed_count))
+        if self._selection == selections.GLOBAL:
+            if self._global_group is None:
+                raise ValueError(
+                    f"Layer '{self.name}' uses selection='global' but belongs "
+                    "to no group. Wrap the model with "
+                    "`keras_mft.wrap(model, selection='global')`."
+                )
+            return self._global_group.keep_mask(self)
+        n, m = self._selection
+        return selections.n_m_keep_mask(scores, n, m, selections.input_axes(self))
 
     def quantize(self, mode=None, **kwargs):
         raise NotImplementedError(
@@ -136,6 +174,7 @@ class MaskedKernel:
     def get_config(self):
         config = super().get_config()
         config["sparsity"] = self.sparsity
+        config["selection"] = self.selection
         config["scores_initializer"] = keras.initializers.serialize(
             self.scores_initializer
         )
@@ -151,6 +190,9 @@ class MaskedDense(MaskedKernel, keras.layers.Dense):
     Args:
         sparsity: float in [0, 1), the fraction of kernel entries removed:
             exactly `floor(sparsity * kernel.size)` of them.
+        selection: `"per_matrix"` (the paper), `"global"` (set up by
+            `keras_mft.wrap`) or `"N:M"`, e.g. `"2:4"`, which fixes the
+            sparsity at (M - N) / M; see `keras_mft.selection`.
         scores_initializer: initializer of the float32 scores. Defaults to
             `RandomNormal(stddev=0.02)`, the paper's effective initialization.
         **kwargs: the other arguments of `keras.layers.Dense`.
@@ -179,6 +221,8 @@ class MaskedEinsumDense(MaskedKernel, keras.layers.EinsumDense):
 
     Args:
         sparsity: float in [0, 1), the fraction of kernel entries removed.
+        selection: as for `MaskedDense`; N:M runs along the kernel axes the
+            equation contracts with the input.
         scores_initializer: initializer of the float32 scores. Defaults to
             `RandomNormal(stddev=0.02)`.
         **kwargs: the other arguments of `keras.layers.EinsumDense`.
@@ -219,33 +263,44 @@ def check_maskable(layer):
         )
 
 
-def mask_layer(layer, sparsity, initial_scores):
+def mask_layer(layer, sparsity, initial_scores, selection="per_matrix"):
     """Turns a built `Dense`/`EinsumDense` into its masked twin, in place.
 
     Args:
         layer: a layer accepted by `check_maskable`.
-        sparsity: float in [0, 1), the fraction of kernel entries removed.
+        sparsity: float in [0, 1), the fraction of kernel entries removed
+            (ignored for an N:M `selection`).
         initial_scores: array shaped like the kernel.
+        selection: see `keras_mft.selection`.
     """
     check_maskable(layer)
     layer.__class__ = _MASKED_TWIN[type(layer)]
-    layer.sparsity = check_sparsity(sparsity)
+    layer._set_selection(selection, sparsity)
     layer.scores_initializer = keras.initializers.Zeros()
     layer.trainable = True
     layer._add_scores(layer.scores_initializer)
     layer.scores.assign(initial_scores)
 
 
-def unmask_layer(layer):
-    """Multiplies the hard mask into the kernel and restores the plain layer."""
-    mask = ops.cast(layer.hard_mask(), layer._kernel.dtype)
-    layer._kernel.assign(ops.multiply(layer._kernel.value, mask))
-    del layer.scores
-    del layer.removed_count
-    del layer.sparsity
-    del layer.scores_initializer
-    layer.__class__ = next(
-        base for base, twin in _MASKED_TWIN.items() if type(layer) is twin
-    )
-    for variable in layer.variables:
-        variable.trainable = True
+def unmask_layers(layers):
+    """Multiplies the hard masks into the kernels and restores the plain layers.
+
+    Every kernel is masked before any scores are dropped, because the mask of
+    a layer in a global group depends on the other members' scores.
+    """
+    for layer in layers:
+        mask = ops.cast(layer.hard_mask(), layer._kernel.dtype)
+        layer._kernel.assign(ops.multiply(layer._kernel.value, mask))
+    for layer in layers:
+        del layer.scores
+        del layer.removed_count
+        del layer.sparsity
+        del layer.selection
+        del layer._selection
+        del layer._global_group
+        del layer.scores_initializer
+        layer.__class__ = next(
+            base for base, twin in _MASKED_TWIN.items() if type(layer) is twin
+        )
+        for variable in layer.variables:
+            variable.trainable = True

@@ -14,7 +14,6 @@ from matplotlib.ticker import MaxNLocator
 from keras_mft import architectures
 
 _BLOCK = re.compile(r"transformer_layer_(\d+)/")
-_ALIAS_OF = {name: alias for alias, (name, _) in architectures.PROJECTIONS.items()}
 
 
 def training_curve(losses, path, *, title="Mask fine-tuning"):
@@ -57,10 +56,10 @@ def mask_change(before, after, path, *, title="Share of each mask that changed")
     cells = {}
     for kernel_path in before:
         block = int(_BLOCK.search(kernel_path).group(1))
-        alias = _ALIAS_OF[kernel_path.split("/")[-2]]
+        alias = architectures.alias_of_layer_name(kernel_path.split("/")[-2])
         cells[block, alias] = 100.0 * np.mean(before[kernel_path] != after[kernel_path])
     blocks = sorted({block for block, _ in cells})
-    aliases = [alias for alias in architectures.PROJECTIONS if any(a == alias for _, a in cells)]
+    aliases = [alias for alias in architectures.ALIASES if any(a == alias for _, a in cells)]
     grid = np.full((len(blocks), len(aliases)), np.nan)
     for (block, alias), value in cells.items():
         grid[blocks.index(block), aliases.index(alias)] = value

@@ -19,9 +19,11 @@ def save_preset(model, directory):
         directory: the preset directory to write.
     """
     model.save_to_preset(directory)
-    tied = bool(architectures.backbone_of(model).tie_word_embeddings)
-    _set_tied(os.path.join(directory, "config.json"), lambda c: c["config"], tied)
-    _set_tied(os.path.join(directory, "task.json"), lambda c: c["config"]["backbone"]["config"], tied)
+    tied = getattr(architectures.backbone_of(model), "tie_word_embeddings", None)
+    if tied is None:  # a model that always or never ties its embeddings
+        return
+    _set_tied(os.path.join(directory, "config.json"), lambda c: c["config"], bool(tied))
+    _set_tied(os.path.join(directory, "task.json"), lambda c: c["config"]["backbone"]["config"], bool(tied))
 
 
 def _set_tied(path, backbone_config_of, tied):

@@ -95,7 +95,8 @@ def lora_fine_tune(
             default is query and value.
     """
     backbone = architectures.backbone_of(model)
-    names = [architectures.PROJECTIONS[alias][0] for alias in parse_targets(list(targets))]
+    layer_names = architectures.layer_names_of(backbone)
+    names = [layer_names[alias] for alias in parse_targets(list(targets), layer_names)]
     backbone.enable_lora(rank, target_layer_names=names)
     for layer in backbone._flatten_layers():
         if getattr(layer, "lora_enabled", False):

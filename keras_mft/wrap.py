@@ -1,4 +1,4 @@
-"""`wrap`: freeze a KerasHub Llama and put learnable masks on some projections."""
+"""`wrap`: freeze a KerasHub causal LM and put learnable masks on some projections."""
 
 import zlib
 
@@ -11,8 +11,14 @@ from keras_mft.mask import check_sparsity
 from keras_mft.masked_layers import check_maskable
 from keras_mft.masked_layers import is_masked
 from keras_mft.masked_layers import mask_layer
+from keras_mft.selection import GLOBAL
+from keras_mft.selection import GlobalGroup
+from keras_mft.selection import input_axes
+from keras_mft.selection import n_m_sparsity
+from keras_mft.selection import parse_selection
 
 DEFAULT_BAND = "0:4"
+DEFAULT_SPARSITY = 0.1
 SCORE_INITS = ("random", "magnitude")
 # The paper's optimiser for MFT.
 LEARNING_RATE = 2e-5
@@ -23,13 +29,14 @@ def wrap(
     *,
     layers=None,
     targets=None,
-    sparsity=0.1,
+    sparsity=None,
     attention_sparsity=None,
     mlp_sparsity=None,
+    selection="per_matrix",
     score_init="random",
     seed=None,
 ):
-    """Prepares a KerasHub Llama model for Mask Fine-Tuning, in place.
+    """Prepares a KerasHub causal LM for Mask Fine-Tuning, in place.
 
     Every weight of the model is frozen. The selected projections of the
     selected decoder blocks become `MaskedDense` / `MaskedEinsumDense` layers
@@ -39,18 +46,28 @@ def wrap(
     works at once; recompile it to change that.
 
     Args:
-        model: a `LlamaCausalLM` / `Llama3CausalLM`, or their backbones.
+        model: a KerasHub `CausalLM` or its backbone: Llama, Llama3, Mistral,
+            Gemma, Gemma3, Qwen (2), Qwen3, Phi3 or GPT-2.
         layers: the decoder blocks to mask (0-based): a band `"start:stop"`
             (stop excluded, negative counts from the end, e.g. `"-4:"`), a
             list of block indices, or `"all"`. Defaults to `"0:4"`, the first
             four blocks (the paper's best band for instruction following).
         targets: the projections to mask in each block, by alias (`q, k, v, o,
-            gate, up, down`) or KerasHub layer name (`query`, ...,
-            `feedforward_output_dense`). Defaults to all seven.
+            gate, up, down`) or by the model's KerasHub layer name (`query`,
+            ..., `feedforward_output_dense` in Llama). Defaults to all of the
+            model's projections (seven; six in GPT-2, whose MLP has no gate).
         sparsity: the fraction of weights removed from each masked matrix,
             in [0, 1). Exactly `floor(sparsity * size)` entries are removed.
+            Defaults to 0.1, the paper's ratio.
         attention_sparsity: overrides `sparsity` for `q, k, v, o`.
         mlp_sparsity: overrides `sparsity` for `gate, up, down`.
+        selection: how the removed entries are chosen. `"per_matrix"` (the
+            paper): each matrix removes its own smallest |scores|.
+            `"global"`: the same projection of all the selected blocks shares
+            one threshold, removing as many weights in total. `"N:M"`, e.g.
+            `"2:4"`: keep the N largest of every M consecutive weights along
+            the input dimension; the sparsity is then (M - N) / M, so leave
+            the sparsity arguments unset. See `keras_mft.selection`.
         score_init: `"random"` (normal, stddev 0.02, as in the paper's code:
             the first mask is a random prune) or `"magnitude"` (`|W|`: the
             first mask is the L1-magnitude mask).
@@ -80,8 +97,19 @@ def wrap(
         )
     blocks = backbone.transformer_layers
     chosen_blocks = parse_layers(layers, len(blocks))
-    aliases = parse_targets(targets)
-    sparsity = check_sparsity(sparsity)
+    layer_names = architectures.layer_names_of(backbone)
+    aliases = parse_targets(targets, layer_names)
+    parsed_selection = parse_selection(selection)
+    if isinstance(parsed_selection, tuple):
+        given = {"sparsity": sparsity, "attention_sparsity": attention_sparsity,
+                 "mlp_sparsity": mlp_sparsity}
+        given = {name: value for name, value in given.items() if value is not None}
+        if given:
+            raise ValueError(
+                f"selection={selection!r} fixes the sparsity at "
+                f"{n_m_sparsity(*parsed_selection)}; leave {', '.join(given)} unset."
+            )
+    sparsity = check_sparsity(DEFAULT_SPARSITY if sparsity is None else sparsity)
     sparsity_of = {
         "attention": sparsity
         if attention_sparsity is None
@@ -102,20 +130,27 @@ def wrap(
 
     selected = []
     for index in chosen_blocks:
-        projections = architectures.projections_of(blocks[index])
+        projections = architectures.projections_of(backbone, blocks[index])
         for alias in aliases:
             layer = projections[alias]
             check_maskable(layer)
-            group = architectures.group_of(alias)
-            selected.append((layer, sparsity_of[group]))
+            if isinstance(parsed_selection, tuple):
+                check_n_m(layer, *parsed_selection)
+            group = architectures.GROUP_OF[alias]
+            selected.append((alias, layer, sparsity_of[group]))
 
     # Every check has passed: from here on the model is changed.
     model.trainable = True
     for layer in model._flatten_layers(include_self=False):
         layer.trainable = False
-    for layer, layer_sparsity in selected:
+    for _, layer, layer_sparsity in selected:
         scores = initial_scores(layer, score_init, seed)
-        mask_layer(layer, layer_sparsity, scores)
+        mask_layer(layer, layer_sparsity, scores, selection)
+    if parsed_selection == GLOBAL:
+        for alias in aliases:
+            group = GlobalGroup([layer for a, layer, _ in selected if a == alias])
+            for layer in group.layers:
+                layer._global_group = group
 
     if isinstance(model, keras_hub.models.CausalLM):
         model.compile(
@@ -182,25 +217,42 @@ def _parse_band(band, num_blocks):
     return list(range(start, stop))
 
 
-def parse_targets(targets):
-    """The aliases of the projections that `targets` selects, validated."""
+def parse_targets(targets, layer_names):
+    """The aliases of the projections that `targets` selects, validated.
+
+    Args:
+        targets: aliases or KerasHub layer names, or None for all of them.
+        layer_names: the model's {alias: KerasHub layer name}.
+    """
     if targets is None:
-        return list(architectures.PROJECTIONS)
+        return list(layer_names)
     if isinstance(targets, str):
         targets = [targets]
-    alias_of = {alias: alias for alias in architectures.PROJECTIONS}
-    alias_of.update(
-        {name: alias for alias, (name, _) in architectures.PROJECTIONS.items()}
-    )
+    alias_of = {alias: alias for alias in layer_names}
+    alias_of.update({name: alias for alias, name in layer_names.items()})
     unknown = [t for t in targets if t not in alias_of]
     if unknown or not targets:
         raise ValueError(
-            f"Unknown targets {unknown}. Choose among the aliases "
-            f"{list(architectures.PROJECTIONS)} or the KerasHub layer names "
-            f"{[name for name, _ in architectures.PROJECTIONS.values()]}."
+            f"Unknown targets {unknown}. This model's projections are the "
+            f"aliases {list(layer_names)} or the KerasHub layer names "
+            f"{list(layer_names.values())}."
         )
     chosen = {alias_of[t] for t in targets}
-    return [alias for alias in architectures.PROJECTIONS if alias in chosen]
+    return [alias for alias in layer_names if alias in chosen]
+
+
+def check_n_m(layer, n, m):
+    """Raises unless `layer`'s kernel splits into runs of `m` input weights."""
+    shape = layer._kernel.shape
+    inputs = 1
+    for axis in input_axes(layer):
+        inputs *= shape[axis]
+    if inputs % m:
+        raise ValueError(
+            f"Layer '{layer.name}' has {inputs} inputs, which do not split into "
+            f"runs of {m} for an {n}:{m} mask. Choose an M that divides {inputs}, "
+            "or leave this projection out of `targets`."
+        )
 
 
 def initial_scores(layer, score_init, seed):

@@ -64,12 +64,12 @@ def test_wraps_llama3_and_backbones():
 
 
 def test_refuses_other_models():
-    gpt2 = keras_hub.models.GPT2Backbone(
+    opt = keras_hub.models.OPTBackbone(
         vocabulary_size=32, num_layers=1, num_heads=2, hidden_dim=8,
         intermediate_dim=16, max_sequence_length=16,
     )
-    with pytest.raises(TypeError, match="LlamaCausalLM.*Llama3CausalLM"):
-        keras_mft.wrap(gpt2)
+    with pytest.raises(TypeError, match="LlamaBackbone.*MistralBackbone"):
+        keras_mft.wrap(opt)
     with pytest.raises(TypeError, match="cannot wrap a Sequential"):
         keras_mft.wrap(keras.Sequential([keras.layers.Dense(2)]))
 

@@ -1,0 +1,104 @@
+"""wrap -> fit -> bake on a small random model of every supported KerasHub decoder."""
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+import keras_mft
+from keras_mft import architectures
+from keras_mft.masked_layers import is_masked
+from tests.conftest import logits_of
+from tests.conftest import to_numpy
+
+VOCABULARY_SIZE = 64
+SMALL = dict(vocabulary_size=VOCABULARY_SIZE, num_layers=2, hidden_dim=16, intermediate_dim=32)
+GQA = dict(num_query_heads=4, num_key_value_heads=2)
+
+# CausalLM class, backbone class, the backbone's arguments.
+MODELS = {
+    "llama": ("LlamaCausalLM", "LlamaBackbone", {**SMALL, **GQA}),
+    "llama3": ("Llama3CausalLM", "Llama3Backbone", {**SMALL, **GQA}),
+    "mistral": ("MistralCausalLM", "MistralBackbone", {**SMALL, **GQA}),
+    "gemma": ("GemmaCausalLM", "GemmaBackbone", {**SMALL, **GQA, "head_dim": 4}),
+    "gemma3": ("Gemma3CausalLM", "Gemma3Backbone",
+               {**SMALL, **GQA, "head_dim": 4, "image_size": 16, "vision_encoder": None}),
+    "qwen": ("QwenCausalLM", "QwenBackbone", {**SMALL, **GQA}),
+    "qwen3": ("Qwen3CausalLM", "Qwen3Backbone", {**SMALL, **GQA, "head_dim": 4}),
+    "phi3": ("Phi3CausalLM", "Phi3Backbone", {**SMALL, **GQA}),
+    "gpt2": ("GPT2CausalLM", "GPT2Backbone", {**SMALL, "num_heads": 4, "max_sequence_length": 32}),
+}
+
+
+def small_causal_lm(name):
+    """A random model of family `name`, weights from numpy (the same on every backend)."""
+    causal_lm_name, backbone_name, arguments = MODELS[name]
+    backbone = getattr(keras_hub.models, backbone_name)(**arguments)
+    rng = np.random.default_rng(0)
+    for variable in backbone.weights:
+        variable.assign((0.2 * rng.standard_normal(variable.shape)).astype("float32"))
+    return getattr(keras_hub.models, causal_lm_name)(backbone=backbone, preprocessor=None)
+
+
+def training_data(batch_size=4, sequence_length=8):
+    rng = np.random.default_rng(1)
+    token_ids = rng.integers(0, VOCABULARY_SIZE, (batch_size, sequence_length + 1))
+    x = {
+        "token_ids": token_ids[:, :-1],
+        "padding_mask": np.ones((batch_size, sequence_length), bool),
+    }
+    return x, token_ids[:, 1:]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_wrap_fit_bake_keeps_the_logits(name):
+    model = small_causal_lm(name)
+    keras_mft.wrap(model, layers="all", sparsity=0.25, seed=0)
+    aliases = list(architectures.layer_names_of(model.backbone))
+    assert aliases == (["q", "k", "v", "o", "up", "down"] if name == "gpt2" else list(architectures.ALIASES))
+    assert len(model.trainable_variables) == 2 * len(aliases)
+    assert all(v.path.endswith("/scores") for v in model.trainable_variables)
+
+    before = keras_mft.masks_of(model)
+    # A large learning rate, so that a few steps visibly change the masks.
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    x, y = training_data()
+    history = model.fit(x, y, batch_size=2, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    after = keras_mft.masks_of(model)
+    assert any(np.any(before[path] != after[path]) for path in before)
+    for path, mask in after.items():
+        assert np.sum(~mask) == int(0.25 * mask.size), path
+
+    expected = logits_of(model, x)
+    keras_mft.bake(model)
+    assert not any(is_masked(layer) for layer in model._flatten_layers())
+    np.testing.assert_array_equal(logits_of(model, x), expected)
+    for variable in model.weights:
+        if variable.path in after:
+            assert np.all(to_numpy(variable)[~after[variable.path]] == 0), variable.path
+
+
+@pytest.mark.parametrize("name", ["gemma", "gpt2"])
+def test_targets_take_aliases_or_the_models_layer_names(name):
+    model = small_causal_lm(name)
+    names = architectures.layer_names_of(model.backbone)
+    keras_mft.wrap(model, layers=[1], targets=["q", names["down"]], seed=0)
+    assert sorted(v.path.split("/")[-2] for v in model.trainable_variables) == sorted(
+        ["query", names["down"]]
+    )
+
+
+def test_gpt2_has_no_gate():
+    model = small_causal_lm("gpt2")
+    with pytest.raises(ValueError, match=r"Unknown targets \['gate'\].*'up', 'down'"):
+        keras_mft.wrap(model, targets=["gate"])
+
+
+def test_an_unsupported_model_gets_the_list_of_supported_ones():
+    opt = keras_hub.models.OPTBackbone(
+        vocabulary_size=32, num_layers=1, num_heads=2, hidden_dim=8,
+        intermediate_dim=16, max_sequence_length=16,
+    )
+    with pytest.raises(TypeError, match="cannot wrap a OPTBackbone.*LlamaBackbone.*GPT2Backbone"):
+        keras_mft.wrap(opt)

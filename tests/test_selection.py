@@ -1,0 +1,159 @@
+"""Global and N:M selection, against numpy, and through wrap / fit / bake / mask files."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_mft
+from keras_mft import selection
+from keras_mft.mask import num_removed
+from keras_mft.masked_layers import is_masked
+from tests.conftest import logits_of
+from tests.conftest import tiny_llama
+from tests.conftest import to_numpy
+from tests.conftest import token_batch
+from tests.gradients import gradient
+from tests.test_mask import numpy_keep_mask
+
+
+def numpy_n_m_mask(scores, n, m, axes):
+    """Reference: per run of m input weights, a stable sort; remove the first m - n."""
+    others = [axis for axis in range(scores.ndim) if axis not in axes]
+    moved = np.transpose(np.abs(scores), list(axes) + others)
+    flat = moved.reshape(-1, m, int(np.prod([scores.shape[a] for a in others], dtype=int)))
+    keep = np.ones_like(flat)
+    for g in range(flat.shape[0]):
+        for c in range(flat.shape[2]):
+            order = np.argsort(flat[g, :, c], kind="stable")
+            keep[g, order[: m - n], c] = 0.0
+    keep = keep.reshape(moved.shape)
+    return np.transpose(keep, np.argsort(list(axes) + others))
+
+
+def masked_dense(**kwargs):
+    layer = keras_mft.MaskedDense(6, **kwargs)
+    layer.build((None, 8))
+    return layer
+
+
+# Every kernel has 8 inputs, so every m below divides them.
+@pytest.mark.parametrize("equation, kernel_shape, axes", [
+    ("bm,mn->bn", (8, 6), (0,)),  # Dense
+    ("btd,ndh->btnh", (3, 8, 2), (1,)),  # Gemma's query: the input axis in the middle
+    ("btnh,nhd->btd", (2, 4, 5), (0, 1)),  # attention output: two input axes
+])
+@pytest.mark.parametrize("n, m", [(2, 4), (1, 2), (3, 8)])
+def test_n_m_mask_matches_numpy(equation, kernel_shape, axes, n, m):
+    class Layer:
+        pass
+
+    layer = Layer()
+    layer.equation = None if equation == "bm,mn->bn" else equation
+    assert selection.input_axes(layer) == axes
+    rng = np.random.default_rng(0)
+    # Rounded scores, so that many runs hold ties.
+    scores = np.round(rng.normal(0, 1, kernel_shape), 1).astype("float32")
+    mask = to_numpy(selection.n_m_keep_mask(keras.ops.convert_to_tensor(scores), n, m, axes))
+    np.testing.assert_array_equal(mask, numpy_n_m_mask(scores, n, m, axes))
+    assert mask.sum() == scores.size * n // m
+
+
+def test_global_group_matches_numpy():
+    model = tiny_llama(num_layers=3)
+    keras_mft.wrap(model, layers="all", targets=["q", "down"], sparsity=0.3,
+                   selection="global", seed=0)
+    layers = [layer for layer in model._flatten_layers() if is_masked(layer)]
+    for name in ("query", "feedforward_output_dense"):
+        members = [layer for layer in layers if layer.name == name]
+        group = members[0]._global_group.layers  # in block order
+        assert len(group) == 3 and {id(layer) for layer in group} == {id(layer) for layer in members}
+        assert [layer._kernel.path.split("/")[0] for layer in group] == [
+            f"transformer_layer_{block}" for block in range(3)
+        ]
+        # Ties too: round the scores of the first two blocks to a coarse grid.
+        for layer in group[:2]:
+            layer.scores.assign(np.round(to_numpy(layer.scores), 2))
+        columns = group[0]._kernel.shape[-1]
+        stacked = np.concatenate([to_numpy(layer.scores).reshape(-1, columns) for layer in group])
+        removed = sum(num_removed(int(np.prod(layer._kernel.shape)), 0.3) for layer in group)
+        expected = numpy_keep_mask(stacked, removed)
+        actual = np.concatenate([to_numpy(layer.hard_mask()).reshape(-1, columns) for layer in group])
+        np.testing.assert_array_equal(actual, expected)
+        counts = [layer.num_removed for layer in group]
+        assert sum(counts) == removed
+        assert len(set(counts)) > 1  # one threshold, not one count per matrix
+
+
+@pytest.mark.parametrize("mode", ["global", "2:4"])
+def test_score_gradient_is_straight_through(mode):
+    """dL/ds = sign(s) * W * dL/dW_eff, for kept and removed entries alike."""
+    model = tiny_llama(num_layers=2)
+    keras_mft.wrap(model, layers="all", targets=["down"], selection=mode, seed=0,
+                   **({"sparsity": 0.3} if mode == "global" else {}))
+    layer = model.backbone.transformer_layers[1]._feedforward_output_dense
+    x = np.random.default_rng(3).standard_normal((3, layer._kernel.shape[0])).astype("float32")
+    upstream = np.random.default_rng(4).standard_normal((3, layer._kernel.shape[1])).astype("float32")
+
+    def loss():
+        return keras.ops.sum(keras.ops.multiply(layer(x), upstream))
+
+    expected = np.sign(to_numpy(layer.scores)) * to_numpy(layer._kernel) * np.einsum("bm,bn->mn", x, upstream)
+    np.testing.assert_allclose(to_numpy(gradient(loss, layer.scores)), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["global", "2:4"])
+def test_wrap_fit_bake_and_mask_files(mode, tmp_path):
+    model = tiny_llama()
+    kwargs = {"sparsity": 0.2} if mode == "global" else {}
+    keras_mft.wrap(model, layers="0:2", selection=mode, seed=0, **kwargs)
+    before = keras_mft.masks_of(model)
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    batch = token_batch(batch_size=4)
+    model.fit(batch, batch["token_ids"], batch_size=2, epochs=2, verbose=0)
+    after = keras_mft.masks_of(model)
+    assert any(np.any(before[path] != after[path]) for path in before)
+    for layer in model._flatten_layers():
+        if is_masked(layer):
+            mask = after[layer._kernel.path]
+            if mode == "2:4":
+                assert layer.sparsity == 0.5
+                axes = selection.input_axes(layer)
+                moved = np.moveaxis(mask, axes, range(len(axes)))
+                inputs = int(np.prod(moved.shape[: len(axes)]))
+                assert np.all(moved.reshape(inputs // 4, 4, -1).sum(axis=1) == 2)
+    path = tmp_path / "masks.mask"
+    keras_mft.save_masks(model, path)
+    assert {record["selection"] for record in keras_mft.describe_masks(path)} == {mode}
+
+    fresh = tiny_llama()
+    keras_mft.apply_masks(fresh, path)
+    assert {p: m.tolist() for p, m in keras_mft.masks_of(fresh).items()} == {
+        p: m.tolist() for p, m in after.items()
+    }
+    expected = logits_of(model, batch)
+    keras_mft.bake(model)
+    np.testing.assert_array_equal(logits_of(model, batch), expected)
+
+    other = tiny_llama()
+    keras_mft.wrap(other, layers="0:2", seed=0)
+    with pytest.raises(ValueError, match="selection"):
+        keras_mft.load_masks(other, path)
+
+
+def test_bad_selections_are_refused():
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="'per_matrix'.*'global'.*'N:M'"):
+        keras_mft.wrap(model, selection="4:2")
+    with pytest.raises(ValueError, match="fixes the sparsity at 0.5; leave sparsity unset"):
+        keras_mft.wrap(model, selection="2:4", sparsity=0.1)
+    with pytest.raises(ValueError, match="do not split into runs of 5"):
+        keras_mft.wrap(model, selection="2:5")
+    assert not any(is_masked(layer) for layer in model._flatten_layers())
+    layer = masked_dense(selection="2:4")
+    with pytest.raises(ValueError, match="cannot be changed"):
+        layer.set_sparsity(0.1)
+    keras_mft.wrap(model, selection="2:4", seed=0)
+    batch = token_batch()
+    with pytest.raises(ValueError, match="cannot be changed"):
+        model.fit(batch, batch["token_ids"], epochs=1, verbose=0,
+                  callbacks=[keras_mft.MaskFineTuner(ramp_steps=4)])
