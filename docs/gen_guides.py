@@ -15,7 +15,7 @@ import mkdocs_gen_files
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GUIDES = [
     "quickstart", "paper_protocol", "band_and_ratio", "backends",
-    "masks_as_adapters", "straight_through", "kill_and_resume",
+    "masks_as_adapters", "straight_through", "kill_and_resume", "distributed",
 ]
 
 

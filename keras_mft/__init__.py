@@ -6,6 +6,7 @@ from keras_mft import protocol
 from keras_mft.bake import bake
 from keras_mft.bake import masks_of
 from keras_mft.bake import scores_of
+from keras_mft.distribution import extend_layout_map
 from keras_mft.gsm8k import gsm8k
 from keras_mft.instruction_data import instruction_dataset
 from keras_mft.instruction_data import read_jsonl
@@ -32,6 +33,7 @@ __all__ = [
     "bake",
     "describe_masks",
     "evaluation",
+    "extend_layout_map",
     "gsm8k",
     "instruction_dataset",
     "load_masks",

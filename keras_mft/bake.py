@@ -48,7 +48,9 @@ def bake(model):
     Each masked kernel is multiplied by its current hard mask (exactly 0 or 1),
     the scores are dropped and the layers become plain `keras.layers.Dense` /
     `keras.layers.EinsumDense`. As in a freshly loaded KerasHub model, every
-    weight is trainable again, and a `CausalLM` is recompiled with KerasHub's
+    weight is trainable again (with LoRA enabled: only the LoRA factors, as
+    after KerasHub's `enable_lora`, and each kernel keeps LoRA's delta on
+    top of its baked mask), and a `CausalLM` is recompiled with KerasHub's
     defaults (its sampler kept). The result saves with `save_to_preset` and
     loads with KerasHub alone, without keras-mft.
 
@@ -59,8 +61,14 @@ def bake(model):
         The same model object.
     """
     unmask_layers(masked_layers_of(model))
-    for layer in model._flatten_layers():
-        layer.trainable = True
+    model.trainable = True
+    lora_layers = [l for l in model._flatten_layers() if getattr(l, "lora_enabled", False)]
+    if lora_layers:  # as after KerasHub's `enable_lora`: only LoRA trains
+        for layer in model._flatten_layers(include_self=False):
+            layer.trainable = False
+        for layer in lora_layers:
+            layer.trainable = True
+            layer._kernel.trainable = False
     if isinstance(model, keras_hub.models.CausalLM):
         model.compile(sampler=model.sampler)
     return model

@@ -2,8 +2,9 @@
 
 The hook is the one Keras uses for LoRA: `call` is Keras' own and reads
 `self.kernel`, and the `kernel` property returns the effective kernel, here
-`kernel * mask`. The kernel and bias are frozen; the only trainable variable is
-`scores`, float32 and shaped like the kernel, from which the mask is recomputed
+`kernel * mask` (plus LoRA's delta when LoRA was enabled before masking). The
+kernel and bias are frozen; the trainable variable is `scores` (and any LoRA
+factors), float32 and shaped like the kernel, from which the mask is recomputed
 at every call (see `keras_mft.mask` and, for the other ways of choosing the
 removed entries, `keras_mft.selection`).
 
@@ -117,7 +118,13 @@ class MaskedKernel:
                 "You must build the layer before accessing `kernel`."
             )
         mask = straight_through(self.scores, self.hard_mask())
-        return self._kernel * ops.cast(mask, self.compute_dtype)
+        kernel = self._kernel * ops.cast(mask, self.compute_dtype)
+        if self.lora_enabled:  # LoRA's delta is added to the masked kernel
+            delta = ops.matmul(self.lora_kernel_a, self.lora_kernel_b)
+            kernel = ops.cast(
+                kernel + (self.lora_alpha / self.lora_rank) * delta, self.compute_dtype
+            )
+        return kernel
 
     def hard_mask(self):
         """The current mask as a float32 tensor of 0s and 1s, no gradient."""
@@ -143,16 +150,20 @@ class MaskedKernel:
 
     def enable_lora(self, *args, **kwargs):
         raise NotImplementedError(
-            f"Layer '{self.name}' is masked and cannot also use LoRA."
+            f"Layer '{self.name}' is already masked. To combine LoRA with MFT, "
+            "enable LoRA first (`model.backbone.enable_lora(rank)`), then call "
+            "`keras_mft.wrap(model)`."
         )
 
     def _own_variables(self):
-        variables = (self._kernel, self.bias, self.scores, self.removed_count)
+        variables = [self._kernel, self.bias, self.scores, self.removed_count]
+        if self.lora_enabled:
+            variables += [self.lora_kernel_a, self.lora_kernel_b]
         return [v for v in variables if v is not None]
 
     # The raw kernel and bias are saved under Keras' own keys ("0", "1"), and
-    # the scores and removed count after them, so that `save_weights` /
-    # `load_weights` restore the exact training state.
+    # the scores, removed count and any LoRA factors after them, so that
+    # `save_weights` / `load_weights` restore the exact training state.
     def save_own_variables(self, store):
         if not self.built:
             return
@@ -164,7 +175,8 @@ class MaskedKernel:
         if len(store.keys()) != len(variables):
             raise ValueError(
                 f"Masked layer '{self.name}' expected {len(variables)} "
-                "variables (kernel, bias if any, scores, removed_count) but the "
+                "variables (kernel, bias if any, scores, removed_count, LoRA "
+                "factors if any) but the "
                 f"weights file has {len(store.keys())}. Load weights saved from a model "
                 "wrapped with the same `layers` and `targets`."
             )
@@ -240,7 +252,7 @@ def is_masked(layer):
 
 
 def check_maskable(layer):
-    """Raises unless `layer` is a built, plain, float `Dense`/`EinsumDense`."""
+    """Raises unless `layer` is a built, float `Dense`/`EinsumDense` (LoRA or not)."""
     if type(layer) not in _MASKED_TWIN:
         raise TypeError(
             f"Layer '{layer.name}' is a {type(layer).__name__}; keras-mft masks "
@@ -250,10 +262,6 @@ def check_maskable(layer):
         raise ValueError(
             f"Layer '{layer.name}' is not built. Build the model (KerasHub "
             "models are built when created) before wrapping it."
-        )
-    if layer.lora_enabled:
-        raise ValueError(
-            f"Layer '{layer.name}' has LoRA enabled. Wrap a model without LoRA."
         )
     if layer.quantization_mode is not None:
         raise ValueError(
@@ -304,3 +312,5 @@ def unmask_layers(layers):
         )
         for variable in layer.variables:
             variable.trainable = True
+        if layer.lora_enabled:
+            layer._kernel.trainable = False

@@ -41,7 +41,9 @@ def wrap(
     Every weight of the model is frozen. The selected projections of the
     selected decoder blocks become `MaskedDense` / `MaskedEinsumDense` layers
     with a float32 `scores` variable each; those scores are the only trainable
-    variables. A `CausalLM` is recompiled with the paper's optimiser (AdamW,
+    variables, unless LoRA was enabled before wrapping
+    (`model.backbone.enable_lora(rank)`): then the LoRA factors train too, and
+    a layer with both computes `kernel * mask + LoRA's delta`. A `CausalLM` is recompiled with the paper's optimiser (AdamW,
     learning rate 2e-5, weight decay 0) and its own loss, so `model.fit(...)`
     works at once; recompile it to change that.
 
@@ -151,6 +153,9 @@ def wrap(
             group = GlobalGroup([layer for a, layer, _ in selected if a == alias])
             for layer in group.layers:
                 layer._global_group = group
+    for layer in model._flatten_layers(include_self=False):
+        if getattr(layer, "lora_enabled", False):
+            train_only_lora_factors(layer)
 
     if isinstance(model, keras_hub.models.CausalLM):
         model.compile(
@@ -241,6 +246,15 @@ def parse_targets(targets, layer_names):
     return [alias for alias in layer_names if alias in chosen]
 
 
+def train_only_lora_factors(layer):
+    """Keeps the LoRA factors (and any scores) of a LoRA layer trainable."""
+    layer.trainable = True
+    for variable in layer.variables:
+        variable.trainable = variable is layer.lora_kernel_a or variable is layer.lora_kernel_b
+    if is_masked(layer):
+        layer.scores.trainable = True
+
+
 def check_n_m(layer, n, m):
     """Raises unless `layer`'s kernel splits into runs of `m` input weights."""
     shape = layer._kernel.shape
@@ -250,7 +264,7 @@ def check_n_m(layer, n, m):
     if inputs % m:
         raise ValueError(
             f"Layer '{layer.name}' has {inputs} inputs, which do not split into "
-            f"runs of {m} for an {n}:{m} mask. Choose an M that divides {inputs}, "
+            f"runs of {m} for a {n}:{m} mask. Choose an M that divides {inputs}, "
             "or leave this projection out of `targets`."
         )
 

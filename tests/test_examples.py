@@ -68,6 +68,15 @@ def test_backends_agree(tmp_path, monkeypatch):
         assert int(differ) <= 0.001 * int(total.replace(",", ""))
 
 
+def test_distributed(tmp_path, monkeypatch):
+    # The guide always runs on JAX with 8 virtual CPU devices, and asserts
+    # that both parallel runs learn the masks of the single-device run.
+    output = run_guide("distributed.py", tmp_path, monkeypatch)
+    assert "DataParallel: 0 of 73,728 mask entries differ" in output
+    assert "ModelParallel: 0 of 73,728 mask entries differ" in output
+    assert re.search(r"feedforward_gate_dense/scores +P\('batch', 'model'\)", output)
+
+
 def test_readme_usage_block(tmp_path):
     readme = (ROOT / "README.md").read_text()
     usage = readme.split("## Use\n", 1)[1]

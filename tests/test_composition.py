@@ -1,0 +1,102 @@
+"""MFT together with KerasHub LoRA on the same blocks, and int8 models refused."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_mft
+from keras_mft.masked_layers import mask_layer
+from tests.conftest import logits_of
+from tests.conftest import tiny_llama
+from tests.conftest import to_numpy
+from tests.conftest import token_batch
+from tests.gradients import gradient
+from tests.test_mask import numpy_keep_mask
+
+
+def lora_dense(rank=2, alpha=4, seed=0):
+    """A Dense with LoRA enabled and non-zero random factors, then masked."""
+    layer = keras.layers.Dense(6)
+    layer.build((None, 10))
+    layer.enable_lora(rank, lora_alpha=alpha)
+    rng = np.random.default_rng(seed)
+    for variable in (layer._kernel, layer.lora_kernel_a, layer.lora_kernel_b):
+        variable.assign(rng.standard_normal(variable.shape).astype("float32"))
+    mask_layer(layer, 0.3, 0.02 * rng.standard_normal((10, 6)).astype("float32"))
+    return layer
+
+
+def test_kernel_is_masked_kernel_plus_lora_delta():
+    layer = lora_dense()
+    kernel, scores = to_numpy(layer._kernel), to_numpy(layer.scores)
+    a, b = to_numpy(layer.lora_kernel_a), to_numpy(layer.lora_kernel_b)
+    expected = kernel * numpy_keep_mask(scores, layer.num_removed) + (4 / 2) * a @ b
+    np.testing.assert_allclose(to_numpy(layer.kernel), expected, rtol=1e-5, atol=1e-5)
+    assert sorted(v.name for v in layer.trainable_variables) == ["lora_kernel_a", "lora_kernel_b", "scores"]
+
+
+def test_gradients_of_scores_and_lora_factors_match_numpy():
+    layer = lora_dense(seed=1)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 10)).astype("float32")
+    upstream = rng.standard_normal((3, 6)).astype("float32")
+    grad_effective = x.T @ upstream  # dL/dW_eff
+
+    def loss():
+        return keras.ops.sum(keras.ops.multiply(layer(x), upstream))
+
+    kernel, scores = to_numpy(layer._kernel), to_numpy(layer.scores)
+    a, b = to_numpy(layer.lora_kernel_a), to_numpy(layer.lora_kernel_b)
+    np.testing.assert_allclose(to_numpy(gradient(loss, layer.scores)),
+                               np.sign(scores) * kernel * grad_effective, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(to_numpy(gradient(loss, layer.lora_kernel_a)),
+                               2.0 * grad_effective @ b.T, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(to_numpy(gradient(loss, layer.lora_kernel_b)),
+                               2.0 * a.T @ grad_effective, rtol=1e-4, atol=1e-4)
+
+
+def test_wrap_a_lora_model_fit_save_and_bake(tmp_path):
+    model = tiny_llama()
+    model.backbone.enable_lora(2, target_layer_names=["query", "value"])
+    keras_mft.wrap(model, layers="0:2", seed=0)
+    trainable = sorted(v.path for v in model.trainable_variables)
+    assert len(trainable) == 2 * 7 + 3 * 2 * 2  # scores of 2 blocks; LoRA of 3 blocks
+    assert all(p.endswith(("/scores", "/lora_kernel_a", "/lora_kernel_b")) for p in trainable)
+    query = model.backbone.transformer_layers[0]._self_attention_layer._query_dense
+
+    masks_before = keras_mft.masks_of(model)
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    batch = token_batch(batch_size=4)
+    model.fit(batch, batch["token_ids"], batch_size=2, epochs=2, verbose=0)
+    masks_after = keras_mft.masks_of(model)
+    assert any(np.any(masks_before[p] != masks_after[p]) for p in masks_before)
+    assert np.any(to_numpy(query.lora_kernel_b) != 0)  # LoRA trained (B starts at zero)
+
+    model.save_weights(tmp_path / "state.weights.h5")
+    fresh = tiny_llama()
+    fresh.backbone.enable_lora(2, target_layer_names=["query", "value"])
+    keras_mft.wrap(fresh, layers="0:2", seed=1)
+    fresh.load_weights(tmp_path / "state.weights.h5")
+    expected = logits_of(model, batch)
+    np.testing.assert_array_equal(logits_of(fresh, batch), expected)
+
+    keras_mft.bake(model)
+    np.testing.assert_allclose(logits_of(model, batch), expected, rtol=1e-6, atol=1e-6)
+    assert sorted(v.path for v in model.trainable_variables) == sorted(
+        p for p in trainable if not p.endswith("/scores")
+    )
+    model.backbone.save_lora_weights(str(tmp_path / "adapter.lora.h5"))
+
+
+def test_a_masked_layer_refuses_lora_afterwards():
+    model = keras_mft.wrap(tiny_llama(), layers=[0], seed=0)
+    with pytest.raises(NotImplementedError, match=r"enable LoRA first .*then call `keras_mft.wrap"):
+        model.backbone.enable_lora(2)
+
+
+def test_int8_models_are_refused_before_any_change():
+    model = tiny_llama()
+    model.quantize("int8")
+    with pytest.raises(ValueError, match=r"is quantized \(int8\)\. Wrap the float model, then bake and quantize"):
+        keras_mft.wrap(model)
+    assert not any(v.path.endswith("/scores") for v in model.weights)
