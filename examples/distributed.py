@@ -37,7 +37,9 @@ print(f"{len(devices)} devices: {devices}")
 
 Variables are placed when they are created, so the model is built and
 wrapped inside `distribution.scope()`: the scores that `wrap` adds are
-placed then too. A small random Llama stands in for
+placed then too. Training runs inside the scope as well, so that each batch
+is split over the devices and the optimizer's variables are placed like the
+scores they belong to. A small random Llama stands in for
 `keras_hub.models.Llama3CausalLM.from_preset(...)`; its sizes divide evenly
 over the mesh.
 """
@@ -69,7 +71,7 @@ def train(distribution):
     """Builds, wraps and trains the model under `distribution`; returns it."""
     with distribution.scope() if distribution else contextlib.nullcontext():
         model = build_wrapped_model()
-    model.fit(x, y, batch_size=8, epochs=3, verbose=0)
+        model.fit(x, y, batch_size=8, epochs=3, verbose=0)
     return model
 
 

@@ -48,9 +48,9 @@ def bake(model):
     Each masked kernel is multiplied by its current hard mask (exactly 0 or 1),
     the scores are dropped and the layers become plain `keras.layers.Dense` /
     `keras.layers.EinsumDense`. As in a freshly loaded KerasHub model, every
-    weight is trainable again (with LoRA enabled: only the LoRA factors, as
-    after KerasHub's `enable_lora`, and each kernel keeps LoRA's delta on
-    top of its baked mask), and a `CausalLM` is recompiled with KerasHub's
+    weight is trainable again (with LoRA enabled: as after KerasHub's
+    `enable_lora`, only the LoRA layers' factors and biases, and each kernel
+    keeps LoRA's delta on top of its baked mask), and a `CausalLM` is recompiled with KerasHub's
     defaults (its sampler kept). The result saves with `save_to_preset` and
     loads with KerasHub alone, without keras-mft.
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from keras_mft import architectures
 from keras_mft.bake import masked_layers_of
+from keras_mft.selection import input_axes
 from keras_mft.selection import parse_selection
 from keras_mft.version import __version__
 from keras_mft.wrap import wrap
@@ -137,6 +138,11 @@ def load_masks(model, path):
             # A global group removes a total, shared unevenly by its members.
             group = layer._global_group
             removed_by_group[group] = removed_by_group.get(group, 0) + int(np.sum(~keep))
+        elif isinstance(layer._selection, tuple) and not _is_n_m(keep, layer):
+            raise ValueError(
+                f"{kernel_path}: the mask file's mask is not a {layer.selection} "
+                "pattern. The file is corrupted."
+            )
         elif int(np.sum(~keep)) != layer.num_removed:
             raise ValueError(
                 f"{kernel_path}: the mask file removes {int(np.sum(~keep))} "
@@ -240,6 +246,15 @@ def describe_masks(path):
         }
         for kernel_path, record in _read_records(path).items()
     ]
+
+
+def _is_n_m(keep, layer):
+    """Whether flat `keep` keeps exactly N of every M input weights of `layer`."""
+    n, m = layer._selection
+    axes = input_axes(layer)
+    moved = np.moveaxis(keep.reshape(layer._kernel.shape), axes, range(len(axes)))
+    inputs = int(np.prod(moved.shape[: len(axes)]))
+    return bool(np.all(moved.reshape(inputs // m, m, -1).sum(axis=1) == n))
 
 
 def _fingerprint(layer):

@@ -90,6 +90,12 @@ class MaskFineTuner(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._layers = masked_layers_of(self.model)
         self._targets = [layer.sparsity for layer in self._layers]
+        fixed = [layer.name for layer in self._layers if isinstance(layer._selection, tuple)]
+        if self.ramp_steps is not None and fixed:
+            raise ValueError(
+                f"`ramp_steps` cannot ramp N:M masks (layers {fixed[:3]}): their "
+                "pattern fixes the sparsity. Remove `ramp_steps`."
+            )
         self._initial = self._packed_masks()
         self._last = self._initial
         self._quiet_reports = 0

@@ -44,6 +44,8 @@ class MaskedKernel:
 
     def build(self, input_shape):
         super().build(input_shape)
+        if isinstance(self._selection, tuple):
+            selections.check_n_m(self, *self._selection)
         self._add_scores(self.scores_initializer)
 
     def _set_selection(self, selection, sparsity):
@@ -152,7 +154,8 @@ class MaskedKernel:
         raise NotImplementedError(
             f"Layer '{self.name}' is already masked. To combine LoRA with MFT, "
             "enable LoRA first (`model.backbone.enable_lora(rank)`), then call "
-            "`keras_mft.wrap(model)`."
+            "`keras_mft.wrap(model)`. KerasHub's `enable_lora` may already have "
+            "frozen or changed other layers: reload the model and start again."
         )
 
     def _own_variables(self):

@@ -13,7 +13,8 @@ from matplotlib.ticker import MaxNLocator
 
 from keras_mft import architectures
 
-_BLOCK = re.compile(r"transformer_layer_(\d+)/")
+# The block's index ends its name: transformer_layer_3 (Llama), decoder_block_3 (Gemma).
+_BLOCK = re.compile(r"^[^/]*_(\d+)/")
 
 
 def training_curve(losses, path, *, title="Mask fine-tuning"):

@@ -8,8 +8,8 @@
   and another fewer. The paper left this open ("mostly negative", no code).
 - `"N:M"`, e.g. `"2:4"`: in every run of M consecutive weights along a
   kernel's input dimension, the N largest |score| are kept and the other
-  M - N removed (the layout sparse tensor cores accelerate). The sparsity
-  is then exactly (M - N) / M.
+  M - N removed (2:4 is the layout that sparse tensor cores accelerate).
+  The sparsity is then exactly (M - N) / M.
 
 Ties are broken by position everywhere: of equal scores, the one that comes
 first (in the flat order of the matrix, or of the group's matrices stacked in
@@ -43,6 +43,20 @@ def parse_selection(selection):
         "the masked blocks) or 'N:M' with 0 < N < M, e.g. '2:4' (keep N of "
         f"every M weights along the input dimension). Received: selection={selection!r}"
     )
+
+
+def check_n_m(layer, n, m):
+    """Raises unless `layer`'s kernel splits into runs of `m` input weights."""
+    shape = layer._kernel.shape
+    inputs = 1
+    for axis in input_axes(layer):
+        inputs *= shape[axis]
+    if inputs % m:
+        raise ValueError(
+            f"Layer '{layer.name}' has {inputs} inputs, which do not split into "
+            f"runs of {m} for a {n}:{m} mask. Choose an M that divides {inputs}, "
+            "or leave this projection out of `targets`."
+        )
 
 
 def n_m_sparsity(n, m):
@@ -97,7 +111,9 @@ class GlobalGroup:
 
     Each layer of the group computes the group's mask from every member's
     scores and keeps its own rows; the group removes the sum of its members'
-    `removed_count`. A plain Python object, so Keras does not track the
+    `removed_count`. So with L members a step runs L selections over L
+    matrices each, L times the work of per-matrix selection (L = 4 for the
+    paper's band), and holds a copy of the group's scores while selecting. A plain Python object, so Keras does not track the
     members as sublayers of each other.
     """
 

@@ -13,7 +13,7 @@ from keras_mft.masked_layers import is_masked
 from keras_mft.masked_layers import mask_layer
 from keras_mft.selection import GLOBAL
 from keras_mft.selection import GlobalGroup
-from keras_mft.selection import input_axes
+from keras_mft.selection import check_n_m
 from keras_mft.selection import n_m_sparsity
 from keras_mft.selection import parse_selection
 
@@ -141,6 +141,10 @@ def wrap(
             group = architectures.GROUP_OF[alias]
             selected.append((alias, layer, sparsity_of[group]))
 
+    groups = []
+    if parsed_selection == GLOBAL:
+        groups = [GlobalGroup([layer for a, layer, _ in selected if a == alias]) for alias in aliases]
+
     # Every check has passed: from here on the model is changed.
     model.trainable = True
     for layer in model._flatten_layers(include_self=False):
@@ -148,11 +152,9 @@ def wrap(
     for _, layer, layer_sparsity in selected:
         scores = initial_scores(layer, score_init, seed)
         mask_layer(layer, layer_sparsity, scores, selection)
-    if parsed_selection == GLOBAL:
-        for alias in aliases:
-            group = GlobalGroup([layer for a, layer, _ in selected if a == alias])
-            for layer in group.layers:
-                layer._global_group = group
+    for group in groups:
+        for layer in group.layers:
+            layer._global_group = group
     for layer in model._flatten_layers(include_self=False):
         if getattr(layer, "lora_enabled", False):
             train_only_lora_factors(layer)
@@ -253,20 +255,6 @@ def train_only_lora_factors(layer):
         variable.trainable = variable is layer.lora_kernel_a or variable is layer.lora_kernel_b
     if is_masked(layer):
         layer.scores.trainable = True
-
-
-def check_n_m(layer, n, m):
-    """Raises unless `layer`'s kernel splits into runs of `m` input weights."""
-    shape = layer._kernel.shape
-    inputs = 1
-    for axis in input_axes(layer):
-        inputs *= shape[axis]
-    if inputs % m:
-        raise ValueError(
-            f"Layer '{layer.name}' has {inputs} inputs, which do not split into "
-            f"runs of {m} for a {n}:{m} mask. Choose an M that divides {inputs}, "
-            "or leave this projection out of `targets`."
-        )
 
 
 def initial_scores(layer, score_init, seed):

@@ -79,6 +79,33 @@ def test_wrap_fit_bake_keeps_the_logits(name):
             assert np.all(to_numpy(variable)[~after[variable.path]] == 0), variable.path
 
 
+# The attribute each family's block keeps its MLP projections in: gate is the
+# one its call() passes through the activation, up the one multiplied in.
+MLP_ATTRIBUTES = {
+    "llama": ("_feedforward_gate_dense", "_feedforward_intermediate_dense", "_feedforward_output_dense"),
+    "mistral": ("_feedforward_gate_dense", "_feedforward_intermediate_dense", "_feedforward_output_dense"),
+    "qwen": ("_feedforward_gate_dense", "_feedforward_intermediate_dense", "_feedforward_output_dense"),
+    "qwen3": ("_feedforward_gate_dense", "_feedforward_intermediate_dense", "_feedforward_output_dense"),
+    "phi3": ("feedforward_gate_dense", "feedforward_intermediate_dense", "feedforward_output_dense"),
+    "gemma": ("gating_ffw", "gating_ffw_2", "ffw_linear"),
+    "gemma3": ("gating_ffw", "gating_ffw_2", "ffw_linear"),
+    "gpt2": (None, "_feedforward_intermediate_dense", "_feedforward_output_dense"),
+}
+
+
+@pytest.mark.parametrize("name", list(MLP_ATTRIBUTES))
+def test_aliases_name_the_right_layers(name):
+    backbone = small_causal_lm(name).backbone
+    block = backbone.transformer_layers[0]
+    projections = architectures.projections_of(backbone, block)
+    for alias, attribute in zip(("gate", "up", "down"), MLP_ATTRIBUTES[name]):
+        if attribute is None:
+            assert alias not in projections
+        else:
+            assert projections[alias] is getattr(block, attribute), alias
+    assert [projections[a].name for a in ("q", "k", "v", "o")] == ["query", "key", "value", "attention_output"]
+
+
 @pytest.mark.parametrize("name", ["gemma", "gpt2"])
 def test_targets_take_aliases_or_the_models_layer_names(name):
     model = small_causal_lm(name)
@@ -87,6 +114,14 @@ def test_targets_take_aliases_or_the_models_layer_names(name):
     assert sorted(v.path.split("/")[-2] for v in model.trainable_variables) == sorted(
         ["query", names["down"]]
     )
+
+
+def test_mask_change_plot_reads_gemma_block_names(tmp_path):
+    model = small_causal_lm("gemma")  # blocks are named decoder_block_N
+    keras_mft.wrap(model, layers=[1], seed=0)
+    masks = keras_mft.masks_of(model)
+    keras_mft.plot.mask_change(masks, masks, tmp_path / "change.png")
+    assert (tmp_path / "change.png").stat().st_size > 1000
 
 
 def test_gpt2_has_no_gate():

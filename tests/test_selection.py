@@ -112,6 +112,11 @@ def test_wrap_fit_bake_and_mask_files(mode, tmp_path):
     model.fit(batch, batch["token_ids"], batch_size=2, epochs=2, verbose=0)
     after = keras_mft.masks_of(model)
     assert any(np.any(before[path] != after[path]) for path in before)
+    if mode == "global":  # each projection's group still removes its total
+        for alias_layers in {id(l._global_group): l._global_group.layers
+                             for l in model._flatten_layers() if is_masked(l)}.values():
+            removed = sum(int(np.sum(~after[l._kernel.path])) for l in alias_layers)
+            assert removed == sum(num_removed(int(np.prod(l._kernel.shape)), 0.2) for l in alias_layers)
     for layer in model._flatten_layers():
         if is_masked(layer):
             mask = after[layer._kernel.path]
@@ -154,6 +159,12 @@ def test_bad_selections_are_refused():
         layer.set_sparsity(0.1)
     keras_mft.wrap(model, selection="2:4", seed=0)
     batch = token_batch()
-    with pytest.raises(ValueError, match="cannot be changed"):
+    scores_before = {path: value.copy() for path, value in keras_mft.scores_of(model).items()}
+    with pytest.raises(ValueError, match="cannot ramp N:M masks"):
         model.fit(batch, batch["token_ids"], epochs=1, verbose=0,
                   callbacks=[keras_mft.MaskFineTuner(ramp_steps=4)])
+    for path, value in keras_mft.scores_of(model).items():  # refused before any step
+        np.testing.assert_array_equal(value, scores_before[path])
+    with pytest.raises(ValueError, match="has 10 inputs, which do not split into runs of 4"):
+        layer = keras_mft.MaskedDense(3, selection="1:4")
+        layer.build((None, 10))
