@@ -102,3 +102,18 @@ def test_int8_models_are_refused_before_any_change():
     with pytest.raises(ValueError, match=r"is quantized \(int8\)\. Wrap the float model, then bake and quantize"):
         keras_mft.wrap(model)
     assert not any(v.path.endswith("/scores") for v in model.weights)
+
+
+def test_lora_layers_with_biases_keep_keras_hubs_trainable_flags():
+    """Qwen's query/value have biases: frozen while wrapped, trainable after bake as in KerasHub."""
+    from tests.test_architectures import small_causal_lm
+
+    model = small_causal_lm("qwen")
+    model.backbone.enable_lora(2)  # query and value
+    expected_after_bake = sorted(v.path for v in model.trainable_variables)
+    assert any(p.endswith("query/bias") for p in expected_after_bake)
+    keras_mft.wrap(model, layers=[0], targets=["q", "down"], seed=0)
+    names = {v.path.split("/")[-1] for v in model.trainable_variables}
+    assert names == {"scores", "lora_kernel_a", "lora_kernel_b"}
+    keras_mft.bake(model)
+    assert sorted(v.path for v in model.trainable_variables) == expected_after_bake
