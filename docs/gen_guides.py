@@ -26,9 +26,10 @@ def guide_to_markdown(source, name):
     fields, _, intro = inspect.cleandoc(header.value.value).partition("\n\n")
     title = fields.split("Title:", 1)[1].split("Description:", 1)[0].strip()
     description = " ".join(fields.split("Description:", 1)[1].split())
+    # A guide that sets KERAS_BACKEND itself (the distributed one) runs on that backend only.
+    chooses = "`KERAS_BACKEND` chooses the backend." if 'environ["KERAS_BACKEND"] =' not in source else ""
     parts = [f"# {title}", f"*{description}*", intro,
-             f"Run it from a clone of the repository: `python examples/{name}.py`. "
-             "`KERAS_BACKEND` chooses the backend."]
+             f"Run it from a clone of the repository: `python examples/{name}.py`. {chooses}".strip()]
     code_from = header.end_lineno
     for node in body:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
