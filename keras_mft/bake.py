@@ -61,7 +61,10 @@ def bake(model):
         The same model object.
     """
     unmask_layers(masked_layers_of(model))
-    model.trainable = True
+    # Layer by layer: on TensorFlow, `model.trainable = True` does not reach
+    # every sublayer that `wrap` froze.
+    for layer in model._flatten_layers():
+        layer.trainable = True
     lora_layers = [l for l in model._flatten_layers() if getattr(l, "lora_enabled", False)]
     if lora_layers:  # as after KerasHub's `enable_lora`: only LoRA trains
         for layer in model._flatten_layers(include_self=False):
