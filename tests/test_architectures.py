@@ -128,12 +128,3 @@ def test_gpt2_has_no_gate():
     model = small_causal_lm("gpt2")
     with pytest.raises(ValueError, match=r"Unknown targets \['gate'\].*'up', 'down'"):
         keras_mft.wrap(model, targets=["gate"])
-
-
-def test_an_unsupported_model_gets_the_list_of_supported_ones():
-    opt = keras_hub.models.OPTBackbone(
-        vocabulary_size=32, num_layers=1, num_heads=2, hidden_dim=8,
-        intermediate_dim=16, max_sequence_length=16,
-    )
-    with pytest.raises(TypeError, match="cannot wrap a OPTBackbone.*LlamaBackbone.*GPT2Backbone"):
-        keras_mft.wrap(opt)

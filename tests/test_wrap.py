@@ -68,7 +68,7 @@ def test_refuses_other_models():
         vocabulary_size=32, num_layers=1, num_heads=2, hidden_dim=8,
         intermediate_dim=16, max_sequence_length=16,
     )
-    with pytest.raises(TypeError, match="LlamaBackbone.*MistralBackbone"):
+    with pytest.raises(TypeError, match="cannot wrap a OPTBackbone.*LlamaBackbone.*MistralBackbone.*GPT2Backbone"):
         keras_mft.wrap(opt)
     with pytest.raises(TypeError, match="cannot wrap a Sequential"):
         keras_mft.wrap(keras.Sequential([keras.layers.Dense(2)]))
