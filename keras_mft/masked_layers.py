@@ -13,6 +13,7 @@ twin and back in place, the way `enable_lora` does, so the layer keeps its
 name, its variables and their paths.
 """
 
+import gc
 import math
 
 import keras
@@ -303,8 +304,8 @@ def unmask_layers(layers):
         mask = ops.cast(layer.hard_mask(), layer._kernel.dtype)
         layer._kernel.assign(ops.multiply(layer._kernel.value, mask))
     for layer in layers:
-        del layer.scores
-        del layer.removed_count
+        _drop_variable(layer, "scores")
+        _drop_variable(layer, "removed_count")
         del layer.sparsity
         del layer.selection
         del layer._selection
@@ -317,3 +318,15 @@ def unmask_layers(layers):
             variable.trainable = True
         if layer.lora_enabled:
             layer._kernel.trainable = False
+    gc.collect()
+
+
+def _drop_variable(layer, name):
+    """Deletes a variable attribute as `Layer.__delattr__` does, minus its `gc.collect()`.
+
+    Keras collects garbage after every deleted variable so that the device frees
+    the buffer; that takes most of a second in a process holding a large model,
+    so `unmask_layers` collects once for all of them.
+    """
+    layer._untrack_variable(getattr(layer, name))
+    super(keras.layers.Layer, layer).__delattr__(name)
