@@ -28,7 +28,6 @@ import statistics
 import time
 
 import keras
-import keras_hub
 import numpy as np
 
 import keras_mft
@@ -36,7 +35,7 @@ from keras_mft import evaluation
 from keras_mft import protocol
 
 SETTINGS = {
-    "model": "smollm2_135m_instruct",  # --fast: "tiny", a small random Llama
+    "model": "smollm2_135m_instruct",  # --fast: "tiny", keras_mft.tiny_smollm2()
     "train_problems": 320,  # the first of keras_mft.gsm8k("train")
     "held_out_problems": 128,  # the first of keras_mft.gsm8k("held_out"), for the loss
     "exact_match_problems": 32,  # the first of those, answered greedily
@@ -77,8 +76,7 @@ class Experiment:
         self.fft_weights.parent.mkdir(parents=True, exist_ok=True)
         self.settings = settings
         self.key = settings_key(settings)
-        model = keras_mft.smollm2_135m_instruct()
-        self.tokenizer = model.preprocessor.tokenizer
+        self.tokenizer = self.load_model().preprocessor.tokenizer
         train = first(keras_mft.gsm8k("train"), settings["train_problems"])
         held_out = first(keras_mft.gsm8k("held_out"), settings["held_out_problems"])
         length = settings["sequence_length"]
@@ -101,10 +99,13 @@ class Experiment:
             )
         return record
 
-    def base_model(self):
+    def load_model(self):
         if self.settings["model"] == "tiny":
-            return tiny_model(self.tokenizer.vocabulary_size())
-        model = keras_mft.smollm2_135m_instruct()
+            return keras_mft.tiny_smollm2()
+        return keras_mft.smollm2_135m_instruct()
+
+    def base_model(self):
+        model = self.load_model()
         model.preprocessor = None  # the data is already tokenized
         return model
 
@@ -186,18 +187,6 @@ class Experiment:
         }
         self.result_path(arm).write_text(json.dumps(record, indent=2), encoding="utf-8")
         return record
-
-
-def tiny_model(vocabulary_size):
-    """A small Llama with random numpy weights, the same on every backend."""
-    backbone = keras_hub.models.Llama3Backbone(
-        vocabulary_size=vocabulary_size, num_layers=8, num_query_heads=2,
-        num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
-    )
-    rng = np.random.default_rng(0)
-    backbone.set_weights([rng.normal(0.0, 0.1, w.shape) if w.ndim > 1 else np.ones(w.shape)
-                          for w in backbone.get_weights()])
-    return keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=None)
 
 
 def settings_key(settings):

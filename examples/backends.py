@@ -21,7 +21,6 @@ import subprocess
 import sys
 
 import keras
-import keras_hub
 import numpy as np
 
 import keras_mft
@@ -37,16 +36,8 @@ BACKEND = keras.backend.backend()
 Nothing below names a backend.
 """
 
-model = keras_mft.smollm2_135m_instruct()
-if FAST:  # a tiny model with random numpy weights, the same on every backend
-    tiny = keras_hub.models.Llama3Backbone(
-        vocabulary_size=model.backbone.vocabulary_size, num_layers=8,
-        num_query_heads=2, num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
-    )
-    rng = np.random.default_rng(0)
-    tiny.set_weights([rng.normal(0.0, 0.1, w.shape) if w.ndim > 1 else np.ones(w.shape)
-                      for w in tiny.get_weights()])
-    model = keras_hub.models.Llama3CausalLM(backbone=tiny, preprocessor=model.preprocessor)
+# In fast mode, a tiny random model with the same tokenizer.
+model = keras_mft.tiny_smollm2() if FAST else keras_mft.smollm2_135m_instruct()
 tokenizer = model.preprocessor.tokenizer
 model.preprocessor = None
 

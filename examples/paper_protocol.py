@@ -13,14 +13,11 @@ arms with more data, several seeds, MFT without the FFT stage and greedy
 exact-match accuracy (hours; results in `docs/reproduction.md`).
 """
 
-import functools
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # or "torch", "tensorflow"
 
 import keras
-import keras_hub
-import numpy as np
 
 import keras_mft
 from keras_mft import evaluation
@@ -37,25 +34,9 @@ the base model, or those of the fine-tuned one.
 """
 
 
-@functools.cache
-def smollm2():
-    return keras_mft.smollm2_135m_instruct()
-
-
 def load_base():
-    """The base model: SmolLM2-135M-Instruct, or a tiny model in fast mode."""
-    if not FAST:
-        return keras_mft.smollm2_135m_instruct()
-    # A tiny model with random numpy weights, the same on every backend, and
-    # SmolLM2's preprocessor (SmolLM2 itself is loaded once).
-    tiny = keras_hub.models.Llama3Backbone(
-        vocabulary_size=smollm2().backbone.vocabulary_size, num_layers=8,
-        num_query_heads=2, num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
-    )
-    rng = np.random.default_rng(0)
-    tiny.set_weights([rng.normal(0.0, 0.1, w.shape) if w.ndim > 1 else np.ones(w.shape)
-                      for w in tiny.get_weights()])
-    return keras_hub.models.Llama3CausalLM(backbone=tiny, preprocessor=smollm2().preprocessor)
+    """SmolLM2-135M-Instruct, or in fast mode a tiny random model with its tokenizer."""
+    return keras_mft.tiny_smollm2() if FAST else keras_mft.smollm2_135m_instruct()
 
 
 def model_with(weights):

@@ -20,6 +20,7 @@ from keras_mft.masked_layers import MaskedEinsumDense
 from keras_mft.preset import save_preset
 from keras_mft.schedules import LinearWarmupDecay
 from keras_mft.smollm2 import smollm2_135m_instruct
+from keras_mft.smollm2 import tiny_smollm2
 from keras_mft.version import __version__
 from keras_mft.wrap import wrap
 
@@ -45,5 +46,6 @@ __all__ = [
     "save_preset",
     "scores_of",
     "smollm2_135m_instruct",
+    "tiny_smollm2",
     "wrap",
 ]

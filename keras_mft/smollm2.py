@@ -73,13 +73,49 @@ def smollm2_135m_instruct(dtype=None):
         **backbone_config(reader), dtype=dtype
     )
     load_weights(backbone, reader)
-    preprocessor = SmolLM2CausalLMPreprocessor(
-        tokenizer=tokenizer_from_gguf(reader),
-        add_start_token=_field(reader, "tokenizer.ggml.add_bos_token", False),
-        add_end_token=_field(reader, "tokenizer.ggml.add_eos_token", False),
-    )
     return keras_hub.models.Llama3CausalLM(
-        backbone=backbone, preprocessor=preprocessor
+        backbone=backbone, preprocessor=preprocessor_from_gguf(reader)
+    )
+
+
+def tiny_smollm2(seed=0):
+    """A tiny Llama with random weights and SmolLM2's preprocessor.
+
+    It takes the same text and token ids as `smollm2_135m_instruct()` but has
+    8 decoder blocks of width 16 and knows nothing: code written for SmolLM2
+    runs on it in seconds, which suits smoke tests and classroom dry runs.
+    The weights are numpy draws from N(0, 0.1) (norm scales 1), so a seed
+    gives the same model on every backend. Reading only the tokenizer from
+    the GGUF file is much faster than loading SmolLM2's weights.
+
+    Args:
+        seed: int, the seed of the random weights.
+
+    Returns:
+        A `keras_hub.models.Llama3CausalLM` with the same preprocessor as
+        `smollm2_135m_instruct()`.
+
+    Example:
+    ```python
+    from keras_mft.smollm2 import tiny_smollm2
+
+    model = tiny_smollm2()
+    model.backbone.num_layers  # 8
+    ```
+    """
+    reader = gguf.GGUFReader(gguf_path())
+    backbone = keras_hub.models.Llama3Backbone(
+        vocabulary_size=len(_field(reader, "tokenizer.ggml.tokens")),
+        num_layers=8, num_query_heads=2, num_key_value_heads=1,
+        hidden_dim=16, intermediate_dim=32,
+    )
+    rng = np.random.default_rng(seed)
+    backbone.set_weights([
+        rng.normal(0.0, 0.1, w.shape) if w.ndim > 1 else np.ones(w.shape)
+        for w in backbone.get_weights()
+    ])
+    return keras_hub.models.Llama3CausalLM(
+        backbone=backbone, preprocessor=preprocessor_from_gguf(reader)
     )
 
 
@@ -211,6 +247,15 @@ def load_weights(backbone, reader):
                 f"expects {tuple(variable.shape)}."
             )
         variable.assign(value)
+
+
+def preprocessor_from_gguf(reader):
+    """SmolLM2's preprocessor, with the start/end token settings of the file."""
+    return SmolLM2CausalLMPreprocessor(
+        tokenizer=tokenizer_from_gguf(reader),
+        add_start_token=_field(reader, "tokenizer.ggml.add_bos_token", False),
+        add_end_token=_field(reader, "tokenizer.ggml.add_eos_token", False),
+    )
 
 
 def tokenizer_from_gguf(reader):

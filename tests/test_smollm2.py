@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from keras_mft.smollm2 import INSTALL_COMMAND
 from keras_mft.smollm2 import smollm2_135m_instruct
+from keras_mft.smollm2 import tiny_smollm2
 from keras_mft.smollm2_tokenizer import SmolLM2Tokenizer
 from tests.conftest import to_numpy
 
@@ -181,6 +182,24 @@ def test_dtype_sets_weight_dtype(smollm2):
         rtol=1e-2,
         atol=1e-6,
     )
+
+
+def test_tiny_model_has_smollm2s_preprocessor_and_seeded_weights(smollm2):
+    tiny = tiny_smollm2(seed=3)
+    assert tiny.backbone.num_layers == 8 and tiny.backbone.hidden_dim == 16
+    assert tiny.backbone.vocabulary_size == smollm2.backbone.vocabulary_size
+    assert type(tiny.preprocessor) is type(smollm2.preprocessor)
+    for setting in ("add_start_token", "add_end_token"):
+        assert getattr(tiny.preprocessor, setting) == getattr(smollm2.preprocessor, setting)
+    ids = tiny.preprocessor.tokenizer(TEXTS)
+    assert not mismatches([list(map(int, row)) for row in ids])
+    # The weights are numpy's draws, in the backbone's weight order.
+    rng = np.random.default_rng(3)
+    for variable in tiny.backbone.weights:
+        expected = rng.normal(0.0, 0.1, variable.shape) if len(variable.shape) > 1 else 1.0
+        np.testing.assert_array_equal(to_numpy(variable), np.float32(expected))
+    other = tiny_smollm2(seed=4).backbone.weights[0]
+    assert not np.array_equal(to_numpy(other), to_numpy(tiny.backbone.weights[0]))
 
 
 def test_missing_package_names_install_command(monkeypatch):
