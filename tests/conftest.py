@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
+import keras_mft
+
 VOCABULARY_SIZE = 64
 
 
@@ -42,6 +44,15 @@ def token_batch(batch_size=2, sequence_length=8, seed=1):
         "token_ids": rng.integers(0, VOCABULARY_SIZE, (batch_size, sequence_length)),
         "padding_mask": np.ones((batch_size, sequence_length), bool),
     }
+
+
+def fit_a_little(model):
+    """Two epochs of Adam(0.01) on random tokens; returns the masks before and after."""
+    before = keras_mft.masks_of(model)
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    batch = token_batch(batch_size=4)
+    model.fit(batch, batch["token_ids"], batch_size=2, epochs=2, verbose=0)
+    return before, keras_mft.masks_of(model)
 
 
 def to_numpy(x):
