@@ -46,11 +46,10 @@ def token_batch(batch_size=2, sequence_length=8, seed=1):
     }
 
 
-def fit_a_little(model):
-    """Two epochs of Adam(0.01) on random tokens; returns the masks before and after."""
+def fit_a_little(model, batch):
+    """Two epochs of Adam(0.01) on `batch`; returns the masks before and after."""
     before = keras_mft.masks_of(model)
     model.compile(optimizer=keras.optimizers.Adam(0.01))
-    batch = token_batch(batch_size=4)
     model.fit(batch, batch["token_ids"], batch_size=2, epochs=2, verbose=0)
     return before, keras_mft.masks_of(model)
 

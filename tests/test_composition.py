@@ -6,10 +6,10 @@ import pytest
 
 import keras_mft
 from keras_mft.masked_layers import mask_layer
+from tests.conftest import fit_a_little
 from tests.conftest import logits_of
 from tests.conftest import tiny_llama
 from tests.conftest import to_numpy
-from tests.conftest import fit_a_little
 from tests.conftest import token_batch
 from tests.gradients import gradient
 from tests.test_mask import numpy_keep_mask
@@ -65,8 +65,8 @@ def test_wrap_a_lora_model_fit_save_and_bake(tmp_path):
     assert all(p.endswith(("/scores", "/lora_kernel_a", "/lora_kernel_b")) for p in trainable)
     query = model.backbone.transformer_layers[0]._self_attention_layer._query_dense
 
-    masks_before, masks_after = fit_a_little(model)
     batch = token_batch(batch_size=4)
+    masks_before, masks_after = fit_a_little(model, batch)
     assert any(np.any(masks_before[p] != masks_after[p]) for p in masks_before)
     assert np.any(to_numpy(query.lora_kernel_b) != 0)  # LoRA trained (B starts at zero)
 

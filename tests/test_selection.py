@@ -8,10 +8,10 @@ import keras_mft
 from keras_mft import selection
 from keras_mft.mask import num_removed
 from keras_mft.masked_layers import is_masked
+from tests.conftest import fit_a_little
 from tests.conftest import logits_of
 from tests.conftest import tiny_llama
 from tests.conftest import to_numpy
-from tests.conftest import fit_a_little
 from tests.conftest import token_batch
 from tests.gradients import gradient
 from tests.test_mask import numpy_keep_mask
@@ -107,8 +107,8 @@ def test_wrap_fit_bake_and_mask_files(mode, tmp_path):
     model = tiny_llama()
     kwargs = {"sparsity": 0.2} if mode == "global" else {}
     keras_mft.wrap(model, layers="0:2", selection=mode, seed=0, **kwargs)
-    before, after = fit_a_little(model)
     batch = token_batch(batch_size=4)
+    before, after = fit_a_little(model, batch)
     assert any(np.any(before[path] != after[path]) for path in before)
     if mode == "global":  # each projection's group still removes its total
         for alias_layers in {id(l._global_group): l._global_group.layers
