@@ -55,32 +55,37 @@ def keep_mask(scores, removed):
         removed: int or int32 tensor, how many entries to remove (see
             `num_removed`).
     """
-    keys = ops.view(ops.reshape(ops.abs(scores), (-1,)), "int32")
-    threshold, ties_to_remove = _kth_smallest(keys, removed)
+    columns = scores.shape[-1] if len(scores.shape) else 1
+    keys = ops.view(ops.abs(ops.reshape(scores, (-1, columns))), "int32")
+    threshold, ties_to_remove = _kth_smallest(ops.reshape(keys, (-1,)), removed)
     # Entries equal to the threshold are removed in flat order until enough
     # are gone. Ranking them with a cumulative sum over the whole kernel would
-    # cost a full pass that XLA runs slowly; instead the kernel is viewed as
-    # rows, the row where the removal stops is found from per-row counts, and
-    # only that row is ranked.
-    columns = scores.shape[-1] if len(scores.shape) else 1
-    keys = ops.reshape(keys, (-1, columns))
-    tied = ops.equal(keys, threshold)
-    tied_before = ops.cumsum(ops.sum(ops.cast(tied, "int32"), axis=1))
+    # cost a full pass that XLA runs slowly. Instead, with the kernel viewed as
+    # rows, the row where the removal stops is found from per-row counts:
+    # earlier rows remove all their ties, later rows none, and only that row
+    # is ranked.
+    ties_per_row = ops.sum(ops.equal(keys, threshold), axis=1)
+    tied_before = ops.cumsum(ties_per_row)
     last_row = ops.sum(ops.cast(ops.less(tied_before, ties_to_remove), "int32"))
     ties_in_last_row = ties_to_remove - ops.take(ops.pad(tied_before, [[1, 0]]), last_row)
-    rank_in_last_row = ops.cumsum(ops.cast(ops.take(tied, last_row, axis=0), "int32"))
-    row = ops.expand_dims(ops.arange(ops.shape(keys)[0], dtype="int32"), 1)
-    tie_removed = ops.logical_or(
-        ops.less(row, last_row),
+    last_row_keys = ops.take(keys, last_row, axis=0)
+    last_row_tied = ops.equal(last_row_keys, threshold)
+    ties_before_column = ops.cumsum(ops.cast(last_row_tied, "int32")) - ops.cast(
+        last_row_tied, "int32"
+    )
+    last_row_keep = ops.logical_or(
+        ops.greater(last_row_keys, threshold),
         ops.logical_and(
-            ops.equal(row, last_row), ops.less_equal(rank_in_last_row, ties_in_last_row)
+            last_row_tied, ops.greater_equal(ties_before_column, ties_in_last_row)
         ),
     )
-    is_removed = ops.logical_or(
-        ops.less(keys, threshold), ops.logical_and(tied, tie_removed)
-    )
-    keep = ops.cast(ops.logical_not(is_removed), scores.dtype)
-    return ops.reshape(keep, ops.shape(scores))
+    # Every other row keeps what is above its limit: the threshold itself in
+    # the rows before the last one, one below it in the rows after.
+    rows = ops.arange(ops.shape(keys)[0], dtype="int32")
+    row_limit = ops.where(ops.less(rows, last_row), threshold, threshold - 1)
+    keep = ops.greater(keys, ops.expand_dims(row_limit, 1))
+    keep = ops.slice_update(keep, (last_row, 0), ops.expand_dims(last_row_keep, 0))
+    return ops.reshape(ops.cast(keep, scores.dtype), ops.shape(scores))
 
 
 def _kth_smallest(keys, k):
