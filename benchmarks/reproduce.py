@@ -15,7 +15,7 @@ arms after `fft` start from the FFT weights kept in `--weights`; if those are
 gone, FFT is trained again first. `--report` only prints the tables and draws
 the plots.
 
-    KERAS_BACKEND=tensorflow python benchmarks/reproduce.py           # every arm, about 3.5 hours
+    KERAS_BACKEND=tensorflow python benchmarks/reproduce.py           # every arm, about 3.2 hours on 2 cores
     KERAS_BACKEND=tensorflow python benchmarks/reproduce.py --arms base,fft
     python benchmarks/reproduce.py --report
 """
