@@ -70,9 +70,8 @@ def keep_mask(scores, removed):
     ties_in_last_row = ties_to_remove - ops.take(ops.pad(tied_before, [[1, 0]]), last_row)
     last_row_keys = ops.take(keys, last_row, axis=0)
     last_row_tied = ops.equal(last_row_keys, threshold)
-    ties_before_column = ops.cumsum(ops.cast(last_row_tied, "int32")) - ops.cast(
-        last_row_tied, "int32"
-    )
+    tie_counts = ops.cast(last_row_tied, "int32")
+    ties_before_column = ops.cumsum(tie_counts) - tie_counts
     last_row_keep = ops.logical_or(
         ops.greater(last_row_keys, threshold),
         ops.logical_and(
