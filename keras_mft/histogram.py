@@ -4,9 +4,11 @@
 PyTorch it scatters slowly: for the 45 million keys of a 4096x11008 matrix it
 took 1.8 s on a 2-core CPU, against 0.05 s for `torch.bincount`
 (`keras.ops.bincount` cannot be traced on JAX). So PyTorch uses
-`torch.bincount`, and there, entries left out by `where` are dropped before
-counting instead of being counted as zeros (0.18 s against 0.23 s when a
-small share of a 4096x11008 matrix is counted).
+`torch.bincount`, and there the entries left out by `where` are dropped
+before counting, which halves the time when few are counted. Under XLA they
+are counted in an extra bin instead: counting the `where` mask as weights
+was faster alone but made a TensorFlow train step of two LLaMA-7B blocks
+1.4 times slower.
 """
 
 import keras
@@ -25,5 +27,8 @@ def histogram(bins, num_bins, where=None):
         if where is not None:
             bins = bins[where]
         return torch.bincount(bins, minlength=num_bins).to(torch.int32)
-    counts = ops.ones_like(bins) if where is None else ops.cast(where, "int32")
-    return ops.segment_sum(counts, bins, num_segments=num_bins)
+    if where is None:
+        return ops.segment_sum(ops.ones_like(bins), bins, num_segments=num_bins)
+    bins = ops.where(where, bins, num_bins)
+    counts = ops.segment_sum(ops.ones_like(bins), bins, num_segments=num_bins + 1)
+    return counts[:num_bins]
