@@ -27,12 +27,14 @@ import pathlib
 import statistics
 import time
 
+import gguf
 import keras
 import numpy as np
 
 import keras_mft
 from keras_mft import evaluation
 from keras_mft import protocol
+from keras_mft import smollm2
 
 SETTINGS = {
     "model": "smollm2_135m_instruct",  # --fast: "tiny", keras_mft.tiny_smollm2()
@@ -76,7 +78,8 @@ class Experiment:
         self.fft_weights.parent.mkdir(parents=True, exist_ok=True)
         self.settings = settings
         self.key = settings_key(settings)
-        self.tokenizer = self.load_model().preprocessor.tokenizer
+        # Both models, full and tiny, use the tokenizer stored in SmolLM2's file.
+        self.tokenizer = smollm2.tokenizer_from_gguf(gguf.GGUFReader(smollm2.gguf_path()))
         train = first(keras_mft.gsm8k("train"), settings["train_problems"])
         held_out = first(keras_mft.gsm8k("held_out"), settings["held_out_problems"])
         length = settings["sequence_length"]
