@@ -55,32 +55,15 @@ def keep_mask(scores, removed):
         removed: int or int32 tensor, how many entries to remove (see
             `num_removed`).
     """
-    threshold, ties_to_remove, ties = _kth_smallest(
-        ops.reshape(_keys(scores), (-1,)), removed
-    )
-    # Entries equal to the threshold are removed in flat order until enough
-    # are gone. Usually all of them go and no order is needed.
-    keep = ops.cond(
-        ops.equal(ties_to_remove, ties),
-        lambda: ops.greater(_keys(scores), threshold),
-        lambda: _keep_ranking_ties(_keys(scores), threshold, ties_to_remove),
-    )
-    return ops.reshape(ops.cast(keep, scores.dtype), ops.shape(scores))
-
-
-def _keys(scores):
-    """`|scores|` as int32 bit patterns, viewed as rows of the last axis."""
     columns = scores.shape[-1] if len(scores.shape) else 1
-    return ops.view(ops.abs(ops.reshape(scores, (-1, columns))), "int32")
-
-
-def _keep_ranking_ties(keys, threshold, ties_to_remove):
-    """Keeps the entries above `threshold`, and those equal to it after the first
-    `ties_to_remove` of them in flat order."""
-    # Ranking the ties with a cumulative sum over the whole kernel would cost
-    # a full pass that XLA runs slowly. Instead, the row where the removal
-    # stops is found from per-row counts: earlier rows remove all their ties,
-    # later rows none, and only that row is ranked.
+    keys = ops.view(ops.abs(ops.reshape(scores, (-1, columns))), "int32")
+    threshold, ties_to_remove = _kth_smallest(ops.reshape(keys, (-1,)), removed)
+    # Entries equal to the threshold are removed in flat order until enough
+    # are gone. Ranking them with a cumulative sum over the whole kernel would
+    # cost a full pass that XLA runs slowly. Instead, with the kernel viewed as
+    # rows, the row where the removal stops is found from per-row counts:
+    # earlier rows remove all their ties, later rows none, and only that row
+    # is ranked.
     ties_per_row = ops.sum(ops.equal(keys, threshold), axis=1)
     tied_before = ops.cumsum(ties_per_row)
     last_row = ops.sum(ops.cast(ops.less(tied_before, ties_to_remove), "int32"))
@@ -100,35 +83,33 @@ def _keep_ranking_ties(keys, threshold, ties_to_remove):
     rows = ops.arange(ops.shape(keys)[0], dtype="int32")
     row_limit = ops.where(ops.less(rows, last_row), threshold, threshold - 1)
     keep = ops.greater(keys, ops.expand_dims(row_limit, 1))
-    return ops.slice_update(keep, (last_row, 0), ops.expand_dims(last_row_keep, 0))
+    keep = ops.slice_update(keep, (last_row, 0), ops.expand_dims(last_row_keep, 0))
+    return ops.reshape(ops.cast(keep, scores.dtype), ops.shape(scores))
 
 
 def _kth_smallest(keys, k):
     """The k-th smallest (1-based) of non-negative int32 `keys`, by radix select.
 
     Returns:
-        `(value, needed, equal)`: the k-th smallest value, how many entries
-        equal to it are among the k smallest (0 when k = 0), and how many
-        entries equal it in all.
+        `(value, needed)`: the k-th smallest value, and how many entries equal
+        to it are among the k smallest (0 when k = 0).
     """
     k = ops.convert_to_tensor(k, "int32")
     high = ops.right_shift(keys, _LOW_BITS)
-    high_bin, k_in_high, _ = _select_bin(high, k, _HIGH_BINS)
+    high_bin, k_in_high = _select_bin(high, k, _HIGH_BINS)
     low = ops.bitwise_and(keys, _LOW_BINS - 1)
-    low_bin, needed, equal = _select_bin(
-        low, k_in_high, _LOW_BINS, ops.equal(high, high_bin)
-    )
-    return high_bin * _LOW_BINS + low_bin, needed, equal
+    low_bin, needed = _select_bin(low, k_in_high, _LOW_BINS, ops.equal(high, high_bin))
+    return high_bin * _LOW_BINS + low_bin, needed
 
 
 def _select_bin(bins, k, num_bins, where=None):
-    """Of the entries where `where` is true: the bin of the k-th smallest,
-    k's rank within that bin, and the bin's count."""
+    """The bin of the k-th smallest entry (of those where `where` is true),
+    and k's rank within that bin."""
     counts = histogram(bins, num_bins, where)
     cumulative = ops.cumsum(counts)
     chosen = ops.sum(ops.cast(ops.less(cumulative, k), "int32"))
     before = ops.take(ops.pad(cumulative, [[1, 0]]), chosen)
-    return chosen, k - before, ops.take(counts, chosen)
+    return chosen, k - before
 
 
 def straight_through(scores, hard):
