@@ -27,8 +27,7 @@ def histogram(bins, num_bins, where=None):
         if where is not None:
             bins = bins[where]
         return torch.bincount(bins, minlength=num_bins).to(torch.int32)
-    if where is None:
-        return ops.segment_sum(ops.ones_like(bins), bins, num_segments=num_bins)
-    bins = ops.where(where, bins, num_bins)
-    counts = ops.segment_sum(ops.ones_like(bins), bins, num_segments=num_bins + 1)
-    return counts[:num_bins]
+    if where is not None:
+        # The left-out entries go to an extra bin, dropped after counting.
+        return histogram(ops.where(where, bins, num_bins), num_bins + 1)[:num_bins]
+    return ops.segment_sum(ops.ones_like(bins), bins, num_segments=num_bins)
