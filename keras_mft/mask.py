@@ -112,19 +112,37 @@ def _select_bin(bins, k, num_bins, where=None):
     return chosen, k - before
 
 
-def straight_through(scores, hard):
-    """`hard` in the forward pass, with gradient `sign(scores)` to `scores`.
+def masked_kernel(kernel, scores, hard):
+    """`kernel * hard` forward, with the straight-through gradient to `scores`.
 
-    The gradient reaching the mask is passed to `|scores|` unchanged, so
-    `d loss / d scores = sign(scores) * d loss / d mask` for kept and removed
-    entries alike (the straight-through estimator of the MFT paper).
+    The gradient reaching the mask, `kernel * d loss / d (kernel * mask)`, is
+    passed to `|scores|` unchanged, so for kept and removed entries alike
+
+        d loss / d scores = sign(scores) * kernel * d loss / d (kernel * mask)
+
+    (the straight-through estimator of the MFT paper). As one custom gradient,
+    the backward pass needs only the kernel and the scores, which are
+    variables: no weight-sized tensor is kept from the forward pass, and the
+    frozen kernel gets no gradient.
+
+    Args:
+        kernel: the frozen kernel, in the layer's compute dtype.
+        scores: float32 tensor shaped like `kernel`.
+        hard: the mask of 0s and 1s (see `keep_mask`).
     """
-    # `scores - stop_gradient(scores)` is exactly zero, so the forward value is
-    # `hard` bit for bit, while its derivative with respect to scores is 1.
-    zero_with_gradient = scores - ops.stop_gradient(scores)
-    return ops.stop_gradient(hard) + zero_with_gradient * ops.stop_gradient(ops.sign(scores))
+    # A tensor read from the kernel (TensorFlow's custom gradients refuse a
+    # variable read inside them), and with no gradient: it is frozen.
+    kernel = ops.stop_gradient(ops.convert_to_tensor(kernel))
+    hard = ops.stop_gradient(ops.cast(hard, kernel.dtype))
 
+    @ops.custom_gradient
+    def masked(scores):
+        def gradient(*args, upstream=None):
+            if upstream is None:  # JAX and TensorFlow pass it positionally
+                (upstream,) = args
+            return ops.cast(upstream * kernel, scores.dtype) * ops.sign(scores)
 
-def straight_through_mask(scores, removed):
-    """`keep_mask(scores, removed)` forward, with the straight-through gradient."""
-    return straight_through(scores, keep_mask(ops.stop_gradient(scores), removed))
+        return kernel * hard, gradient
+
+    # A tensor, not a variable: PyTorch's autograd follows only tensor inputs.
+    return masked(ops.convert_to_tensor(scores))

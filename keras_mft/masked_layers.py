@@ -22,8 +22,8 @@ from keras import ops
 from keras_mft import selection as selections
 from keras_mft.mask import check_sparsity
 from keras_mft.mask import keep_mask
+from keras_mft.mask import masked_kernel
 from keras_mft.mask import num_removed
-from keras_mft.mask import straight_through
 
 
 class MaskedKernel:
@@ -120,8 +120,7 @@ class MaskedKernel:
             raise AttributeError(
                 "You must build the layer before accessing `kernel`."
             )
-        mask = straight_through(self.scores, self.hard_mask())
-        kernel = self._kernel * ops.cast(mask, self.compute_dtype)
+        kernel = masked_kernel(self._kernel, self.scores, self.hard_mask())
         if self.lora_enabled:  # LoRA's delta is added to the masked kernel
             delta = ops.matmul(self.lora_kernel_a, self.lora_kernel_b)
             kernel = ops.cast(

@@ -9,7 +9,7 @@ import pytest
 from keras_mft.mask import check_sparsity
 from keras_mft.mask import keep_mask
 from keras_mft.mask import num_removed
-from keras_mft.mask import straight_through_mask
+from keras_mft.mask import masked_kernel
 from tests.conftest import to_numpy
 from tests.gradients import gradient
 
@@ -59,7 +59,7 @@ def test_check_sparsity_refuses(bad):
 
 @pytest.mark.parametrize("shape", [(6, 10), (6, 2, 5)])
 def test_straight_through_gradient_matches_analytic(shape):
-    """dL/ds = sign(s) * W * dL/dW_eff for L = sum(G * W * m)."""
+    """dL/ds = sign(s) * W * dL/dW_eff for L = sum(G * W_eff), W_eff = W * m."""
     rng = np.random.default_rng(3)
     scores_value = rng.normal(0, 0.02, shape).astype("float32")
     scores_value.reshape(-1)[0] = 0.0  # sign(0) = 0: no gradient there
@@ -69,8 +69,8 @@ def test_straight_through_gradient_matches_analytic(shape):
     scores = keras.Variable(scores_value)
 
     def loss():
-        mask = straight_through_mask(scores.value, removed)
-        return keras.ops.sum(keras.ops.multiply(upstream * kernel, mask))
+        hard = keep_mask(keras.ops.stop_gradient(scores.value), removed)
+        return keras.ops.sum(keras.ops.multiply(upstream, masked_kernel(kernel, scores.value, hard)))
 
     np.testing.assert_allclose(
         to_numpy(loss()),
@@ -81,11 +81,10 @@ def test_straight_through_gradient_matches_analytic(shape):
     np.testing.assert_allclose(to_numpy(gradient(loss, scores)), expected, rtol=1e-6)
 
 
-def test_straight_through_forward_is_exactly_the_hard_mask():
-    scores = np.random.default_rng(4).normal(0, 0.02, (32, 32)).astype("float32")
-    removed = num_removed(scores.size, 0.1)
-    tensor = keras.ops.convert_to_tensor(scores)
-    hard = to_numpy(keep_mask(tensor, removed))
-    soft = to_numpy(straight_through_mask(tensor, removed))
-    assert set(np.unique(soft)) == {0.0, 1.0}
-    np.testing.assert_array_equal(soft, hard)
+def test_masked_kernel_forward_is_exactly_kernel_times_the_hard_mask():
+    rng = np.random.default_rng(4)
+    scores = keras.ops.convert_to_tensor(rng.normal(0, 0.02, (32, 32)).astype("float32"))
+    kernel = rng.normal(0, 1.0, (32, 32)).astype("float32")
+    hard = to_numpy(keep_mask(scores, num_removed(32 * 32, 0.1)))
+    masked = to_numpy(masked_kernel(kernel, scores, hard))
+    np.testing.assert_array_equal(masked, kernel * hard)
