@@ -84,6 +84,24 @@ def test_score_gradient_matches_numpy(make):
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_trains_and_predicts_exactly_when_compiled_with_jit_compile():
+    """`jit_compile=True`: XLA on JAX and TensorFlow (Keras' choice on a machine
+    with an accelerator), `torch.compile` on PyTorch."""
+    layer = keras_mft.MaskedDense(24, sparsity=0.3)
+    model = keras.Sequential([keras.Input((16,)), layer])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse", jit_compile=True)
+    assert model.jit_compile
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 16)).astype("float32")
+    before = to_numpy(layer.scores)
+    model.train_on_batch(x, rng.standard_normal((8, 24)).astype("float32"))
+    scores = to_numpy(layer.scores)
+    assert not np.array_equal(scores, before)
+    effective = to_numpy(layer._kernel) * numpy_keep_mask(scores, layer.num_removed)
+    expected = x @ effective + to_numpy(layer.bias)
+    np.testing.assert_allclose(model.predict_on_batch(x), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("policy", ["bfloat16", "mixed_bfloat16"])
 @pytest.mark.parametrize("make", [dense, einsum_dense])
 def test_low_precision_policies_keep_float32_scores(make, policy):
