@@ -2,9 +2,10 @@
 
 Compares keras-mft's selection (`keras_mft.mask.keep_mask`: radix select over
 the bit patterns of |score|) with a full sort and with `ops.top_k` of the
-same scores, each through `keras.ops` and compiled as a train step compiles
-it (`jax.jit`, `tf.function(jit_compile=True)`, eager PyTorch), and prints a
-table. Each method is run once to warm up (compilation, caches) and then
+same scores, each through `keras.ops` and compiled as Keras compiles a train
+step on this machine (`jax.jit`; `tf.function`, with XLA only where Keras
+uses it, which it does not on a machine without an accelerator; eager
+PyTorch), and prints a table. Each method is run once to warm up (compilation, caches) and then
 `--repeats` times; the table shows the median.
 
     KERAS_BACKEND=jax python benchmarks/selection.py [--sizes 4096x4096,4096x11008] [--json FILE]
@@ -23,6 +24,13 @@ from keras_mft.mask import keep_mask
 from keras_mft.mask import num_removed
 
 
+def keras_uses_xla():
+    """Whether Keras compiles a model's train step with XLA on this machine."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile()
+    return model.jit_compile
+
+
 def compiled(function):
     """`function` compiled the way Keras compiles a train step on this backend."""
     backend = keras.backend.backend()
@@ -33,7 +41,7 @@ def compiled(function):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(function, jit_compile=True)
+        return tf.function(function, jit_compile=keras_uses_xla())
     return function
 
 
