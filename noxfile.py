@@ -48,6 +48,7 @@ BENCHMARKS = [
     ("train_step", ["--model", "llama7b_slice"], "train_step_llama7b_slice"),
     ("memory", [], "memory"),
     ("inference", [], "inference"),
+    ("allocator", [], "allocator"),
 ]
 
 

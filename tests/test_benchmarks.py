@@ -43,6 +43,8 @@ def results(tmp_path_factory):
                              "--json", str(directory / f"memory_{BACKEND}.json")),
         "inference": run_script("inference", *tiny, "--repeats", "1", "--prompt-length", "4",
                                 "--new-tokens", "3", "--json", str(directory / f"inference_{BACKEND}.json")),
+        "allocator": run_script("allocator", *tiny, "--warmup", "1", "--steps", "1",
+                                "--json", str(directory / f"allocator_{BACKEND}.json")),
     }
     outputs["report"] = run_script("report", "--results", str(directory), "--images", str(directory))
     return directory, outputs
@@ -58,6 +60,17 @@ def test_selection_benchmark(results):
     assert [row["shape"] for row in rows] == [[64, 48], [32, 8]]
     assert all(row[method] > 0 for row in rows for method in ("keras-mft", "sort", "top_k"))
     assert "| sort / keras-mft |" in outputs["selection"]
+
+
+def test_allocator_benchmark_times_each_arm_with_each_setting(results):
+    directory, outputs = results
+    rows = read(directory, "allocator")
+    assert [row["arm"] for row in rows] == ["mft", "fft_band"]
+    for row in rows:
+        for setting in ("default", "keep freed memory"):
+            assert row[setting]["seconds"] > 0
+            assert row[setting]["peak_bytes"] > 100 * 2**20  # at least the framework
+    assert "MFT / FFT of the band, keep freed memory:" in outputs["allocator"]
 
 
 def test_train_step_benchmark_times_every_arm(results):
