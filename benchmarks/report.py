@@ -1,6 +1,6 @@
 """Plots and target checks from the benchmarks' JSON files.
 
-Reads `DIR/{train_step_smollm2,train_step_llama7b_slice,selection,memory,inference}_BACKEND.json`
+Reads `DIR/{train_step_smollm2,train_step_llama7b_slice[_lora],selection,memory,inference}_BACKEND.json`
 (whichever exist), prints whether each target is met, and draws one PNG per
 benchmark into `--images`.
 
@@ -27,6 +27,16 @@ def load(results, name):
     return found
 
 
+def train_step_runs(results, model):
+    """`load` of `train_step_MODEL`, with the rows of `train_step_MODEL_lora` added
+    where that second process timed arms the first did not."""
+    runs = load(results, f"train_step_{model}")
+    for backend, rows in load(results, f"train_step_{model}_lora").items():
+        timed = {row["arm"] for row in runs.get(backend, [])}
+        runs.setdefault(backend, []).extend(row for row in rows if row["arm"] not in timed)
+    return runs
+
+
 def grouped_bars(axes, groups, series, values, ylabel, title, line=None):
     """Bars of `values[s][g]` for each series s, side by side within each group g."""
     width = 0.8 / len(series)
@@ -47,7 +57,7 @@ def train_step_plot(results, images, checks):
         return
     figure = Figure(figsize=(6 * len(models), 4), layout="constrained")
     for axes, model in zip(figure.subplots(1, len(models), squeeze=False)[0], models):
-        runs = load(results, f"train_step_{model}")
+        runs = train_step_runs(results, model)
         values = {b: {row["arm"]: row["vs_fft_band"] for row in rows} for b, rows in runs.items()}
         arms = [row["arm"] for row in next(iter(runs.values()))]
         grouped_bars(axes, arms, list(runs), values, "step time / FFT of the band",

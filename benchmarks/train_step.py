@@ -36,17 +36,26 @@ def time_arm(model_name, arm, warmup, steps):
     }
 
 
-def measure(model_name, arm_names, warmup, steps):
+def measure(model_name, arm_names, warmup, steps, json_path=None):
+    """The arms' rows; with `json_path`, written there after every arm, so
+    that the arms already timed survive one that fails."""
     rows = []
     for arm in arm_names:
         rows.append(time_arm(model_name, arm, warmup, steps))
         arms.release()
         print(f"  {arm}: {rows[-1]['seconds']:.3f} s", flush=True)
+        add_ratios(rows)
+        if json_path:
+            with open(json_path, "w", encoding="utf-8") as file:
+                json.dump(rows, file, indent=2)
+    return rows
+
+
+def add_ratios(rows):
     reference = {row["arm"]: row["seconds"] for row in rows}
     for row in rows:
         row["vs_fft_band"] = row["seconds"] / reference["fft_band"] if "fft_band" in reference else None
         row["vs_fft"] = row["seconds"] / reference["fft"] if "fft" in reference else None
-    return rows
 
 
 def verdict(rows):
@@ -80,7 +89,7 @@ def main():
         f"{settings['batch_size']} x {settings['sequence_length']} tokens, median of "
         f"{args.steps} steps after {args.warmup}", flush=True,
     )
-    rows = measure(args.model, args.arms.split(","), args.warmup, args.steps)
+    rows = measure(args.model, args.arms.split(","), args.warmup, args.steps, args.json)
     print(arms.markdown_table(
         ["backend", "model", "arm", "trainable weights", "step (s)", "/ FFT band", "/ full FFT"],
         [
@@ -91,9 +100,6 @@ def main():
     ))
     if {"mft", "fft", "fft_band"} <= {row["arm"] for row in rows}:
         print(verdict(rows))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as file:
-            json.dump(rows, file, indent=2)
 
 
 if __name__ == "__main__":

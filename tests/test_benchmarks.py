@@ -111,3 +111,21 @@ def test_report_checks_targets_and_draws_plots(results):
         assert (directory / f"bench_{name}.png").stat().st_size > 0
     assert f"train step llama7b_slice {BACKEND}: MFT / FFT band <= 1.05" in outputs["report"]
     assert f"selection {BACKEND}: share of a 7B-slice MFT step < 0.05" in outputs["report"]
+
+
+def test_report_adds_the_arms_timed_in_a_second_process(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import report
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    def rows(*arm_seconds):
+        return [{"arm": arm, "seconds": seconds} for arm, seconds in arm_seconds]
+
+    (tmp_path / f"train_step_llama7b_slice_{BACKEND}.json").write_text(
+        json.dumps(rows(("fft", 3.0), ("mft", 2.0), ("fft_band", 1.0))))
+    (tmp_path / f"train_step_llama7b_slice_lora_{BACKEND}.json").write_text(
+        json.dumps(rows(("fft_band", 1.5), ("lora8", 0.5))))
+    merged = report.train_step_runs(tmp_path, "llama7b_slice")[BACKEND]
+    assert merged == rows(("fft", 3.0), ("mft", 2.0), ("fft_band", 1.0), ("lora8", 0.5))
