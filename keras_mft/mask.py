@@ -135,14 +135,20 @@ def masked_kernel(kernel, scores, hard):
     kernel = ops.stop_gradient(ops.convert_to_tensor(kernel))
     hard = ops.stop_gradient(ops.cast(hard, kernel.dtype))
 
+    # `hard` is an argument, not a closure variable: PyTorch keeps the forward
+    # function until the train step ends, but frees the arguments it saved
+    # once the backward pass has run.
     @ops.custom_gradient
-    def masked(scores):
+    def masked(scores, hard):
         def gradient(*args, upstream=None):
             if upstream is None:  # JAX and TensorFlow pass it positionally
                 (upstream,) = args
-            return ops.cast(upstream * kernel, scores.dtype) * ops.sign(scores)
+            # In this order only one weight-sized temporary (`kernel * sign`)
+            # is alive beside the result: eager PyTorch frees `sign` first.
+            kernel_sign = ops.multiply(kernel, ops.cast(ops.sign(scores), kernel.dtype))
+            return ops.cast(ops.multiply(upstream, kernel_sign), scores.dtype), None
 
-        return kernel * hard, gradient
+        return ops.multiply(kernel, hard), gradient
 
     # A tensor, not a variable: PyTorch's autograd follows only tensor inputs.
-    return masked(ops.convert_to_tensor(scores))
+    return masked(ops.convert_to_tensor(scores), hard)
