@@ -2,7 +2,7 @@
 
     nox -s tests-jax          # one backend
     nox -s tests-torch -- -k wrap   # arguments after -- go to pytest
-    nox -s bench              # the benchmarks (about 70 minutes on 2 cores)
+    nox -s bench              # the benchmarks (about 1.5 hours on 2 cores)
     nox -s bench -- jax       # the benchmarks on some backends only
     nox -s docs               # the documentation site, built strictly and checked in Chromium
 """
