@@ -121,9 +121,8 @@ def masked_kernel(kernel, scores, hard):
         d loss / d scores = sign(scores) * kernel * d loss / d (kernel * mask)
 
     (the straight-through estimator of the MFT paper). As one custom gradient,
-    the backward pass needs only the kernel and the scores, which are
-    variables: no weight-sized tensor is kept from the forward pass, and the
-    frozen kernel gets no gradient.
+    the backward pass computes that from the kernel and the scores, which are
+    variables, and the frozen kernel gets no gradient.
 
     Args:
         kernel: the frozen kernel, in the layer's compute dtype.
