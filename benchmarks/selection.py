@@ -5,13 +5,14 @@ the bit patterns of |score|) with a full sort and with `ops.top_k` of the
 same scores, each through `keras.ops` and compiled as Keras compiles a train
 step on this machine (`jax.jit`; `tf.function`, with XLA only where Keras
 uses it, which it does not on a machine without an accelerator; eager
-PyTorch), and prints a table. Each method is run once to warm up (compilation, caches) and then
-`--repeats` times; the table shows the median.
+PyTorch), and prints a table. Each method is run once to warm up
+(compilation, caches) and then `--repeats` times; the table shows the median.
 
     KERAS_BACKEND=jax python benchmarks/selection.py [--sizes 4096x4096,4096x11008] [--json FILE]
 """
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -24,6 +25,7 @@ from keras_mft.mask import keep_mask
 from keras_mft.mask import num_removed
 
 
+@functools.cache
 def keras_uses_xla():
     """Whether Keras compiles a model's train step with XLA on this machine."""
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])

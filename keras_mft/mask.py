@@ -132,7 +132,7 @@ def masked_kernel(kernel, scores, hard):
     # A tensor read from the kernel (TensorFlow's custom gradients refuse a
     # variable read inside them), and with no gradient: it is frozen.
     kernel = ops.stop_gradient(ops.convert_to_tensor(kernel))
-    hard = ops.stop_gradient(ops.cast(hard, kernel.dtype))
+    hard = ops.cast(hard, kernel.dtype)
 
     # `hard` is an argument, not a closure variable: PyTorch keeps the forward
     # function until the train step ends, but frees the arguments it saved
