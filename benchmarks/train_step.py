@@ -7,6 +7,10 @@ shows the median step and its ratio to FFT of the band's blocks, the reference
 the targets name: MFT should cost at most 1.05x that, and less than full FFT.
 
     KERAS_BACKEND=jax python benchmarks/train_step.py --model smollm2 [--json FILE]
+
+`--sequence-length` times longer batches than the model's default: MFT's
+extra work (the selection and the masking) is the same for any batch, while
+the matrix products grow with the tokens in the step.
 """
 
 import argparse
@@ -17,12 +21,12 @@ import keras
 import arms
 
 
-def time_arm(model_name, arm, warmup, steps):
+def time_arm(model_name, arm, warmup, steps, sequence_length):
     """One arm's row; its model is freed when this returns."""
     settings = arms.MODELS[model_name]
     model = arms.prepare(arms.build_model(model_name), arm, settings["band"])
     x, y, sample_weight = arms.batch(
-        model.backbone.vocabulary_size, settings["batch_size"], settings["sequence_length"]
+        model.backbone.vocabulary_size, settings["batch_size"], sequence_length
     )
     seconds = arms.median_seconds(
         lambda: model.train_on_batch(x, y, sample_weight=sample_weight), warmup, steps
@@ -31,17 +35,18 @@ def time_arm(model_name, arm, warmup, steps):
         "backend": keras.backend.backend(),
         "model": model_name,
         "arm": arm,
+        "tokens": settings["batch_size"] * sequence_length,
         "trainable": arms.trainable_count(model),
         "seconds": seconds,
     }
 
 
-def measure(model_name, arm_names, warmup, steps, json_path=None):
+def measure(model_name, arm_names, warmup, steps, sequence_length, json_path=None):
     """The arms' rows; with `json_path`, written there after every arm, so
     that the arms already timed survive one that fails."""
     rows = []
     for arm in arm_names:
-        rows.append(time_arm(model_name, arm, warmup, steps))
+        rows.append(time_arm(model_name, arm, warmup, steps, sequence_length))
         arms.release()
         print(f"  {arm}: {rows[-1]['seconds']:.3f} s", flush=True)
         add_ratios(rows)
@@ -81,15 +86,24 @@ def main():
     parser.add_argument("--arms", default=",".join(arms.ARMS))
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument(
+        "--sequence-length", type=int,
+        help="tokens per sequence (default: the model's, see arms.py)",
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
+    if args.sequence_length is not None and args.sequence_length < 1:
+        parser.error(f"--sequence-length must be at least 1 token; got {args.sequence_length}")
     settings = arms.MODELS[args.model]
+    sequence_length = args.sequence_length or settings["sequence_length"]
     print(
         f"{args.model} on {keras.backend.backend()}: band {settings['band']}, batch "
-        f"{settings['batch_size']} x {settings['sequence_length']} tokens, median of "
+        f"{settings['batch_size']} x {sequence_length} tokens, median of "
         f"{args.steps} steps after {args.warmup}", flush=True,
     )
-    rows = measure(args.model, args.arms.split(","), args.warmup, args.steps, args.json)
+    rows = measure(
+        args.model, args.arms.split(","), args.warmup, args.steps, sequence_length, args.json
+    )
     print(arms.markdown_table(
         ["backend", "model", "arm", "trainable weights", "step (s)", "/ FFT band", "/ full FFT"],
         [

@@ -39,6 +39,10 @@ def results(tmp_path_factory):
                                 "--json", str(directory / f"selection_{BACKEND}.json")),
         "train_step": run_script("train_step", *tiny, "--warmup", "1", "--steps", "1",
                                  "--json", str(directory / f"train_step_llama7b_slice_{BACKEND}.json")),
+        "train_step_long": run_script(
+            "train_step", *tiny, "--arms", "fft_band,mft", "--sequence-length", "32",
+            "--warmup", "1", "--steps", "1",
+            "--json", str(directory / f"train_step_llama7b_slice_long_{BACKEND}.json")),
         "memory": run_script("memory", *tiny, "--steps", "1",
                              "--json", str(directory / f"memory_{BACKEND}.json")),
         "inference": run_script("inference", *tiny, "--repeats", "1", "--prompt-length", "4",
@@ -86,6 +90,16 @@ def test_train_step_benchmark_times_every_arm(results):
     assert by_arm["fft_band"]["trainable"] == TINY_BAND_KERNELS + 2 * 2 * 64
     assert by_arm["lora8"]["trainable"] < by_arm["lora64"]["trainable"]
     assert "MFT / FFT of the band =" in outputs["train_step"]
+    assert all(row["tokens"] == 2 * 16 for row in rows)  # the tiny model's batch
+
+
+def test_train_step_benchmark_takes_longer_sequences(results):
+    directory, outputs = results
+    rows = read(directory, "train_step_llama7b_slice_long")
+    assert [(row["arm"], row["tokens"]) for row in rows] == [("fft_band", 64), ("mft", 64)]
+    assert "batch 2 x 32 tokens" in outputs["train_step_long"]
+    assert (f"train step llama7b_slice, 64 tokens, {BACKEND}: MFT / FFT band <= 1.05"
+            in outputs["report"])
 
 
 def test_memory_benchmark_reports_bytes_per_masked_weight(results):
