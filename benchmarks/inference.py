@@ -3,7 +3,10 @@
 Three copies of the same model are held at once: the original, the same model
 wrapped for MFT (band and seed as in `train_step.py`), and a wrapped copy after
 `keras_mft.bake`. Each is timed on two jobs, round-robin so that all three see
-the same machine noise:
+the same machine noise, and each round starts with the next variant: where a
+call runs in the round changes its time (on this machine, every other logits
+call took about 20% less, whichever model made it), so every variant takes
+every place equally often (`--repeats` a multiple of 3):
 
 - logits: `predict_on_batch` of a batch (KerasHub's compiled forward pass);
 - generation: `generate` of `--new-tokens` greedy tokens after a prompt.
@@ -60,8 +63,10 @@ def measure(model_name, prompt_length, new_tokens, repeats):
     work = {name: jobs(model, model_name, prompt_length, new_tokens) for name, model in models.items()}
     times = {(name, job): [] for name in VARIANTS for job in ("logits", "generation")}
     for round_index in range(repeats + 1):  # round 0 warms up (compilation)
+        first = round_index % len(VARIANTS)
+        order = VARIANTS[first:] + VARIANTS[:first]
         for job in ("logits", "generation"):
-            for name in VARIANTS:
+            for name in order:
                 start = time.perf_counter()
                 work[name][job]()
                 if round_index:
@@ -83,7 +88,7 @@ def main():
     parser.add_argument("--model", choices=sorted(arms.MODELS), default="smollm2")
     parser.add_argument("--prompt-length", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
     print(f"{args.model} on {keras.backend.backend()}: median of {args.repeats} rounds", flush=True)
