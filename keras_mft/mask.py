@@ -12,7 +12,8 @@ from fractions import Fraction
 
 from keras import ops
 
-from keras_mft.histogram import histogram
+from keras_mft.backends import cond_skips_work
+from keras_mft.backends import histogram
 
 # |score| as float32 is non-negative, so its bit pattern read as int32 sorts in
 # the same order as its value. Its 31 value bits are searched in two passes
@@ -48,7 +49,7 @@ def num_removed(size, sparsity):
 
 
 def keep_mask(scores, removed):
-    """Returns 1.0 where an entry is kept and 0.0 where it is removed.
+    """Returns a boolean tensor shaped like `scores`: True where an entry is kept.
 
     Args:
         scores: float32 tensor of any shape.
@@ -57,14 +58,30 @@ def keep_mask(scores, removed):
     """
     columns = scores.shape[-1] if len(scores.shape) else 1
     keys = ops.view(ops.abs(ops.reshape(scores, (-1, columns))), "int32")
-    threshold, ties_to_remove = _kth_smallest(ops.reshape(keys, (-1,)), removed)
-    # Entries equal to the threshold are removed in flat order until enough
-    # are gone. Ranking them with a cumulative sum over the whole kernel would
-    # cost a full pass that XLA runs slowly. Instead, with the kernel viewed as
+    threshold, ties_to_remove, ties = _kth_smallest(ops.reshape(keys, (-1,)), removed)
+    # Usually every entry equal to the threshold is removed (with continuous
+    # scores there is rarely more than one), and one comparison gives the
+    # mask; only otherwise must the ties be ranked, which costs another pass.
+    if cond_skips_work():
+        keep = ops.cond(
+            ops.equal(ties_to_remove, ties),
+            lambda: ops.greater(keys, threshold),
+            lambda: _remove_ties_in_order(keys, threshold, ties_to_remove),
+        )
+    else:
+        keep = _remove_ties_in_order(keys, threshold, ties_to_remove)
+    return ops.reshape(keep, ops.shape(scores))
+
+
+def _remove_ties_in_order(keys, threshold, ties_to_remove):
+    """Keeps the keys above `threshold` and all but the first `ties_to_remove`
+    (in flat order) of those equal to it."""
+    # Ranking the ties with a cumulative sum over the whole kernel would cost
+    # a full pass that XLA runs slowly. Instead, with the kernel viewed as
     # rows, the row where the removal stops is found from per-row counts:
     # earlier rows remove all their ties, later rows none, and only that row
     # is ranked.
-    ties_per_row = ops.sum(ops.equal(keys, threshold), axis=1)
+    ties_per_row = _count_per_row(ops.equal(keys, threshold))
     tied_before = ops.cumsum(ties_per_row)
     last_row = ops.sum(ops.cast(ops.less(tied_before, ties_to_remove), "int32"))
     ties_in_last_row = ties_to_remove - ops.take(ops.pad(tied_before, [[1, 0]]), last_row)
@@ -83,37 +100,46 @@ def keep_mask(scores, removed):
     rows = ops.arange(ops.shape(keys)[0], dtype="int32")
     row_limit = ops.where(ops.less(rows, last_row), threshold, threshold - 1)
     keep = ops.greater(keys, ops.expand_dims(row_limit, 1))
-    keep = ops.slice_update(keep, (last_row, 0), ops.expand_dims(last_row_keep, 0))
-    return ops.reshape(ops.cast(keep, scores.dtype), ops.shape(scores))
+    return ops.slice_update(keep, (last_row, 0), ops.expand_dims(last_row_keep, 0))
+
+
+def _count_per_row(flags):
+    """int32 count of the True entries of each row of a 2-D boolean tensor."""
+    # A float32 sum is faster than an integer one on every backend (a third
+    # less time on PyTorch), and exact while a row has at most 2**24 entries.
+    dtype = "float32" if flags.shape[1] <= 2**24 else "int32"
+    return ops.cast(ops.sum(ops.cast(flags, dtype), axis=1), "int32")
 
 
 def _kth_smallest(keys, k):
     """The k-th smallest (1-based) of non-negative int32 `keys`, by radix select.
 
     Returns:
-        `(value, needed)`: the k-th smallest value, and how many entries equal
-        to it are among the k smallest (0 when k = 0).
+        `(value, needed, ties)`: the k-th smallest value, how many entries
+        equal to it are among the k smallest (0 when k = 0), and how many
+        entries equal it in all.
     """
     k = ops.convert_to_tensor(k, "int32")
     high = ops.right_shift(keys, _LOW_BITS)
-    high_bin, k_in_high = _select_bin(high, k, _HIGH_BINS)
+    high_bin, k_in_high, _ = _select_bin(high, k, _HIGH_BINS)
     low = ops.bitwise_and(keys, _LOW_BINS - 1)
-    low_bin, needed = _select_bin(low, k_in_high, _LOW_BINS, ops.equal(high, high_bin))
-    return high_bin * _LOW_BINS + low_bin, needed
+    low_bin, needed, ties = _select_bin(low, k_in_high, _LOW_BINS, ops.equal(high, high_bin))
+    return high_bin * _LOW_BINS + low_bin, needed, ties
 
 
 def _select_bin(bins, k, num_bins, where=None):
     """The bin of the k-th smallest entry (of those where `where` is true),
-    and k's rank within that bin."""
+    k's rank within that bin, and the bin's count."""
     counts = histogram(bins, num_bins, where)
     cumulative = ops.cumsum(counts)
     chosen = ops.sum(ops.cast(ops.less(cumulative, k), "int32"))
     before = ops.take(ops.pad(cumulative, [[1, 0]]), chosen)
-    return chosen, k - before
+    return chosen, k - before, ops.take(counts, chosen)
 
 
-def masked_kernel(kernel, scores, hard):
-    """`kernel * hard` forward, with the straight-through gradient to `scores`.
+def masked_kernel(kernel, scores, keep):
+    """The kernel with its removed entries zeroed, with the straight-through
+    gradient to `scores`.
 
     The gradient reaching the mask, `kernel * d loss / d (kernel * mask)`, is
     passed to `|scores|` unchanged, so for kept and removed entries alike
@@ -127,18 +153,18 @@ def masked_kernel(kernel, scores, hard):
     Args:
         kernel: the frozen kernel, in the layer's compute dtype.
         scores: float32 tensor shaped like `kernel`.
-        hard: the mask of 0s and 1s (see `keep_mask`).
+        keep: the boolean mask, True where an entry is kept (see `keep_mask`).
     """
     # A tensor read from the kernel (TensorFlow's custom gradients refuse a
     # variable read inside them), and with no gradient: it is frozen.
     kernel = ops.stop_gradient(ops.convert_to_tensor(kernel))
-    hard = ops.cast(hard, kernel.dtype)
 
-    # `hard` is an argument, not a closure variable: PyTorch keeps the forward
+    # `keep` is an argument, not a closure variable: PyTorch keeps the forward
     # function until the train step ends, but frees the arguments it saved
-    # once the backward pass has run.
+    # once the backward pass has run. It stays boolean, a quarter of the
+    # memory of a float mask, and `where` needs no cast pass to use it.
     @ops.custom_gradient
-    def masked(scores, hard):
+    def masked(scores, keep):
         def gradient(*args, upstream=None):
             if upstream is None:  # JAX and TensorFlow pass it positionally
                 (upstream,) = args
@@ -147,7 +173,7 @@ def masked_kernel(kernel, scores, hard):
             kernel_sign = ops.multiply(kernel, ops.cast(ops.sign(scores), kernel.dtype))
             return ops.cast(ops.multiply(upstream, kernel_sign), scores.dtype), None
 
-        return ops.multiply(kernel, hard), gradient
+        return ops.where(keep, kernel, ops.zeros((), kernel.dtype)), gradient
 
     # A tensor, not a variable: PyTorch's autograd follows only tensor inputs.
-    return masked(ops.convert_to_tensor(scores), hard)
+    return masked(ops.convert_to_tensor(scores), keep)

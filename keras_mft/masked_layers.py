@@ -120,7 +120,7 @@ class MaskedKernel:
             raise AttributeError(
                 "You must build the layer before accessing `kernel`."
             )
-        kernel = masked_kernel(self._kernel, self.scores, self.hard_mask())
+        kernel = masked_kernel(self._kernel, self.scores, self._keep())
         if self.lora_enabled:  # LoRA's delta is added to the masked kernel
             delta = ops.matmul(self.lora_kernel_a, self.lora_kernel_b)
             kernel = ops.cast(
@@ -130,6 +130,10 @@ class MaskedKernel:
 
     def hard_mask(self):
         """The current mask as a float32 tensor of 0s and 1s, no gradient."""
+        return ops.cast(self._keep(), "float32")
+
+    def _keep(self):
+        """The current mask as a boolean tensor, True where a weight is kept."""
         scores = ops.stop_gradient(ops.convert_to_tensor(self.scores))
         if self._selection == selections.PER_MATRIX:
             return keep_mask(scores, ops.convert_to_tensor(self.removed_count))
@@ -300,8 +304,8 @@ def unmask_layers(layers):
     a layer in a global group depends on the other members' scores.
     """
     for layer in layers:
-        mask = ops.cast(layer.hard_mask(), layer._kernel.dtype)
-        layer._kernel.assign(ops.multiply(layer._kernel.value, mask))
+        kernel = layer._kernel.value
+        layer._kernel.assign(ops.where(layer._keep(), kernel, ops.zeros((), kernel.dtype)))
     for layer in layers:
         _drop_variable(layer, "scores")
         _drop_variable(layer, "removed_count")

@@ -74,7 +74,7 @@ def input_axes(layer):
 
 
 def n_m_keep_mask(scores, n, m, axes):
-    """1.0 for the N largest |score| of every M consecutive input weights, else 0.0.
+    """True for the N largest |score| of every M consecutive input weights.
 
     Args:
         scores: float tensor shaped like the kernel.
@@ -101,7 +101,7 @@ def n_m_keep_mask(scores, n, m, axes):
             ops.logical_and(ops.equal(other, groups), ops.less(j, position)),
         )
         rank = rank + ops.cast(before, "int32")
-    keep = ops.cast(ops.greater_equal(rank, m - n), scores.dtype)
+    keep = ops.greater_equal(rank, m - n)
     keep = ops.reshape(keep, [shape[axis] for axis in order])
     return ops.transpose(keep, [order.index(axis) for axis in range(len(shape))])
 
@@ -124,7 +124,7 @@ class GlobalGroup:
         self.layers = list(layers)
 
     def keep_mask(self, layer):
-        """The hard mask of `layer` under the group's shared threshold."""
+        """The boolean mask of `layer` under the group's shared threshold."""
         columns = layer._kernel.shape[-1]
         stacked = ops.concatenate(
             [ops.reshape(ops.stop_gradient(member.scores), (-1, columns)) for member in self.layers],

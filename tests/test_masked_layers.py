@@ -58,6 +58,7 @@ def test_forward_is_kernel_times_mask(make):
     np.testing.assert_allclose(to_numpy(layer(x)), expected, rtol=1e-5, atol=1e-5)
     assert layer.num_removed == num_removed(kernel.size, 0.25)
     assert int(np.sum(to_numpy(layer.hard_mask()) == 0)) == layer.num_removed
+    assert keras.backend.standardize_dtype(layer.hard_mask().dtype) == "float32"
 
 
 @pytest.mark.parametrize("make", [dense, einsum_dense])
