@@ -18,11 +18,7 @@ memory.
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 
 import keras
 
@@ -30,26 +26,6 @@ import arms
 
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 SETTINGS = {"default": {}, "keep freed memory": KEEP_FREED_MEMORY}
-TRAIN_STEP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_step.py")
-
-
-def run_child(model_name, arm, extra_env, warmup, steps):
-    """`(median step seconds, peak resident bytes)` of one arm in a child process."""
-    with tempfile.TemporaryDirectory() as directory:
-        path = os.path.join(directory, "row.json")
-        child = subprocess.Popen(
-            [sys.executable, TRAIN_STEP, "--model", model_name, "--arms", arm,
-             "--warmup", str(warmup), "--steps", str(steps), "--json", path],
-            env={**os.environ, **extra_env},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
-        stderr = child.stderr.read()
-        _, status, usage = os.wait4(child.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError(f"The {arm} arm failed:\n{stderr[-3000:]}")
-        with open(path, encoding="utf-8") as file:
-            (row,) = json.load(file)
-    return row["seconds"], usage.ru_maxrss * 1024
 
 
 def measure(model_name, arm_names, rounds, warmup, steps):
@@ -57,8 +33,11 @@ def measure(model_name, arm_names, rounds, warmup, steps):
     for round_index in range(rounds):
         for setting, extra_env in SETTINGS.items():
             for arm in arm_names:
-                runs[setting, arm].append(run_child(model_name, arm, extra_env, warmup, steps))
-                seconds, peak = runs[setting, arm][-1]
+                row, peak = arms.train_step_in_child(
+                    model_name, arm, warmup, steps, extra_env=extra_env
+                )
+                seconds = row["seconds"]
+                runs[setting, arm].append((seconds, peak))
                 print(f"  round {round_index + 1}, {setting}, {arm}: {seconds:.2f} s, "
                       f"peak {peak / 2**30:.1f} GiB", flush=True)
     rows = []

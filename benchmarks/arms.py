@@ -18,8 +18,13 @@ KerasHub's causal-LM loss, through Keras' own compiled train step.
 """
 
 import gc
+import json
+import os
 import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import keras
@@ -132,6 +137,31 @@ def median_seconds(step, warmup, repeats):
         step()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+TRAIN_STEP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_step.py")
+
+
+def train_step_in_child(model_name, arm, warmup, steps, sequence_length=None, extra_env=None):
+    """`(row, peak resident bytes)` of one arm timed by `train_step.py` in a
+    fresh child process (with `extra_env` added to its environment)."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "row.json")
+        command = [sys.executable, TRAIN_STEP, "--model", model_name, "--arms", arm,
+                   "--warmup", str(warmup), "--steps", str(steps), "--json", path]
+        if sequence_length is not None:
+            command += ["--sequence-length", str(sequence_length)]
+        child = subprocess.Popen(
+            command, env={**os.environ, **(extra_env or {})},
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        stderr = child.stderr.read()
+        _, status, usage = os.wait4(child.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"The {arm} arm failed:\n{stderr[-3000:]}")
+        with open(path, encoding="utf-8") as file:
+            (row,) = json.load(file)
+    return row, usage.ru_maxrss * 1024
 
 
 def release():

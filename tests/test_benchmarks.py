@@ -41,7 +41,7 @@ def results(tmp_path_factory):
                                  "--json", str(directory / f"train_step_llama7b_slice_{BACKEND}.json")),
         "train_step_long": run_script(
             "train_step", *tiny, "--arms", "fft_band,mft", "--sequence-length", "32",
-            "--warmup", "1", "--steps", "1",
+            "--warmup", "1", "--steps", "1", "--process-per-arm",
             "--json", str(directory / f"train_step_llama7b_slice_long_{BACKEND}.json")),
         "memory": run_script("memory", *tiny, "--steps", "1",
                              "--json", str(directory / f"memory_{BACKEND}.json")),
@@ -93,11 +93,14 @@ def test_train_step_benchmark_times_every_arm(results):
     assert all(row["tokens"] == 2 * 16 for row in rows)  # the tiny model's batch
 
 
-def test_train_step_benchmark_takes_longer_sequences(results):
+def test_train_step_benchmark_takes_longer_sequences_in_a_process_per_arm(results):
     directory, outputs = results
     rows = read(directory, "train_step_llama7b_slice_long")
     assert [(row["arm"], row["tokens"]) for row in rows] == [("fft_band", 64), ("mft", 64)]
+    fft_band, mft = rows  # timed in two child processes, compared here
+    assert mft["vs_fft_band"] == mft["seconds"] / fft_band["seconds"]
     assert "batch 2 x 32 tokens" in outputs["train_step_long"]
+    assert "a process per arm" in outputs["train_step_long"]
     assert (f"train step llama7b_slice, 64 tokens, {BACKEND}: MFT / FFT band <= 1.05"
             in outputs["report"])
 
