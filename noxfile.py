@@ -48,7 +48,7 @@ BENCHMARKS = [
     # TensorFlow does not give back the memory of an arm's model, and five arms
     # of the 7B slice outgrow 24 GB: the LoRA arms run in a second process,
     # with FFT of the band again as their reference.
-    # Each arm of the target in a fresh process: an arm can slow down the next.
+    # Each arm of the target in a fresh process: none inherits another's memory.
     ("train_step", ["--model", "llama7b_slice", "--arms", "fft,mft,fft_band",
                     "--process-per-arm"], "train_step_llama7b_slice"),
     ("train_step", ["--model", "llama7b_slice", "--arms", "fft_band,lora8,lora64"],

@@ -12,10 +12,8 @@ the targets name: MFT should cost at most 1.05x that, and less than full FFT.
 extra work (the selection and the masking) is the same for any batch, while
 the matrix products grow with the tokens in the step.
 
-`--process-per-arm` times each arm in a fresh child process instead. An arm
-can leave the process slower for the next one: on the 7B slice on JAX, MFT
-timed right after full FFT took 13.2 s a step, and 10.6 s in a process of
-its own.
+`--process-per-arm` times each arm in a fresh child process instead, so
+that no arm inherits the memory and caches an earlier arm left behind.
 """
 
 import argparse
