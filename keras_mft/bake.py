@@ -25,7 +25,7 @@ def masks_of(model):
         shape, True where the weight is kept.
     """
     return {
-        layer._kernel.path: keras.ops.convert_to_numpy(layer.hard_mask()) == 1.0
+        layer._kernel.path: keras.ops.convert_to_numpy(layer._keep())
         for layer in masked_layers_of(model)
     }
 

@@ -137,6 +137,11 @@ def _select_bin(bins, k, num_bins, where=None):
     return chosen, k - before, ops.take(counts, chosen)
 
 
+def zero_removed(kernel, keep):
+    """`kernel` with 0 where the boolean `keep` is False, whatever it held there."""
+    return ops.where(keep, kernel, ops.zeros((), kernel.dtype))
+
+
 def masked_kernel(kernel, scores, keep):
     """The kernel with its removed entries zeroed, with the straight-through
     gradient to `scores`.
@@ -173,7 +178,7 @@ def masked_kernel(kernel, scores, keep):
             kernel_sign = ops.multiply(kernel, ops.cast(ops.sign(scores), kernel.dtype))
             return ops.cast(ops.multiply(upstream, kernel_sign), scores.dtype), None
 
-        return ops.where(keep, kernel, ops.zeros((), kernel.dtype)), gradient
+        return zero_removed(kernel, keep), gradient
 
     # A tensor, not a variable: PyTorch's autograd follows only tensor inputs.
     return masked(ops.convert_to_tensor(scores), keep)

@@ -53,15 +53,15 @@ def save_masks(model, path):
     """
     records, chunks, offset = [], [], 0
     for layer in masked_layers_of(model):
-        mask = keras.ops.convert_to_numpy(layer.hard_mask())
-        bits = np.packbits(mask.reshape(-1) == 1.0, bitorder="little").tobytes()
+        keep = keras.ops.convert_to_numpy(layer._keep())
+        bits = np.packbits(keep.reshape(-1), bitorder="little").tobytes()
         records.append(
             {
                 "path": layer._kernel.path,
                 "shape": list(layer._kernel.shape),
                 "sparsity": layer.sparsity,
                 "selection": layer.selection,
-                "num_removed": int(np.sum(mask == 0.0)),
+                "num_removed": int(np.sum(~keep)),
                 "kernel_sha256": _fingerprint(layer),
                 "offset": offset,
                 "nbytes": len(bits),

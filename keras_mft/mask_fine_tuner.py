@@ -159,7 +159,7 @@ class MaskFineTuner(keras.callbacks.Callback):
         self._sync()
         masks = []
         for layer in self._layers:
-            keep = keras.ops.convert_to_numpy(layer.hard_mask()).reshape(-1) == 1.0
+            keep = keras.ops.convert_to_numpy(layer._keep()).reshape(-1)
             masks.append(np.packbits(keep))
         return masks
 

@@ -24,6 +24,7 @@ from keras_mft.mask import check_sparsity
 from keras_mft.mask import keep_mask
 from keras_mft.mask import masked_kernel
 from keras_mft.mask import num_removed
+from keras_mft.mask import zero_removed
 
 
 class MaskedKernel:
@@ -304,8 +305,7 @@ def unmask_layers(layers):
     a layer in a global group depends on the other members' scores.
     """
     for layer in layers:
-        kernel = layer._kernel.value
-        layer._kernel.assign(ops.where(layer._keep(), kernel, ops.zeros((), kernel.dtype)))
+        layer._kernel.assign(zero_removed(layer._kernel.value, layer._keep()))
     for layer in layers:
         _drop_variable(layer, "scores")
         _drop_variable(layer, "removed_count")
