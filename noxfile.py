@@ -45,12 +45,12 @@ for _backend in BACKENDS:
 BENCHMARKS = [
     ("selection", [], "selection"),
     ("train_step", ["--model", "smollm2"], "train_step_smollm2"),
-    # TensorFlow does not give back the memory of an arm's model, and five arms
-    # of the 7B slice outgrow 24 GB: the LoRA arms run in a second process,
-    # with FFT of the band again as their reference.
     # Each arm of the target in a fresh process: none inherits another's memory.
     ("train_step", ["--model", "llama7b_slice", "--arms", "fft,mft,fft_band",
                     "--process-per-arm"], "train_step_llama7b_slice"),
+    # TensorFlow does not give back the memory of an arm's model, and five arms
+    # of the 7B slice outgrow 24 GB: the LoRA arms run in a second process,
+    # with FFT of the band again as their reference.
     ("train_step", ["--model", "llama7b_slice", "--arms", "fft_band,lora8,lora64"],
      "train_step_llama7b_slice_lora"),
     # MFT's extra work does not grow with the tokens in a step; the products do.
