@@ -6,10 +6,14 @@ only XLA turns it into a fast loop. For the 45 million keys of a 4096x11008
 matrix on a 2-core CPU, PyTorch's scatter took 1.8 s against 0.05 s for
 `torch.bincount`, and TensorFlow's (which Keras runs without XLA on a machine
 without an accelerator) 0.16 s against 0.03 s for its `DenseBincount`
-kernel. So PyTorch and TensorFlow use their bincount. On PyTorch the entries
-left out by `where` are dropped before counting, which halves the time when
-few are counted; elsewhere they are counted in an extra bin, a computation
-of static shape that XLA can compile.
+kernel. So PyTorch and TensorFlow use their bincount.
+
+The entries left out by `where` are most of them in the second histogram of
+a selection. PyTorch drops them before counting. JAX and TensorFlow give them
+the bin `num_bins`, which both skip as out of range: counting them in an
+extra bin instead made each of them add to the same counter in turn, and that
+histogram took 0.21 s instead of 0.12 s on JAX and 0.12 s instead of 0.08 s
+on TensorFlow.
 
 `cond_skips_work`: whether `keras.ops.cond` saves the branch not taken.
 """
@@ -32,16 +36,18 @@ def histogram(bins, num_bins, where=None):
             bins = bins[where]
         return torch.bincount(bins, minlength=num_bins).to(torch.int32)
     if where is not None:
-        # The left-out entries go to an extra bin, dropped after counting.
-        return histogram(ops.where(where, bins, num_bins), num_bins + 1)[:num_bins]
+        bins = ops.where(where, bins, num_bins)  # out of range: not counted
     if backend == "tensorflow":
         import tensorflow as tf
 
-        # `tf.math.bincount` computes its size from the data, which XLA refuses.
+        # `tf.math.bincount` computes its size from the data, which XLA
+        # refuses. `DenseBincount` ignores values outside [0, size).
         return tf.raw_ops.DenseBincount(
             input=bins, size=num_bins, weights=tf.zeros([0], tf.int32)
         )
-    return ops.segment_sum(ops.ones_like(bins), bins, num_segments=num_bins)
+    import jax
+
+    return jax.ops.segment_sum(ops.ones_like(bins), bins, num_bins, mode="drop")
 
 
 def cond_skips_work():
