@@ -53,7 +53,7 @@ BENCHMARKS = [
     # with FFT of the band again as their reference.
     ("train_step", ["--model", "llama7b_slice", "--arms", "fft_band,lora8,lora64"],
      "train_step_llama7b_slice_lora"),
-    # MFT's extra work does not grow with the tokens in a step; the products do.
+    # MFT's selection does not grow with the tokens in a step; the products do.
     ("train_step", ["--model", "llama7b_slice", "--arms", "fft_band,mft",
                     "--sequence-length", "2048", "--process-per-arm"],
      "train_step_llama7b_slice_long"),
