@@ -1,4 +1,4 @@
-"""The two places where keras-mft's code differs by backend, each measured.
+"""The three places where keras-mft's code differs by backend, each measured.
 
 `histogram`: how many entries fall in each bin, for mask selection.
 `keras.ops.segment_sum` counts them on every backend, inside `jit` too, but
@@ -14,6 +14,10 @@ the bin `num_bins`, which both skip as out of range: counting them in an
 extra bin instead made each of them add to the same counter in turn, and that
 histogram took 0.21 s instead of 0.12 s on JAX and 0.12 s instead of 0.08 s
 on TensorFlow.
+
+`straight_through_gradient`: the scores' gradient. Eager PyTorch gets fresh
+memory for every weight-sized result, which the kernel zero-fills page by
+page; that gradient reuses one buffer for its two products.
 
 `cond_skips_work`: whether `keras.ops.cond` saves the branch not taken.
 """
@@ -48,6 +52,23 @@ def histogram(bins, num_bins, where=None):
     import jax  # not `keras.ops`, to name the out-of-range rule: drop
 
     return jax.ops.segment_sum(ops.ones_like(bins), bins, num_bins, mode="drop")
+
+
+def straight_through_gradient(kernel, scores, upstream):
+    """`sign(scores) * kernel * upstream`, computed in `kernel`'s dtype and
+    returned in `scores`' dtype."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        # The two products in place: one 4096x11008 gradient took 65 ms
+        # instead of 139 ms with a fresh result for each.
+        gradient = torch.sign(scores).to(kernel.dtype)
+        gradient.mul_(kernel).mul_(upstream)
+        return gradient.to(scores.dtype)
+    # In this order only one weight-sized temporary (`kernel * sign`) is alive
+    # beside the result.
+    kernel_sign = ops.multiply(kernel, ops.cast(ops.sign(scores), kernel.dtype))
+    return ops.cast(ops.multiply(upstream, kernel_sign), scores.dtype)
 
 
 def cond_skips_work():

@@ -14,6 +14,7 @@ from keras import ops
 
 from keras_mft.backends import cond_skips_work
 from keras_mft.backends import histogram
+from keras_mft.backends import straight_through_gradient
 
 # |score| as float32 is non-negative, so its bit pattern read as int32 sorts in
 # the same order as its value. Its 31 value bits are searched in two passes
@@ -173,10 +174,7 @@ def masked_kernel(kernel, scores, keep):
         def gradient(*args, upstream=None):
             if upstream is None:  # JAX and TensorFlow pass it positionally
                 (upstream,) = args
-            # In this order only one weight-sized temporary (`kernel * sign`)
-            # is alive beside the result: eager PyTorch frees `sign` first.
-            kernel_sign = ops.multiply(kernel, ops.cast(ops.sign(scores), kernel.dtype))
-            return ops.cast(ops.multiply(upstream, kernel_sign), scores.dtype), None
+            return straight_through_gradient(kernel, scores, upstream), None
 
         return zero_removed(kernel, keep), gradient
 
