@@ -70,8 +70,10 @@ def test_allocator_benchmark_times_each_arm_with_each_setting(results):
     directory, outputs = results
     rows = read(directory, "allocator")
     assert [row["arm"] for row in rows] == ["mft", "fft_band"]
+    settings = ["default", "keep freed memory"] + (["huge pages"] if BACKEND == "torch" else [])
     for row in rows:
-        for setting in ("default", "keep freed memory"):
+        assert [key for key in row if key not in ("backend", "model", "arm")] == settings
+        for setting in settings:
             assert row[setting]["seconds"] > 0
             assert row[setting]["peak_bytes"] > 100 * 2**20  # at least the framework
     assert "MFT / FFT of the band, keep freed memory:" in outputs["allocator"]
