@@ -14,9 +14,9 @@ pages set to `madvise` or `always` in
 `/sys/kernel/mm/transparent_hugepage/enabled`). JAX and TensorFlow do not
 read it, so only PyTorch runs that setting.
 
-Each run is a child process (`train_step.py`, one arm) with or without
-those variables; the settings alternate round by round, so both see the same
-machine. The table shows the median step, and the child's peak resident
+Each run is a child process (`train_step.py`, one arm) with the variables
+of one setting; the settings alternate round by round, so all of them see
+the same machine. The table shows the median step, and the child's peak resident
 memory.
 
     KERAS_BACKEND=torch python benchmarks/allocator.py [--model llama7b_slice] [--json FILE]
