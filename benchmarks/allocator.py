@@ -42,10 +42,10 @@ def settings():
     return named
 
 
-def measure(model_name, arm_names, rounds, warmup, steps):
-    runs = {(setting, arm): [] for setting in settings() for arm in arm_names}
+def measure(model_name, arm_names, named_settings, rounds, warmup, steps):
+    runs = {(setting, arm): [] for setting in named_settings for arm in arm_names}
     for round_index in range(rounds):
-        for setting, extra_env in settings().items():
+        for setting, extra_env in named_settings.items():
             for arm in arm_names:
                 row, peak = arms.train_step_in_child(
                     model_name, arm, warmup, steps, extra_env=extra_env
@@ -57,7 +57,7 @@ def measure(model_name, arm_names, rounds, warmup, steps):
     rows = []
     for arm in arm_names:
         row = {"backend": keras.backend.backend(), "model": model_name, "arm": arm}
-        for setting in settings():
+        for setting in named_settings:
             row[setting] = {
                 "seconds": statistics.median(seconds for seconds, _ in runs[setting, arm]),
                 "peak_bytes": max(peak for _, peak in runs[setting, arm]),
@@ -77,18 +77,19 @@ def main():
     args = parser.parse_args()
     print(f"{args.model} on {keras.backend.backend()}, {args.rounds} round(s) of "
           f"{args.steps} steps after {args.warmup}", flush=True)
-    rows = measure(args.model, args.arms.split(","), args.rounds, args.warmup, args.steps)
-    names = list(settings())
+    named_settings = settings()
+    rows = measure(args.model, args.arms.split(","), named_settings, args.rounds,
+                   args.warmup, args.steps)
     print(arms.markdown_table(
         ["backend", "arm", "setting", "step (s)", "speed-up", "peak GiB"],
         [[row["backend"], row["arm"], setting, f"{row[setting]['seconds']:.2f}",
           f"{row['default']['seconds'] / row[setting]['seconds']:.2f}x",
           f"{row[setting]['peak_bytes'] / 2**30:.1f}"]
-         for row in rows for setting in names],
+         for row in rows for setting in named_settings],
     ))
     by_arm = {row["arm"]: row for row in rows}
     if {"mft", "fft_band"} <= set(by_arm):
-        for setting in names:
+        for setting in named_settings:
             ratio = by_arm["mft"][setting]["seconds"] / by_arm["fft_band"][setting]["seconds"]
             print(f"MFT / FFT of the band, {setting}: {ratio:.2f}")
     if args.json:
