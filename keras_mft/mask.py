@@ -123,15 +123,18 @@ def _kth_smallest(keys, k):
     k = ops.convert_to_tensor(k, "int32")
     high = ops.right_shift(keys, _LOW_BITS)
     high_bin, k_in_high, _ = _select_bin(high, k, _HIGH_BINS)
-    low = ops.bitwise_and(keys, _LOW_BINS - 1)
-    low_bin, needed, ties = _select_bin(low, k_in_high, _LOW_BINS, ops.equal(high, high_bin))
+    # XOR with the chosen high bits leaves the entries of that bin their low
+    # bits, in [0, _LOW_BINS), and makes every other entry larger, so the
+    # second histogram counts that bin only.
+    low = ops.bitwise_xor(keys, high_bin * _LOW_BINS)
+    low_bin, needed, ties = _select_bin(low, k_in_high, _LOW_BINS, some_larger=True)
     return high_bin * _LOW_BINS + low_bin, needed, ties
 
 
-def _select_bin(bins, k, num_bins, where=None):
-    """The bin of the k-th smallest entry (of those where `where` is true),
-    k's rank within that bin, and the bin's count."""
-    counts = histogram(bins, num_bins, where)
+def _select_bin(bins, k, num_bins, some_larger=False):
+    """The bin of the k-th smallest entry below `num_bins`, k's rank within
+    that bin, and the bin's count."""
+    counts = histogram(bins, num_bins, some_larger)
     cumulative = ops.cumsum(counts)
     chosen = ops.sum(ops.cast(ops.less(cumulative, k), "int32"))
     before = ops.take(ops.pad(cumulative, [[1, 0]]), chosen)
