@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_mft.backends import histogram
 from keras_mft.mask import check_sparsity
 from keras_mft.mask import keep_mask
 from keras_mft.mask import num_removed
@@ -44,6 +45,25 @@ def test_ties_are_broken_by_position():
     for removed in range(scores.size):
         mask = to_numpy(keep_mask(keras.ops.convert_to_tensor(scores), removed))
         np.testing.assert_array_equal(mask, numpy_keep_mask(scores, removed))
+
+
+def test_entries_of_other_high_bins_do_not_count_in_the_second_histogram():
+    # 1.0, 1.0000001 and 1.0000002 share their high 15 bits and differ in the
+    # low 16; 0.5, 2.0, 4.0 and 8.0 have the same low bits as 1.0 (all zero)
+    # in other high bins, so counting them there would move the threshold.
+    scores = np.array([[2.0, 1.0000002, 0.5, 4.0], [1.0000001, 8.0, 1.0, -2.0]], "float32")
+    for removed in range(scores.size):
+        mask = to_numpy(keep_mask(keras.ops.convert_to_tensor(scores), removed))
+        np.testing.assert_array_equal(mask, numpy_keep_mask(scores, removed))
+
+
+def test_histogram_counts_only_values_below_num_bins():
+    bins = np.array([0, 3, 3, 5, 7, 8, 9, 65536, 2**30], "int32")
+    counts = histogram(keras.ops.convert_to_tensor(bins), 8, some_larger=True)
+    np.testing.assert_array_equal(to_numpy(counts), np.bincount(bins[bins < 8], minlength=8))
+    in_range = np.array([0, 3, 3, 5, 7], "int32")
+    counts = histogram(keras.ops.convert_to_tensor(in_range), 8)
+    np.testing.assert_array_equal(to_numpy(counts), np.bincount(in_range, minlength=8))
 
 
 def test_all_equal_scores():
