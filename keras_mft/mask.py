@@ -124,8 +124,8 @@ def _kth_smallest(keys, k):
     high = ops.right_shift(keys, _LOW_BITS)
     high_bin, k_in_high, _ = _select_bin(high, k, _HIGH_BINS)
     # XOR with the chosen high bits leaves the entries of that bin their low
-    # bits, in [0, _LOW_BINS), and makes every other entry larger, so the
-    # second histogram counts that bin only.
+    # bits, in [0, _LOW_BINS), and makes every other entry _LOW_BINS or more,
+    # so the second histogram counts that bin only.
     low = ops.bitwise_xor(keys, high_bin * _LOW_BINS)
     low_bin, needed, ties = _select_bin(low, k_in_high, _LOW_BINS, some_larger=True)
     return high_bin * _LOW_BINS + low_bin, needed, ties
