@@ -123,12 +123,13 @@ def _kth_smallest(keys, k):
     k = ops.convert_to_tensor(k, "int32")
     high = ops.right_shift(keys, _LOW_BITS)
     high_bin, k_in_high, _ = _select_bin(high, k, _HIGH_BINS)
+    high_bits = high_bin * _LOW_BINS
     # XOR with the chosen high bits leaves the entries of that bin their low
     # bits, in [0, _LOW_BINS), and makes every other entry _LOW_BINS or more,
     # so the second histogram counts that bin only.
-    low = ops.bitwise_xor(keys, high_bin * _LOW_BINS)
+    low = ops.bitwise_xor(keys, high_bits)
     low_bin, needed, ties = _select_bin(low, k_in_high, _LOW_BINS, some_larger=True)
-    return high_bin * _LOW_BINS + low_bin, needed, ties
+    return high_bits + low_bin, needed, ties
 
 
 def _select_bin(bins, k, num_bins, some_larger=False):
