@@ -14,6 +14,7 @@ from keras import ops
 
 from keras_mft.backends import cond_skips_work
 from keras_mft.backends import histogram
+from keras_mft.backends import histogram_of_bin
 from keras_mft.backends import straight_through_gradient
 
 # |score| as float32 is non-negative, so its bit pattern read as int32 sorts in
@@ -122,20 +123,15 @@ def _kth_smallest(keys, k):
     """
     k = ops.convert_to_tensor(k, "int32")
     high = ops.right_shift(keys, _LOW_BITS)
-    high_bin, k_in_high, _ = _select_bin(high, k, _HIGH_BINS)
-    high_bits = high_bin * _LOW_BINS
-    # XOR with the chosen high bits leaves the entries of that bin their low
-    # bits, in [0, _LOW_BINS), and makes every other entry _LOW_BINS or more,
-    # so the second histogram counts that bin only.
-    low = ops.bitwise_xor(keys, high_bits)
-    low_bin, needed, ties = _select_bin(low, k_in_high, _LOW_BINS, some_larger=True)
-    return high_bits + low_bin, needed, ties
+    high_bin, k_in_high, _ = _select_bin(histogram(high, _HIGH_BINS), k)
+    low_counts = histogram_of_bin(keys, high, high_bin, _LOW_BITS)
+    low_bin, needed, ties = _select_bin(low_counts, k_in_high)
+    return high_bin * _LOW_BINS + low_bin, needed, ties
 
 
-def _select_bin(bins, k, num_bins, some_larger=False):
-    """The bin of the k-th smallest entry below `num_bins`, k's rank within
-    that bin, and the bin's count."""
-    counts = histogram(bins, num_bins, some_larger)
+def _select_bin(counts, k):
+    """The bin that holds the k-th smallest entry, given each bin's count;
+    k's rank within that bin, and the bin's count."""
     cumulative = ops.cumsum(counts)
     chosen = ops.sum(ops.cast(ops.less(cumulative, k), "int32"))
     before = ops.take(ops.pad(cumulative, [[1, 0]]), chosen)

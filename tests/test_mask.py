@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from keras_mft.backends import histogram
+from keras_mft.backends import histogram_of_bin
 from keras_mft.mask import check_sparsity
 from keras_mft.mask import keep_mask
 from keras_mft.mask import num_removed
@@ -59,13 +60,25 @@ def test_entries_of_other_high_bins_do_not_count_in_the_second_histogram():
     assert_every_removed_count_matches_numpy(scores)
 
 
-def test_histogram_counts_only_values_below_num_bins():
-    bins = np.array([0, 3, 3, 5, 7, 8, 9, 65536, 2**30], "int32")
-    counts = histogram(keras.ops.convert_to_tensor(bins), 8, some_larger=True)
-    np.testing.assert_array_equal(to_numpy(counts), np.bincount(bins[bins < 8], minlength=8))
-    in_range = np.array([0, 3, 3, 5, 7], "int32")
-    counts = histogram(keras.ops.convert_to_tensor(in_range), 8)
-    np.testing.assert_array_equal(to_numpy(counts), np.bincount(in_range, minlength=8))
+def test_histogram_matches_numpy():
+    bins = np.array([0, 3, 3, 5, 7, 7, 7], "int32")
+    counts = histogram(keras.ops.convert_to_tensor(bins), 8)
+    assert keras.backend.standardize_dtype(counts.dtype) == "int32"
+    np.testing.assert_array_equal(to_numpy(counts), np.bincount(bins, minlength=8))
+
+
+def test_histogram_of_bin_counts_the_low_bits_of_that_bin_only():
+    # Bins of 4 low bits; the keys of high bin 2 are 32..47. The others share
+    # low bits with them (3 = 35 & 15, 51 & 15, ...) and must not be counted.
+    keys = np.array([35, 3, 51, 32, 35, 47, 99, 2**30 + 35, 0, 46], "int32")
+    high = keys >> 4
+    counts = histogram_of_bin(
+        keras.ops.convert_to_tensor(keys), keras.ops.convert_to_tensor(high),
+        keras.ops.convert_to_tensor(2, "int32"), 4,
+    )
+    assert keras.backend.standardize_dtype(counts.dtype) == "int32"
+    expected = np.bincount(keys[high == 2] & 15, minlength=16)
+    np.testing.assert_array_equal(to_numpy(counts), expected)
 
 
 def test_all_equal_scores():
