@@ -67,17 +67,18 @@ def test_histogram_matches_numpy():
     np.testing.assert_array_equal(to_numpy(counts), np.bincount(bins, minlength=8))
 
 
-def test_histogram_of_bin_counts_the_low_bits_of_that_bin_only():
+@pytest.mark.parametrize("high_bin", [2, 0, 5])  # 5: a bin with no entries
+def test_histogram_of_bin_counts_the_low_bits_of_that_bin_only(high_bin):
     # Bins of 4 low bits; the keys of high bin 2 are 32..47. The others share
     # low bits with them (3 = 35 & 15, 51 & 15, ...) and must not be counted.
     keys = np.array([35, 3, 51, 32, 35, 47, 99, 2**30 + 35, 0, 46], "int32")
     high = keys >> 4
     counts = histogram_of_bin(
         keras.ops.convert_to_tensor(keys), keras.ops.convert_to_tensor(high),
-        keras.ops.convert_to_tensor(2, "int32"), 4,
+        keras.ops.convert_to_tensor(high_bin, "int32"), 4,
     )
     assert keras.backend.standardize_dtype(counts.dtype) == "int32"
-    expected = np.bincount(keys[high == 2] & 15, minlength=16)
+    expected = np.bincount(keys[high == high_bin] & 15, minlength=16)
     np.testing.assert_array_equal(to_numpy(counts), expected)
 
 
