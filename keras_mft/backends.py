@@ -61,10 +61,7 @@ def histogram_of_bin(keys, high, high_bin, low_bits):
     `high` (`keys >> low_bits`), equal `high_bin`."""
     num_bins = 2**low_bits
     if keras.backend.backend() == "torch":
-        import torch
-
-        members = keys[high == high_bin] & (num_bins - 1)
-        return torch.bincount(members, minlength=num_bins).to(torch.int32)
+        return histogram(keys[high == high_bin] & (num_bins - 1), num_bins)
     # The bin's entries keep their low bits; every other entry becomes
     # `num_bins` or more, which `histogram` does not count here.
     return histogram(ops.bitwise_xor(keys, high_bin * num_bins), num_bins)
