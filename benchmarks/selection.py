@@ -47,12 +47,28 @@ def compiled(function):
     return function
 
 
+def wait(result):
+    """Returns once `result` is computed, without copying it off a GPU."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        jax.block_until_ready(result)
+    elif backend == "torch":
+        import torch
+
+        if result.is_cuda:
+            torch.cuda.synchronize()
+    else:
+        ops.convert_to_numpy(result)
+
+
 def seconds(function, repeats):
-    ops.convert_to_numpy(function())  # warm-up; also waits for the result
+    wait(function())  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        ops.convert_to_numpy(function())
+        wait(function())
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_mft import backends
 from keras_mft.backends import histogram
 from keras_mft.backends import histogram_of_bin
 from keras_mft.mask import check_sparsity
@@ -65,6 +66,27 @@ def test_histogram_matches_numpy():
     counts = histogram(keras.ops.convert_to_tensor(bins), 8)
     assert keras.backend.standardize_dtype(counts.dtype) == "int32"
     np.testing.assert_array_equal(to_numpy(counts), np.bincount(bins, minlength=8))
+
+
+@pytest.mark.parametrize("copies", [1, 4])
+def test_histogram_in_copies_matches_numpy(copies):
+    # 37 entries: not a multiple of the copies. JAX and TensorFlow must also
+    # drop values out of range, in every copy; PyTorch is never given any.
+    bins = np.random.default_rng(0).integers(0, 8, 37).astype("int32")
+    given = bins if keras.backend.backend() == "torch" else np.concatenate([bins, [8, 9, 2**30]])
+    counts = histogram(keras.ops.convert_to_tensor(given.astype("int32")), 8, copies=copies)
+    assert keras.backend.standardize_dtype(counts.dtype) == "int32"
+    np.testing.assert_array_equal(to_numpy(counts), np.bincount(bins, minlength=8))
+
+
+def test_keep_mask_with_the_histograms_of_a_gpu_matches_numpy(monkeypatch):
+    # On a GPU the first histogram counts into copies of its bins.
+    monkeypatch.setattr(backends, "_on_gpu", lambda tensor: True)
+    scores = np.random.default_rng(1).normal(0, 0.02, (40, 24)).astype("float32")
+    scores[3, :] = scores[0, 5]  # ties across rows
+    for removed in (0, 1, 96, 100, 500, 959):
+        mask = keep_mask(keras.ops.convert_to_tensor(scores), removed)
+        np.testing.assert_array_equal(to_numpy(mask), numpy_keep_mask(scores, removed))
 
 
 @pytest.mark.parametrize("high_bin", [2, 0, 5])  # 5: a bin with no entries
