@@ -11,12 +11,12 @@ kernel. So PyTorch and TensorFlow use their bincount.
 On a GPU the entries are counted with atomic additions, and additions to
 one bin wait for each other. Scores fill only a few hundred of the first
 histogram's 32768 bins, so for a 4096x11008 matrix it took 9.1 ms on an
-H200 with JAX (6.6 times a full sort's 1.4 ms) and 5.6 ms with PyTorch. There
-`histogram` counts into 256 copies of the bins, entry i into copy i % 256,
-and adds them up: 1.3 ms with JAX and 1.8 ms with PyTorch. On a CPU the
-copies were slower (0.14 s against 0.12 s with JAX, 0.36 s against
-0.16 s with PyTorch). TensorFlow was not
-measured on a GPU, and counts into one copy everywhere.
+H200 with JAX and 5.6 ms with PyTorch, longer than a full sort of the same
+keys (1.4 and 2.1 ms). There `histogram` counts into 256 copies of the bins,
+entry i into copy i % 256, and adds them up: 1.3 ms with JAX and 1.8 ms with
+PyTorch. On a CPU the copies were slower (0.14 s against 0.12 s with JAX,
+0.36 s against 0.16 s with PyTorch). TensorFlow was not measured on a GPU,
+and counts into one copy everywhere.
 
 `histogram_of_bin`: the second histogram of a selection, which counts the
 low bits of the entries of one bin of the first. JAX and TensorFlow count
