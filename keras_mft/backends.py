@@ -9,8 +9,8 @@ without an accelerator) 0.16 s against 0.03 s for its `DenseBincount`
 kernel. So PyTorch and TensorFlow use their bincount.
 
 On a GPU the entries are counted with atomic additions, and additions to
-one bin wait for each other. Scores fill only a few hundred of the first
-histogram's 32768 bins, so for a 4096x11008 matrix it took 9.1 ms on an
+one bin wait for each other. 99% of the scores fall in about 1,000 of the
+first histogram's 32768 bins, so for a 4096x11008 matrix it took 9.1 ms on an
 H200 with JAX and 5.6 ms with PyTorch, longer than a full sort of the same
 keys (1.4 and 2.1 ms). There `histogram` counts into 256 copies of the bins,
 entry i into copy i % 256, and adds them up: 1.3 ms with JAX and 1.8 ms with
