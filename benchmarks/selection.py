@@ -48,7 +48,8 @@ def compiled(function):
 
 
 def wait(result):
-    """Returns once `result` is computed, without copying it off a GPU."""
+    """Returns once `result` is computed, without copying it off a GPU
+    (TensorFlow's is copied into numpy: it was not run on a GPU)."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
