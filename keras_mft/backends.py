@@ -48,8 +48,8 @@ def histogram(bins, num_bins, copies=None):
     """int32 counts of the values of `bins` (1-D, non-negative int32) in
     [0, num_bins).
 
-    JAX and TensorFlow do not count values of `num_bins` or more, which
-    `histogram_of_bin` relies on; PyTorch must not be given any.
+    JAX and TensorFlow do not count values of `num_bins` or more; PyTorch
+    must not be given any.
 
     `copies` (a power of two) counts entry i into copy `i % copies` of the
     bins, then adds the copies up; by default 256 on a GPU, 1 elsewhere.
@@ -78,7 +78,8 @@ def _on_gpu(tensor):
 
 
 def _count(bins, num_bins):
-    """`histogram` in one copy of the bins."""
+    """`histogram` in one copy of the bins. JAX and TensorFlow skip values of
+    `num_bins` or more, which `histogram_of_bin` relies on."""
     backend = keras.backend.backend()
     if backend == "torch":
         import torch
@@ -105,10 +106,10 @@ def histogram_of_bin(keys, high, high_bin, low_bits):
     # not to wait for each other (0.4 ms with JAX and 0.6 ms with PyTorch on
     # an H200, for a 4096x11008 matrix).
     if keras.backend.backend() == "torch":
-        return histogram(keys[high == high_bin] & (num_bins - 1), num_bins, copies=1)
+        return _count(keys[high == high_bin] & (num_bins - 1), num_bins)
     # The bin's entries keep their low bits; every other entry becomes
-    # `num_bins` or more, which `histogram` does not count here.
-    return histogram(ops.bitwise_xor(keys, high_bin * num_bins), num_bins, copies=1)
+    # `num_bins` or more, which `_count` does not count here.
+    return _count(ops.bitwise_xor(keys, high_bin * num_bins), num_bins)
 
 
 def straight_through_gradient(kernel, scores, upstream):

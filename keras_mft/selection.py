@@ -113,8 +113,9 @@ class GlobalGroup:
     scores and keeps its own rows; the group removes the sum of its members'
     `removed_count`. So with L members a step runs L selections over L
     matrices each, L times the work of per-matrix selection (L = 4 for the
-    paper's band), and holds a copy of the group's scores while selecting. A plain Python object, so Keras does not track the
-    members as sublayers of each other.
+    paper's band), and holds a copy of the group's scores while selecting.
+    A plain Python object, so Keras does not track the members as sublayers
+    of each other.
     """
 
     def __init__(self, layers):
