@@ -13,7 +13,9 @@ weight), `fft_band` (every weight of the band's blocks), `lora8` / `lora64`
 (Keras LoRA, rank 8 / 64, on the band's 7 projections; the same layers MFT
 masks), and for the memory benchmark `norms` (only the band's RMS-norm
 scales: the same backward pass through the band, with no weight-sized
-gradient). Every arm trains with AdamW (learning rate 2e-5, weight decay 0) and
+gradient). `mft_fixed` is MFT with every mask held at its first value: the
+same masked kernels and straight-through gradient with no selection at all,
+so its time is the least that any way of selecting the masks could reach. Every arm trains with AdamW (learning rate 2e-5, weight decay 0) and
 KerasHub's causal-LM loss, through Keras' own compiled train step.
 """
 
@@ -30,9 +32,11 @@ import time
 import keras
 import keras_hub
 import numpy as np
+from keras import ops
 
 import keras_mft
 from keras_mft import architectures
+from keras_mft.bake import masked_layers_of
 from keras_mft.wrap import parse_layers
 
 # Full FFT needs the most memory, so it runs last.
@@ -74,8 +78,11 @@ def band_blocks(model, band):
 
 def prepare(model, arm, band):
     """Makes `arm`'s weights trainable (and masks or LoRA layers) in place."""
-    if arm == "mft":
+    if arm in ("mft", "mft_fixed"):
         keras_mft.wrap(model, layers=band, seed=0)
+        if arm == "mft_fixed":
+            for layer in masked_layers_of(model):
+                hold_mask(layer)
     elif arm == "fft":
         for layer in model._flatten_layers():
             layer.trainable = True
@@ -101,6 +108,19 @@ def prepare(model, arm, band):
         weighted_metrics=[],
     )
     return model
+
+
+def hold_mask(layer):
+    """Keeps a masked layer's current mask, in a boolean variable, for good."""
+    keep = layer._keep()
+    layer._tracker.unlock()
+    held = layer.add_weight(
+        name="held_keep", shape=keep.shape, dtype="bool", trainable=False,
+        initializer="zeros",
+    )
+    layer._tracker.lock()
+    held.assign(keep)
+    layer._keep = lambda: ops.convert_to_tensor(held)
 
 
 def trainable_count(model):

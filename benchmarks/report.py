@@ -1,6 +1,6 @@
 """Plots and target checks from the benchmarks' JSON files.
 
-Reads `DIR/{train_step_smollm2,train_step_llama7b_slice[_lora,_long],selection,memory,inference}_BACKEND.json`
+Reads `DIR/{train_step_smollm2,train_step_llama7b_slice[_lora,_long,_fixed],selection,memory,inference}_BACKEND.json`
 (whichever exist), prints whether each target is met, and draws one PNG per
 benchmark into `--images`.
 
@@ -77,6 +77,13 @@ def train_step_plot(results, images, checks):
     for backend, rows in load(results, "train_step_llama7b_slice_long").items():
         mft = {row["arm"]: row for row in rows}["mft"]
         checks.append(band_check(f"train step llama7b_slice, {mft['tokens']} tokens, {backend}", mft))
+    # The same target for MFT with its masks held fixed: what any selection
+    # method could reach at best (`train_step.py --arms ...,mft_fixed`).
+    for backend, rows in load(results, "train_step_llama7b_slice_fixed").items():
+        mft_fixed = {row["arm"]: row for row in rows}["mft_fixed"]
+        checks.append(band_check(
+            f"train step llama7b_slice {backend}, masks held fixed (no selection)", mft_fixed
+        ))
     figure.savefig(images / "bench_train_step.png", dpi=100)
 
 

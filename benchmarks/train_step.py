@@ -14,41 +14,81 @@ the matrix products grow with the tokens in the step.
 
 `--process-per-arm` times each arm in a fresh child process instead, so
 that no arm inherits the memory and caches an earlier arm left behind.
+`--interleave` builds every arm's model at once and times their steps in
+turn, one step of each arm per round, so that a change in the machine's speed
+over the minutes of a run falls on every arm alike (it needs the memory of
+all the arms together).
 """
 
 import argparse
 import json
+import statistics
+import time
 
 import keras
 
 import arms
 
 
-def time_arm(model_name, arm, warmup, steps, sequence_length):
-    """One arm's row; its model is freed when this returns."""
+def prepared_step(model_name, arm, sequence_length):
+    """`(model, step)`: `arm`'s model and a function running one train step."""
     settings = arms.MODELS[model_name]
     model = arms.prepare(arms.build_model(model_name), arm, settings["band"])
     x, y, sample_weight = arms.batch(
         model.backbone.vocabulary_size, settings["batch_size"], sequence_length
     )
-    seconds = arms.median_seconds(
-        lambda: model.train_on_batch(x, y, sample_weight=sample_weight), warmup, steps
-    )
+    return model, lambda: model.train_on_batch(x, y, sample_weight=sample_weight)
+
+
+def row_of(model_name, arm, model, sequence_length, seconds):
     return {
         "backend": keras.backend.backend(),
         "model": model_name,
         "arm": arm,
-        "tokens": settings["batch_size"] * sequence_length,
+        "tokens": arms.MODELS[model_name]["batch_size"] * sequence_length,
         "trainable": arms.trainable_count(model),
         "seconds": seconds,
     }
 
 
+def time_arm(model_name, arm, warmup, steps, sequence_length):
+    """One arm's row; its model is freed when this returns."""
+    model, step = prepared_step(model_name, arm, sequence_length)
+    seconds = arms.median_seconds(step, warmup, steps)
+    return row_of(model_name, arm, model, sequence_length, seconds)
+
+
+def time_interleaved(model_name, arm_names, warmup, steps, sequence_length):
+    """The arms' rows, their steps timed in turn: one step of each per round."""
+    prepared = {arm: prepared_step(model_name, arm, sequence_length) for arm in arm_names}
+    times = {arm: [] for arm in arm_names}
+    for round_index in range(warmup + steps):
+        for arm, (_, step) in prepared.items():
+            start = time.perf_counter()
+            step()
+            if round_index >= warmup:
+                times[arm].append(time.perf_counter() - start)
+    return [
+        row_of(model_name, arm, model, sequence_length, statistics.median(times[arm]))
+        for arm, (model, _) in prepared.items()
+    ]
+
+
 def measure(
-    model_name, arm_names, warmup, steps, sequence_length, json_path=None, process_per_arm=False
+    model_name, arm_names, warmup, steps, sequence_length, json_path=None,
+    process_per_arm=False, interleave=False,
 ):
     """The arms' rows; with `json_path`, written there after every arm, so
     that the arms already timed survive one that fails."""
+    if interleave:
+        rows = time_interleaved(model_name, arm_names, warmup, steps, sequence_length)
+        for row in rows:
+            print(f"  {row['arm']}: {row['seconds']:.3f} s", flush=True)
+        add_ratios(rows)
+        if json_path:
+            with open(json_path, "w", encoding="utf-8") as file:
+                json.dump(rows, file, indent=2)
+        return rows
     rows = []
     for arm in arm_names:
         if process_per_arm:
@@ -103,8 +143,14 @@ def main():
         "--process-per-arm", action="store_true",
         help="time each arm in a fresh child process",
     )
+    parser.add_argument(
+        "--interleave", action="store_true",
+        help="build every arm's model at once and time their steps in turn",
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
+    if args.interleave and args.process_per_arm:
+        parser.error("--interleave times the arms in one process; drop --process-per-arm")
     if args.sequence_length is not None and args.sequence_length < 1:
         parser.error(f"--sequence-length must be at least 1 token; got {args.sequence_length}")
     settings = arms.MODELS[args.model]
@@ -113,11 +159,12 @@ def main():
         f"{args.model} on {keras.backend.backend()}: band {settings['band']}, batch "
         f"{settings['batch_size']} x {sequence_length} tokens, median of "
         f"{args.steps} steps after {args.warmup}"
-        f"{', a process per arm' if args.process_per_arm else ''}", flush=True,
+        f"{', a process per arm' if args.process_per_arm else ''}"
+        f"{', interleaved' if args.interleave else ''}", flush=True,
     )
     rows = measure(
         args.model, args.arms.split(","), args.warmup, args.steps, sequence_length,
-        args.json, args.process_per_arm,
+        args.json, args.process_per_arm, args.interleave,
     )
     print(arms.markdown_table(
         ["backend", "model", "arm", "trainable weights", "step (s)", "/ FFT band", "/ full FFT"],

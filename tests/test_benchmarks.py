@@ -4,6 +4,7 @@ No timing is asserted: these tests check that the scripts work and that their
 results have the shape the report reads.
 """
 
+import importlib
 import json
 import os
 import pathlib
@@ -11,7 +12,11 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
+
+import keras_mft
+from keras_mft.bake import masked_layers_of
 
 BENCHMARKS = pathlib.Path(__file__).parent.parent / "benchmarks"
 BACKEND = keras.backend.backend()
@@ -43,6 +48,9 @@ def results(tmp_path_factory):
             "train_step", *tiny, "--arms", "fft_band,mft", "--sequence-length", "32",
             "--warmup", "1", "--steps", "1", "--process-per-arm",
             "--json", str(directory / f"train_step_llama7b_slice_long_{BACKEND}.json")),
+        "train_step_fixed": run_script(
+            "train_step", *tiny, "--arms", "fft_band,mft_fixed,mft", "--interleave",
+            "--warmup", "1", "--steps", "2", "--json", str(directory / f"train_step_llama7b_slice_fixed_{BACKEND}.json")),
         "memory": run_script("memory", *tiny, "--steps", "1",
                              "--json", str(directory / f"memory_{BACKEND}.json")),
         "inference": run_script("inference", *tiny, "--repeats", "1", "--prompt-length", "4",
@@ -107,6 +115,43 @@ def test_train_step_benchmark_takes_longer_sequences_in_a_process_per_arm(result
             in outputs["report"])
 
 
+def test_train_step_benchmark_times_mft_with_its_masks_held_fixed(results):
+    directory, outputs = results
+    rows = read(directory, "train_step_llama7b_slice_fixed")
+    assert [row["arm"] for row in rows] == ["fft_band", "mft_fixed", "mft"]
+    fft_band, mft_fixed, mft = rows
+    assert mft_fixed["trainable"] == mft["trainable"] == TINY_BAND_KERNELS
+    assert mft_fixed["vs_fft_band"] == mft_fixed["seconds"] / fft_band["seconds"]
+    assert "interleaved" in outputs["train_step_fixed"]
+    assert (f"train step llama7b_slice {BACKEND}, masks held fixed (no selection): "
+            "MFT / FFT band <= 1.05" in outputs["report"])
+
+
+def test_interleaved_timing_runs_one_step_of_each_arm_per_round(monkeypatch):
+    train_step = import_benchmark("train_step")
+    calls = []
+
+    def prepared_step(model_name, arm, sequence_length):
+        return arm, lambda: calls.append(arm)
+
+    monkeypatch.setattr(train_step, "prepared_step", prepared_step)
+    monkeypatch.setattr(train_step.arms, "trainable_count", lambda model: 0)
+    rows = train_step.time_interleaved("tiny", ["fft_band", "mft"], warmup=1, steps=2,
+                                       sequence_length=16)
+    assert calls == ["fft_band", "mft"] * 3
+    assert [row["arm"] for row in rows] == ["fft_band", "mft"]
+
+
+def test_train_step_benchmark_refuses_to_interleave_a_process_per_arm():
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "train_step.py"), "--model", "tiny",
+         "--interleave", "--process-per-arm"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 2
+    assert "--interleave times the arms in one process" in result.stderr
+
+
 def test_memory_benchmark_reports_bytes_per_masked_weight(results):
     directory, _ = results
     row = read(directory, "memory")
@@ -132,12 +177,41 @@ def test_report_checks_targets_and_draws_plots(results):
     assert f"selection {BACKEND}: share of a 7B-slice MFT step < 0.05" in outputs["report"]
 
 
-def test_report_adds_the_arms_timed_in_a_second_process(tmp_path):
+def import_benchmark(name):
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        import report
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.mark.parametrize("arm", ["mft", "mft_fixed"])
+def test_mft_fixed_arm_holds_its_first_masks_and_still_trains_the_scores(arm):
+    arms = import_benchmark("arms")
+    model = arms.prepare(arms.build_model("tiny"), arm, arms.MODELS["tiny"]["band"])
+    first_masks = keras_mft.masks_of(model)
+    layers = masked_layers_of(model)
+    rng = np.random.default_rng(1)
+    for layer in layers:
+        layer.scores.assign(rng.normal(size=layer.scores.shape).astype("float32"))
+    new_scores = keras_mft.scores_of(model)
+    masks = keras_mft.masks_of(model)
+    changed = [not np.array_equal(masks[path], first_masks[path]) for path in masks]
+    # MFT selects from the new scores; the fixed arm keeps its first masks,
+    # and the masked kernels follow them.
+    assert all(changed) if arm == "mft" else not any(changed)
+    for layer in layers:
+        kernel = keras.ops.convert_to_numpy(layer._kernel)
+        mask = masks[layer._kernel.path]
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.kernel), kernel * mask)
+    x, y, sample_weight = arms.batch(256, 2, 16)
+    model.train_on_batch(x, y, sample_weight=sample_weight)
+    scores = keras_mft.scores_of(model)
+    assert all(not np.array_equal(scores[path], new_scores[path]) for path in scores)
+
+
+def test_report_adds_the_arms_timed_in_a_second_process(tmp_path):
+    report = import_benchmark("report")
 
     def rows(*arm_seconds):
         return [{"arm": arm, "seconds": seconds} for arm, seconds in arm_seconds]
