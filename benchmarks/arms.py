@@ -15,7 +15,8 @@ masks), and for the memory benchmark `norms` (only the band's RMS-norm
 scales: the same backward pass through the band, with no weight-sized
 gradient). `mft_fixed` is MFT with every mask held at its first value: the
 same masked kernels and straight-through gradient with no selection at all,
-so its time is the least that any way of selecting the masks could reach. Every arm trains with AdamW (learning rate 2e-5, weight decay 0) and
+so its time is the least that any way of selecting the masks could reach.
+Every arm trains with AdamW (learning rate 2e-5, weight decay 0) and
 KerasHub's causal-LM loss, through Keras' own compiled train step.
 """
 

@@ -78,16 +78,14 @@ def measure(
     model_name, arm_names, warmup, steps, sequence_length, json_path=None,
     process_per_arm=False, interleave=False,
 ):
-    """The arms' rows; with `json_path`, written there after every arm, so
-    that the arms already timed survive one that fails."""
+    """The arms' rows; with `json_path`, written there after every arm (all
+    at once when interleaved), so that the arms already timed survive one
+    that fails."""
     if interleave:
         rows = time_interleaved(model_name, arm_names, warmup, steps, sequence_length)
         for row in rows:
             print(f"  {row['arm']}: {row['seconds']:.3f} s", flush=True)
-        add_ratios(rows)
-        if json_path:
-            with open(json_path, "w", encoding="utf-8") as file:
-                json.dump(rows, file, indent=2)
+        save_rows(rows, json_path)
         return rows
     rows = []
     for arm in arm_names:
@@ -98,11 +96,16 @@ def measure(
             rows.append(time_arm(model_name, arm, warmup, steps, sequence_length))
             arms.release()
         print(f"  {arm}: {rows[-1]['seconds']:.3f} s", flush=True)
-        add_ratios(rows)
-        if json_path:
-            with open(json_path, "w", encoding="utf-8") as file:
-                json.dump(rows, file, indent=2)
+        save_rows(rows, json_path)
     return rows
+
+
+def save_rows(rows, json_path):
+    """Adds the ratios to `rows` and writes them to `json_path`, if given."""
+    add_ratios(rows)
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as file:
+            json.dump(rows, file, indent=2)
 
 
 def add_ratios(rows):
