@@ -27,7 +27,6 @@ import pathlib
 import statistics
 import time
 
-import gguf
 import keras
 import numpy as np
 
@@ -79,7 +78,7 @@ class Experiment:
         self.settings = settings
         self.key = settings_key(settings)
         # Both models, full and tiny, use the tokenizer stored in SmolLM2's file.
-        self.tokenizer = smollm2.tokenizer_from_gguf(gguf.GGUFReader(smollm2.gguf_path()))
+        self.tokenizer = smollm2.tokenizer_from_gguf(smollm2.gguf_reader())
         train = first(keras_mft.gsm8k("train"), settings["train_problems"])
         held_out = first(keras_mft.gsm8k("held_out"), settings["held_out_problems"])
         length = settings["sequence_length"]
@@ -252,7 +251,7 @@ def report(records, images):
         figure.savefig(pathlib.Path(images) / f"reproduction_{sweep}.png", dpi=100)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arms", help="comma-separated arms to run (default: every arm not yet cached)")
     parser.add_argument("--results", default="docs/reproduction", help="one JSON file per arm")
@@ -261,7 +260,7 @@ def main():
     parser.add_argument("--report", action="store_true", help="only print the tables and draw the plots")
     parser.add_argument("--fast", action="store_true",
                         help="a tiny random model, a few examples and tokens, to test the script")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     settings = dict(SETTINGS)
     if args.fast:
         settings.update(model="tiny", train_problems=8, held_out_problems=4, exact_match_problems=2,

