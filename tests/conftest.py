@@ -11,6 +11,8 @@ import pytest
 from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
 import keras_mft
+from tests.backend_guard import check_independent_fixtures
+from tests.backend_guard import refuse_backend_use
 
 VOCABULARY_SIZE = 64
 
@@ -95,3 +97,20 @@ def byte_tokenizer():
     for merge in merges:
         vocabulary[merge.replace(" ", "")] = len(vocabulary)
     return keras_hub.models.Llama3Tokenizer(vocabulary=vocabulary, merges=merges)
+
+
+@pytest.fixture(autouse=True)
+def backend_independent_guard(request):
+    """Fails a test marked `backend_independent` that touches a backend."""
+    if request.node.get_closest_marker("backend_independent") is None:
+        yield
+        return
+    with refuse_backend_use() as used:
+        yield
+    assert not used, f"{request.node.nodeid} is marked backend_independent but {used[0]}"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("backend_independent") is not None:
+            check_independent_fixtures(item)

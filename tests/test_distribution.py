@@ -6,11 +6,13 @@ examples/distributed.py, which test_examples.py runs.
 
 
 import keras
+import pytest
 import keras_hub
 
 import keras_mft
 
 
+@pytest.mark.backend_independent
 def test_scores_get_their_kernels_layouts():
     mesh = keras.distribution.DeviceMesh((1, 1), ("batch", "model"), ["cpu:0"])
     layers = {

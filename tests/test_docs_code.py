@@ -57,6 +57,7 @@ def docstring_examples():
     ]
 
 
+@pytest.mark.backend_independent
 def test_the_docs_have_code_to_run():
     assert "guide.md" in pages_with_code()
     assert len(documented_objects()) > 20

@@ -86,6 +86,7 @@ def test_loss_is_the_mean_over_response_tokens(tokenizer):
     assert loss == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.backend_independent
 def test_read_jsonl(tmp_path):
     path = tmp_path / "data.jsonl"
     lines = [json.dumps({"prompt": p, "response": r}) for p, r in zip(DATA["prompts"], DATA["responses"])]
@@ -93,6 +94,7 @@ def test_read_jsonl(tmp_path):
     assert read_jsonl(path) == DATA
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(
     "content, message",
     [

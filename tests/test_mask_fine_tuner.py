@@ -129,6 +129,7 @@ def test_early_stop_when_masks_settle_then_bake():
     assert not masked(model)
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("kwargs", [{"report_every": 0}, {"ramp_steps": 2.5}, {"mode": "best"}])
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):

@@ -10,6 +10,8 @@ from keras_mft.gsm8k import PACKAGE
 from keras_mft.gsm8k import gsm8k
 from keras_mft.packaged_files import packaged_file
 
+pytestmark = pytest.mark.backend_independent
+
 
 def test_gsm8k_is_split_in_train_and_held_out():
     train, held_out = gsm8k("train"), gsm8k("held_out")

@@ -15,6 +15,7 @@ def saved_image(path):
     return image
 
 
+@pytest.mark.backend_independent
 def test_training_curve_plots_every_step(tmp_path):
     figure = plot.training_curve([3.0, 2.5, 2.25], tmp_path / "curve.png")
     line = figure.axes[0].lines[0]
@@ -37,6 +38,7 @@ def test_mask_change_shows_the_percentage_per_block_and_projection(model, tmp_pa
     saved_image(tmp_path / "change.png")
 
 
+@pytest.mark.backend_independent
 def test_mask_flips_plots_the_history_of_mask_fine_tuner(tmp_path):
     history = {"loss": [2.0, 1.5], "mask_flips": [0.02, 0.01], "mask_changed": [0.02, 0.025]}
     figure = plot.mask_flips(history, tmp_path / "flips.png")
@@ -46,6 +48,7 @@ def test_mask_flips_plots_the_history_of_mask_fine_tuner(tmp_path):
     saved_image(tmp_path / "flips.png")
 
 
+@pytest.mark.backend_independent
 def test_mask_flips_without_mask_fine_tuner_says_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="MaskFineTuner"):
         plot.mask_flips({"loss": [1.0]}, tmp_path / "flips.png")

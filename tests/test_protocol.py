@@ -138,6 +138,7 @@ def test_greedy_generate_matches_a_plain_greedy_loop(byte_tokenizer):
     assert isinstance(model.sampler, keras_hub.samplers.TopKSampler)
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(
     "text, answer",
     [("so 5 apples.\n#### 5", "5"), ("#### 1,234", "1234"), ("#### -3.5", "-3.5"),
@@ -147,12 +148,14 @@ def test_final_answer(text, answer):
     assert evaluation.final_answer(text) == answer
 
 
+@pytest.mark.backend_independent
 def test_score_answers():
     outputs = ["... #### 5", "#### 12", "I don't know"]
     result = evaluation.score_answers(outputs, ["#### 5", "11", "#### 3"])
     assert result == {"exact_match": 1 / 3, "correct": 1, "total": 3}
 
 
+@pytest.mark.backend_independent
 def test_results_table(tmp_path):
     results = {"base": {"loss": 1.5, "exact_match": 0.25}, "mft": {"loss": 1.25}}
     table = evaluation.results_table(results)
