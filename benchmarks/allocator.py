@@ -66,7 +66,7 @@ def measure(model_name, arm_names, named_settings, rounds, warmup, steps):
     return rows
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(arms.MODELS), default="llama7b_slice")
     parser.add_argument("--arms", default="mft,fft_band")
@@ -74,7 +74,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--json", help="also write the results to this JSON file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(f"{args.model} on {keras.backend.backend()}, {args.rounds} round(s) of "
           f"{args.steps} steps after {args.warmup}", flush=True)
     named_settings = settings()

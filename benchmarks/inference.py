@@ -83,14 +83,14 @@ def measure(model_name, prompt_length, new_tokens, repeats):
     return rows
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(arms.MODELS), default="smollm2")
     parser.add_argument("--prompt-length", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--json", help="also write the results to this JSON file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(f"{args.model} on {keras.backend.backend()}: median of {args.repeats} rounds", flush=True)
     rows = measure(args.model, args.prompt_length, args.new_tokens, args.repeats)
     print(arms.markdown_table(

@@ -80,7 +80,7 @@ def measure(model_name, num_layers, steps):
     return row
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(arms.MODELS), default="llama7b_slice")
     parser.add_argument("--num-layers", type=int,
@@ -89,7 +89,7 @@ def main():
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--child", choices=MEMORY_ARMS, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.num_layers is None and args.model == "llama7b_slice":
         args.num_layers = 1
     if args.child:

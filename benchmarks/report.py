@@ -148,11 +148,11 @@ def inference_plot(results, images, checks):
     figure.savefig(images / "bench_inference.png", dpi=100)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="docs/benchmarks", type=pathlib.Path)
     parser.add_argument("--images", default="docs/images", type=pathlib.Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.images.mkdir(parents=True, exist_ok=True)
     checks = []
     for plot in (train_step_plot, selection_plot, memory_plot, inference_plot):

@@ -86,13 +86,13 @@ def measure(shape, sparsity, repeats):
     return {name: seconds(lambda: method(scores), repeats) for name, method in methods.items()}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="4096x4096,4096x11008")
     parser.add_argument("--sparsity", type=float, default=0.1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the results to this JSON file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     backend = keras.backend.backend()
     rows = []
     print(f"| backend | matrix | keras-mft (s) | sort (s) | top_k (s) | sort / keras-mft | top_k / keras-mft |")

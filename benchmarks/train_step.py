@@ -132,7 +132,7 @@ def ratio(value):
     return "" if value is None else f"{value:.2f}"
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(arms.MODELS), default="smollm2")
     parser.add_argument("--arms", default=",".join(arms.ARMS))
@@ -151,7 +151,7 @@ def main():
         help="build every arm's model at once and time their steps in turn",
     )
     parser.add_argument("--json", help="also write the results to this JSON file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.interleave and args.process_per_arm:
         parser.error("--interleave times the arms in one process; drop --process-per-arm")
     if args.sequence_length is not None and args.sequence_length < 1:

@@ -4,12 +4,7 @@ No timing is asserted: these tests check that the scripts work and that their
 results have the shape the report reads.
 """
 
-import importlib
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -17,21 +12,14 @@ import pytest
 
 import keras_mft
 from keras_mft.bake import masked_layers_of
+from tests.benchmark_scripts import import_benchmark
+from tests.benchmark_scripts import run_benchmark
 
-BENCHMARKS = pathlib.Path(__file__).parent.parent / "benchmarks"
 BACKEND = keras.backend.backend()
+# The scripts' module fixture is built once, on one worker.
+pytestmark = pytest.mark.xdist_group("benchmarks")
 # The tiny model's band: 2 blocks of q, o (64x64), k, v (64x32), gate, up, down (64x128).
 TINY_BAND_KERNELS = 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128)
-
-
-def run_script(name, *arguments):
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / f"{name}.py"), *arguments],
-        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -40,25 +28,25 @@ def results(tmp_path_factory):
     directory = tmp_path_factory.mktemp("benchmarks")
     tiny = ["--model", "tiny"]
     outputs = {
-        "selection": run_script("selection", "--sizes", "64x48,32x8", "--repeats", "1",
+        "selection": run_benchmark("selection", "--sizes", "64x48,32x8", "--repeats", "1",
                                 "--json", str(directory / f"selection_{BACKEND}.json")),
-        "train_step": run_script("train_step", *tiny, "--warmup", "1", "--steps", "1",
+        "train_step": run_benchmark("train_step", *tiny, "--warmup", "1", "--steps", "1",
                                  "--json", str(directory / f"train_step_llama7b_slice_{BACKEND}.json")),
-        "train_step_long": run_script(
+        "train_step_long": run_benchmark(
             "train_step", *tiny, "--arms", "fft_band,mft", "--sequence-length", "32",
             "--warmup", "1", "--steps", "1", "--process-per-arm",
             "--json", str(directory / f"train_step_llama7b_slice_long_{BACKEND}.json")),
-        "train_step_fixed": run_script(
+        "train_step_fixed": run_benchmark(
             "train_step", *tiny, "--arms", "fft_band,mft_fixed,mft", "--interleave",
             "--warmup", "1", "--steps", "2", "--json", str(directory / f"train_step_llama7b_slice_fixed_{BACKEND}.json")),
-        "memory": run_script("memory", *tiny, "--steps", "1",
+        "memory": run_benchmark("memory", *tiny, "--steps", "1",
                              "--json", str(directory / f"memory_{BACKEND}.json")),
-        "inference": run_script("inference", *tiny, "--repeats", "1", "--prompt-length", "4",
+        "inference": run_benchmark("inference", *tiny, "--repeats", "1", "--prompt-length", "4",
                                 "--new-tokens", "3", "--json", str(directory / f"inference_{BACKEND}.json")),
-        "allocator": run_script("allocator", *tiny, "--warmup", "1", "--steps", "1",
+        "allocator": run_benchmark("allocator", *tiny, "--warmup", "1", "--steps", "1",
                                 "--json", str(directory / f"allocator_{BACKEND}.json")),
     }
-    outputs["report"] = run_script("report", "--results", str(directory), "--images", str(directory))
+    outputs["report"] = run_benchmark("report", "--results", str(directory), "--images", str(directory))
     return directory, outputs
 
 
@@ -142,14 +130,12 @@ def test_interleaved_timing_runs_one_step_of_each_arm_per_round(monkeypatch):
     assert [row["arm"] for row in rows] == ["fft_band", "mft"]
 
 
-def test_train_step_benchmark_refuses_to_interleave_a_process_per_arm():
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "train_step.py"), "--model", "tiny",
-         "--interleave", "--process-per-arm"],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 2
-    assert "--interleave times the arms in one process" in result.stderr
+@pytest.mark.backend_independent
+def test_train_step_benchmark_refuses_to_interleave_a_process_per_arm(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_benchmark("train_step", "--model", "tiny", "--interleave", "--process-per-arm")
+    assert exit_.value.code == 2
+    assert "--interleave times the arms in one process" in capsys.readouterr().err
 
 
 def test_memory_benchmark_reports_bytes_per_masked_weight(results):
@@ -177,14 +163,6 @@ def test_report_checks_targets_and_draws_plots(results):
     assert f"selection {BACKEND}: share of a 7B-slice MFT step < 0.05" in outputs["report"]
 
 
-def import_benchmark(name):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-
-
 @pytest.mark.parametrize("arm", ["mft", "mft_fixed"])
 def test_mft_fixed_arm_holds_its_first_masks_and_still_trains_the_scores(arm):
     arms = import_benchmark("arms")
@@ -210,6 +188,7 @@ def test_mft_fixed_arm_holds_its_first_masks_and_still_trains_the_scores(arm):
     assert all(not np.array_equal(scores[path], new_scores[path]) for path in scores)
 
 
+@pytest.mark.backend_independent
 def test_report_adds_the_arms_timed_in_a_second_process(tmp_path):
     report = import_benchmark("report")
 
