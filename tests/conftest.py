@@ -1,4 +1,4 @@
-"""Small random Llama models shared by the tests.
+"""Small random Llama models shared by the tests, and the `backend_independent` guard.
 
 Weights come from numpy with a fixed seed, so a model is the same on every
 backend and its outputs can be compared with the numpy reference.
