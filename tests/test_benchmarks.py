@@ -50,6 +50,14 @@ def results(tmp_path_factory):
     return directory, outputs
 
 
+@pytest.mark.backend_independent
+def test_the_scripts_run_on_one_worker(request):
+    # Otherwise every worker builds `results`. pytest-xdist marks the group in
+    # the node id (and pytest 9.2 drops that mark, see pyproject.toml).
+    if request.config.getoption("loadgroup", False):  # pytest-xdist with --dist=loadgroup
+        assert request.node.nodeid.endswith("@benchmarks")
+
+
 def read(directory, name):
     return json.loads((directory / f"{name}_{BACKEND}.json").read_text())
 
