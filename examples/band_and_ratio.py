@@ -56,7 +56,10 @@ def mask_fine_tune(layers, sparsity):
     model = keras_mft.wrap(model, layers=layers, sparsity=sparsity, seed=0)
     random_mask = evaluation.response_loss(model, held_out_data)["loss"]
     initial = keras_mft.masks_of(model)
-    model.compile(optimizer=keras_mft.protocol.paper_optimizer(-(-len(y) // 8)))
+    steps = keras_mft.protocol.total_steps((x, y, sample_weight), batch_size=8, epochs=1)
+    learning_rate = keras_mft.score_budget.learning_rate_for_budget(0.47, steps)
+    model.compile(optimizer=keras_mft.protocol.paper_optimizer(steps, learning_rate),
+                  loss=keras_mft.paper_loss())
     model.fit(x, y, sample_weight=sample_weight, batch_size=8, epochs=1, verbose=0)
     learned = evaluation.response_loss(model, held_out_data)["loss"]
     print(f"blocks {layers:>5}, ratio {sparsity:<4}: random mask {random_mask:.4f}, "

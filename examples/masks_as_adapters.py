@@ -49,7 +49,10 @@ x, y, sample_weight = keras_mft.instruction_dataset(
     preprocessor.tokenizer, problems, sequence_length=64 if FAST else 256
 )
 model = keras_mft.wrap(model, layers="4:8", sparsity=0.1, seed=0)
-model.compile(optimizer=keras_mft.protocol.paper_optimizer(-(-len(y) // 8)))
+steps = keras_mft.protocol.total_steps((x, y, sample_weight), batch_size=8, epochs=1)
+learning_rate = keras_mft.score_budget.learning_rate_for_budget(0.47, steps)
+model.compile(optimizer=keras_mft.protocol.paper_optimizer(steps, learning_rate),
+              loss=keras_mft.paper_loss())
 model.fit(x, y, sample_weight=sample_weight, batch_size=8, epochs=1, verbose=2)
 
 batch = {key: value[:2] for key, value in x.items()}

@@ -67,8 +67,9 @@ def evaluate(model):
 """
 ## Stage 1: full fine-tuning
 
-The paper's optimiser: AdamW at 2e-5 with 3% warm-up and linear decay, two
-epochs. Every arm below trains one epoch.
+The paper's optimiser: AdamW (as PyTorch computes it) at 2e-5 with 3% warm-up
+and linear decay, gradients clipped to a global norm of 1.0, the loss
+averaged over the answer tokens, two epochs. Every arm below trains one epoch.
 """
 
 results = {"base": evaluate(base)}
@@ -81,7 +82,8 @@ results["FFT"] = evaluate(fft)
 ## Stage 2: the arms
 
 MFT on blocks 4-7 (the paper's best band for math), removing 10% of each
-projection; continued FFT for the same steps; the untrained random and
+projection, with the paper's score budget (B = 0.47: `mask_fine_tune` picks
+the learning rate that spends it in this run's steps); continued FFT for the same steps; the untrained random and
 L1-magnitude masks of the same size; and LoRA (rank 64, alpha 16) from the
 base model instead of the fine-tuned one, for FFT's steps.
 """

@@ -57,8 +57,15 @@ before = evaluation.response_loss(model, held_out_data)["loss"]
 `wrap` freezes the model and masks the seven projections of blocks 4 to 7 (the
 paper's best band for math), removing 10% of each matrix. The scores start as
 small random numbers, so the first mask is a random prune; training learns
-which weights to remove instead. `wrap` compiles the model with the paper's
-optimiser; `protocol.paper_optimizer` adds its warm-up and decay schedule.
+which weights to remove instead.
+
+`wrap` compiles the model with the paper's optimiser at a constant learning
+rate; `protocol.paper_optimizer` adds its warm-up and decay schedule, and
+`paper_loss` averages the loss over the answer tokens. How far the masks move
+depends on the *score budget* B, the sum of the learning rates over all steps
+divided by the spread of the initial scores: the paper's math run had
+B = 0.47. With the few steps here, the paper's literal learning rate (2e-5)
+would barely move the masks, so the learning rate is chosen to spend B = 0.47.
 """
 
 model = keras_mft.wrap(model, layers="4:8", sparsity=0.1, seed=0)
@@ -66,8 +73,10 @@ print("trainable variables:", len(model.trainable_variables))
 random_masks = evaluation.response_loss(model, held_out_data)["loss"]
 
 x, y, sample_weight = train_data
-steps = -(-len(y) // 8)
-model.compile(optimizer=keras_mft.protocol.paper_optimizer(steps))
+steps = keras_mft.protocol.total_steps(train_data, batch_size=8, epochs=1)
+learning_rate = keras_mft.score_budget.learning_rate_for_budget(0.47, steps)
+model.compile(optimizer=keras_mft.protocol.paper_optimizer(steps, learning_rate),
+              loss=keras_mft.paper_loss())
 model.fit(x, y, sample_weight=sample_weight, batch_size=8, epochs=1,
           callbacks=[keras_mft.MaskFineTuner()], verbose=2)
 after = evaluation.response_loss(model, held_out_data)["loss"]

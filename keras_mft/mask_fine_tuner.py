@@ -10,6 +10,9 @@ import numpy as np
 from keras_mft.bake import bake
 from keras_mft.bake import masked_layers_of
 from keras_mft.mask_file import save_masks
+from keras_mft.score_budget import learning_rate_sum
+from keras_mft.score_budget import score_std
+from keras_mft.score_budget import warn_if_small
 
 
 class MaskFineTuner(keras.callbacks.Callback):
@@ -23,6 +26,9 @@ class MaskFineTuner(keras.callbacks.Callback):
       report;
     - `mask_changed`: the fraction that differs from the mask at the start of
       training;
+    - `score_budget`: the score budget B spent so far (the sum of the learning
+      rates of the steps taken, over the std of the scores at the start of
+      training; see `keras_mft.score_budget`);
     - with `per_matrix=True`, `sparsity/<layer path>` for each masked matrix.
 
     Args:
@@ -48,6 +54,9 @@ class MaskFineTuner(keras.callbacks.Callback):
         patience: see `stop_below_flips`.
         bake_on_train_end: bake the model (`keras_mft.bake`) when training
             ends.
+
+    When training begins, it warns if the whole run's score budget is below
+    0.05: the masks would then stay close to their initial ones.
 
     If the training loss stops being finite (NaN or infinite), training stops
     at once with a warning; no snapshot is saved after that step and
@@ -98,6 +107,10 @@ class MaskFineTuner(keras.callbacks.Callback):
             )
         self._initial = self._packed_masks()
         self._last = self._initial
+        self._score_std = score_std(self.model)
+        steps_per_epoch = self.params.get("steps")
+        if steps_per_epoch:
+            warn_if_small(self._score_budget(steps_per_epoch * self.params["epochs"]))
         self._quiet_reports = 0
         self._best = math.inf if self.mode == "min" else -math.inf
         self._step = 0
@@ -178,12 +191,21 @@ class MaskFineTuner(keras.callbacks.Callback):
             "mask_sparsity": 1.0 - sum(kept) / total,
             "mask_flips": flips / total,
             "mask_changed": changed / total,
+            "score_budget": self._score_budget(self._step),
         }
         if self.per_matrix:
             for layer, size, kept_here in zip(self._layers, sizes, kept):
                 path = layer._kernel.path.rsplit("/", 1)[0]
                 report[f"sparsity/{path}"] = 1.0 - kept_here / size
         return report
+
+    def _score_budget(self, steps):
+        # `learning_rate` evaluates a schedule at the current step only; the
+        # sum needs the schedule itself.
+        learning_rate = self.model.optimizer._learning_rate
+        if not isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+            learning_rate = float(keras.ops.convert_to_numpy(learning_rate))
+        return learning_rate_sum(learning_rate, steps) / self._score_std
 
     def _snapshot(self, epoch, logs):
         if not self.save_best_only:

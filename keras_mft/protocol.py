@@ -1,10 +1,15 @@
 """The paper's training protocol and its baselines, as functions.
 
 Every arm trains on the same `(x, y, sample_weight)` data (see
-`instruction_dataset`) with the paper's optimiser: AdamW, weight decay 0,
-linear warm-up over 3% of the steps, then linear decay. Each function changes
-the model in place and returns the Keras `History` (or the model, for the
-untrained masks).
+`instruction_dataset`) with the paper's optimiser (`paper_optimizer`: AdamW as
+PyTorch computes it, weight decay 0, linear warm-up over 3% of the steps, then
+linear decay, gradients clipped to a global norm of 1.0) and the paper's loss
+(the mean over the response tokens). Each function changes the model in place
+and returns the Keras `History` (or the model, for the untrained masks).
+
+MFT's learning rate comes from a score budget (`keras_mft.score_budget`):
+by default B = 0.47, the paper's math run, whatever the number of steps. Pass
+`learning_rate` instead to set it directly (the paper's literal 2e-5).
 
 | arm                         | call                                              |
 |-----------------------------|---------------------------------------------------|
@@ -18,27 +23,31 @@ untrained masks).
 
 import math
 
-import keras
-
 from keras_mft import architectures
+from keras_mft import score_budget as budgets
 from keras_mft.bake import bake
-from keras_mft.schedules import LinearWarmupDecay
-from keras_mft.wrap import LEARNING_RATE
+from keras_mft.mask_fine_tuner import MaskFineTuner
+from keras_mft.training import LEARNING_RATE
+from keras_mft.training import compile_like_paper
+from keras_mft.training import paper_optimizer
 from keras_mft.wrap import parse_targets
 from keras_mft.wrap import wrap
 
+__all__ = [
+    "full_fine_tune", "lora_fine_tune", "mask_fine_tune", "paper_optimizer",
+    "total_steps", "untrained_mask",
+]
 
-def paper_optimizer(total_steps, learning_rate=LEARNING_RATE, warmup_fraction=0.03):
-    """AdamW with weight decay 0 and `LinearWarmupDecay`."""
-    schedule = LinearWarmupDecay(learning_rate, total_steps, warmup_fraction)
-    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=0.0)
+
+def total_steps(data, batch_size, epochs):
+    """The number of optimizer steps that `model.fit` takes on `data`."""
+    return math.ceil(len(data[1]) / batch_size) * epochs
 
 
 def _fit(model, data, epochs, batch_size, learning_rate, callbacks, verbose):
     x, y, sample_weight = data
-    steps = math.ceil(len(y) / batch_size) * epochs
-    model.compile(
-        optimizer=paper_optimizer(steps, learning_rate), sampler=model.sampler
+    compile_like_paper(
+        model, paper_optimizer(total_steps(data, batch_size, epochs), learning_rate)
     )
     return model.fit(
         x, y, sample_weight=sample_weight, batch_size=batch_size, epochs=epochs,
@@ -58,16 +67,30 @@ def full_fine_tune(
 
 def mask_fine_tune(
     model, data, *, layers=None, targets=None, sparsity=0.1, score_init="random",
-    seed=None, epochs=2, batch_size=8, learning_rate=LEARNING_RATE,
+    seed=None, epochs=2, batch_size=8, score_budget=None, learning_rate=None,
     callbacks=None, verbose="auto", bake_after=True,
 ):
     """Wraps, learns the masks, and (by default) bakes: the MFT arm.
 
     `layers`, `targets`, `sparsity`, `score_init` and `seed` are passed to
     `keras_mft.wrap`.
+
+    Args:
+        score_budget: the score budget B of the run; the peak learning rate
+            is chosen to give it over this run's steps, measured against the
+            std of the initial scores. Defaults to 0.47 (the paper's math run).
+        learning_rate: the peak learning rate, instead of `score_budget`.
     """
+    if score_budget is not None and learning_rate is not None:
+        raise ValueError("Give `score_budget` or `learning_rate`, not both.")
     wrap(model, layers=layers, targets=targets, sparsity=sparsity,
          score_init=score_init, seed=seed)
+    learning_rate, budget = budgets.peak_learning_rate(
+        total_steps(data, batch_size, epochs), budgets.score_std(model),
+        score_budget, learning_rate,
+    )
+    if not any(isinstance(callback, MaskFineTuner) for callback in callbacks or ()):
+        budgets.warn_if_small(budget)  # A MaskFineTuner warns by itself.
     history = _fit(model, data, epochs, batch_size, learning_rate, callbacks, verbose)
     if bake_after:
         bake(model)

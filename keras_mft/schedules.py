@@ -6,7 +6,17 @@ from keras import ops
 
 @keras.saving.register_keras_serializable(package="keras_mft")
 class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Rises linearly to `learning_rate`, then falls linearly to 0.
+    """Hugging Face's `get_linear_schedule_with_warmup`, step for step.
+
+    With `warmup = int(warmup_fraction * total_steps)`, step `s` (counted
+    from 0, as `optimizer.iterations` counts) gets
+
+        learning_rate * s / warmup                                  if s < warmup
+        learning_rate * max(0, (total_steps - s) / (total_steps - warmup))  otherwise
+
+    so the first step of a run with warm-up has a learning rate of 0, as in the
+    paper's run. The sum over all steps is `learning_rate * total_steps / 2`
+    (`(total_steps + 1) / 2` without warm-up): see `keras_mft.score_budget`.
 
     Args:
         learning_rate: the peak learning rate (the paper: 2e-5).
@@ -18,7 +28,7 @@ class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     ```python
     schedule = keras_mft.LinearWarmupDecay(2e-5, total_steps=1000)
-    optimizer = keras.optimizers.AdamW(schedule, weight_decay=0.0)
+    optimizer = keras_mft.PaperAdamW(schedule)
     ```
     """
 
@@ -31,12 +41,17 @@ class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.total_steps = total_steps
         self.warmup_fraction = warmup_fraction
 
+    @property
+    def warmup_steps(self):
+        # int(), not round(): Hugging Face's scripts truncate.
+        return int(self.total_steps * self.warmup_fraction)
+
     def __call__(self, step):
         step = ops.cast(step, "float32")
-        warmup = max(1.0, round(self.warmup_fraction * self.total_steps))
-        rising = (step + 1.0) / warmup
-        falling = (self.total_steps - step) / max(1.0, self.total_steps - warmup)
-        fraction = ops.clip(ops.minimum(rising, falling), 0.0, 1.0)
+        warmup = self.warmup_steps
+        rising = step / max(1, warmup)
+        falling = (self.total_steps - step) / max(1, self.total_steps - warmup)
+        fraction = ops.where(step < warmup, rising, ops.maximum(falling, 0.0))
         return self.learning_rate * fraction
 
     def get_config(self):

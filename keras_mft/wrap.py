@@ -16,12 +16,14 @@ from keras_mft.selection import GlobalGroup
 from keras_mft.selection import check_n_m
 from keras_mft.selection import n_m_sparsity
 from keras_mft.selection import parse_selection
+from keras_mft.training import GLOBAL_CLIPNORM
+from keras_mft.training import LEARNING_RATE
+from keras_mft.training import PaperAdamW
+from keras_mft.training import compile_like_paper
 
 DEFAULT_BAND = "0:4"
 DEFAULT_SPARSITY = 0.1
 SCORE_INITS = ("random", "magnitude")
-# The paper's optimiser for MFT.
-LEARNING_RATE = 2e-5
 
 
 def wrap(
@@ -43,9 +45,14 @@ def wrap(
     with a float32 `scores` variable each; those scores are the only trainable
     variables, unless LoRA was enabled before wrapping
     (`model.backbone.enable_lora(rank)`): then the LoRA factors train too, and
-    a layer with both computes `kernel * mask + LoRA's delta`. A `CausalLM` is recompiled with the paper's optimiser (AdamW,
-    learning rate 2e-5, weight decay 0) and its own loss, so `model.fit(...)`
-    works at once; recompile it to change that.
+    a layer with both computes `kernel * mask + LoRA's delta`. A `CausalLM`
+    is recompiled with the paper's optimiser at a constant learning rate
+    (`PaperAdamW`: AdamW as PyTorch computes it, learning rate 2e-5, weight
+    decay 0, gradients clipped to a global norm of 1.0) and the paper's loss
+    (`paper_loss`: the mean over the response tokens), so `model.fit(...)`
+    works at once. For the paper's schedule and a score budget that moves the
+    masks, recompile with `keras_mft.protocol.paper_optimizer` (see
+    `keras_mft.score_budget`).
 
     Args:
         model: a KerasHub `CausalLM` or its backbone: Llama, Llama3, Mistral,
@@ -160,11 +167,8 @@ def wrap(
             train_only_lora_factors(layer)
 
     if isinstance(model, keras_hub.models.CausalLM):
-        model.compile(
-            optimizer=keras.optimizers.AdamW(
-                learning_rate=LEARNING_RATE, weight_decay=0.0
-            ),
-            sampler=model.sampler,
+        compile_like_paper(
+            model, PaperAdamW(LEARNING_RATE, global_clipnorm=GLOBAL_CLIPNORM)
         )
     return model
 

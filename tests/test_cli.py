@@ -81,6 +81,8 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
                             "--epochs", "2", "--seq-len", "16", "--batch-size", "2",
                             "--lr", "0.01", "--out", out)
     assert status == 0, err
+    # 6 sequences of 16 tokens, batches of 2, 2 epochs: 12 steps.
+    assert "12 steps, peak learning rate 0.01: score budget B = " in stdout
     for name in ("masks.mask", "history.json", "training_curve.png", "mask_change.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     for name in ("training_curve.png", "mask_change.png"):
@@ -155,6 +157,10 @@ def test_argument_errors_are_one_line(capsys, tmp_path):
     assert "invalid choice: 'numpy'" in error_line(
         capsys, "eval", "--data", data_file, "--backend", "numpy", status=2)
     assert "invalid choice: 'fly'" in error_line(capsys, "fly", status=2)
+    assert "--lr: not allowed with argument --score-budget" in error_line(
+        capsys, "train", "--data", data_file, "--score-budget", "0.4", "--lr", "1e-3", status=2)
+    assert "--score-budget: expected a positive number, got '0'" in error_line(
+        capsys, "demo", "--score-budget", "0", status=2)
 
 
 def test_input_errors_are_one_line(capsys, tmp_path, preset, data_file):
@@ -212,6 +218,7 @@ def test_demo_smoke(capsys, tmp_path):
     before, random_masks, after = results["results"].values()
     assert before["tokens"] == random_masks["tokens"] == after["tokens"] > 0
     assert 0 < after["loss"] < 10 and results["losses"]
+    assert results["settings"]["score_budget"] == 0.47
     assert open(os.path.join(out, "results.md")).read().strip() in stdout
     masked = [r["path"] for r in keras_mft.describe_masks(os.path.join(out, "masks.mask"))]
     assert len(masked) == 28

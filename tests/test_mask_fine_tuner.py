@@ -64,6 +64,9 @@ def test_logged_figures_match_numpy():
         assert history["mask_sparsity"][epoch] == pytest.approx(removed / total)
         assert history["mask_flips"][epoch] == pytest.approx(flips / total)
         assert history["mask_changed"][epoch] == pytest.approx(changed / total)
+        # Adam(0.02) for 2 steps an epoch, over the initial scores' std.
+        spread = np.std(np.concatenate([s.reshape(-1) for s in initial]))
+        assert history["score_budget"][epoch] == pytest.approx(0.02 * 2 * (epoch + 1) / spread)
         previous = current
     assert history["mask_changed"][-1] > 0
     for layer in masked(model):

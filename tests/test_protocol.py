@@ -33,16 +33,6 @@ def data(byte_tokenizer):
     return keras_mft.instruction_dataset(byte_tokenizer, DATA, sequence_length=24)
 
 
-def test_linear_warmup_decay_matches_its_formula():
-    schedule = keras_mft.LinearWarmupDecay(1.0, total_steps=100, warmup_fraction=0.1)
-    values = np.array([float(to_numpy(schedule(step))) for step in range(101)])
-    expected = np.minimum((np.arange(101) + 1) / 10, (100 - np.arange(101)) / 90)
-    np.testing.assert_allclose(values, np.clip(expected, 0, 1), rtol=1e-6)
-    assert values.argmax() in (9, 10) and values[-1] == 0
-    restored = keras_mft.LinearWarmupDecay.from_config(schedule.get_config())
-    assert float(to_numpy(restored(50))) == pytest.approx(values[50])
-
-
 def test_full_fine_tune_trains_every_weight(byte_tokenizer, data):
     model = tiny_model(byte_tokenizer)
     before = [to_numpy(v).copy() for v in model.weights]
@@ -50,7 +40,8 @@ def test_full_fine_tune_trains_every_weight(byte_tokenizer, data):
     assert len(model.trainable_variables) == len(model.weights)
     assert all(np.any(to_numpy(v) != b) for v, b in zip(model.weights, before))
     assert history.history["loss"][-1] < history.history["loss"][0]
-    assert isinstance(model.optimizer, keras.optimizers.AdamW)
+    assert isinstance(model.optimizer, keras_mft.PaperAdamW)
+    assert model.optimizer.global_clipnorm == 1.0
 
 
 def test_mask_fine_tune_bakes_a_trained_mask(byte_tokenizer, data):
@@ -64,6 +55,24 @@ def test_mask_fine_tune_bakes_a_trained_mask(byte_tokenizer, data):
     assert not any(is_masked(layer) for layer in model._flatten_layers())
     kernel = to_numpy(model.backbone.transformer_layers[0]._feedforward_gate_dense.kernel)
     assert int(np.sum(kernel == 0)) == int(0.2 * kernel.size)
+
+
+def test_mask_fine_tune_spends_the_score_budget(byte_tokenizer, data):
+    model = tiny_model(byte_tokenizer)
+    with pytest.raises(ValueError, match="not both"):
+        protocol.mask_fine_tune(model, data, score_budget=0.4, learning_rate=1e-3)
+    assert not any(is_masked(layer) for layer in model._flatten_layers())
+    history = protocol.mask_fine_tune(
+        model, data, layers="all", seed=0, epochs=2, batch_size=2, verbose=0,
+        bake_after=False, callbacks=[keras_mft.MaskFineTuner()],
+    )
+    # The default budget, the paper's math run, is spent to the last step.
+    assert history.history["score_budget"][-1] == pytest.approx(0.47, rel=1e-4)
+    steps = protocol.total_steps(data, batch_size=2, epochs=2)
+    assert int(to_numpy(model.optimizer.iterations)) == steps
+    with pytest.warns(UserWarning, match="score budget is B = "):
+        protocol.mask_fine_tune(tiny_model(byte_tokenizer), data, layers="all", epochs=1,
+                                batch_size=2, learning_rate=2e-5, verbose=0)
 
 
 @pytest.mark.parametrize("score_init", ["random", "magnitude"])

@@ -1,0 +1,138 @@
+"""The score budget B: how far a run lets the scores travel.
+
+Adam moves each score by about the learning rate per step, whatever the size
+of its gradient. With weight decay 0, the masks of a run therefore depend only
+on
+
+    B = (sum of the learning rates over all steps) / (std of the initial scores)
+
+(scaling both leaves every mask the same). B is the furthest a score can
+travel, in units of the initial scores' spread. The paper's runs (learning
+rate 2e-5, linear schedule, 2 epochs of batches of 128, scores drawn with
+std 0.02) give:
+
+| domain                | examples | steps | B    |
+|-----------------------|---------:|------:|-----:|
+| math                  |   60,000 |   938 | 0.47 |
+| instruction following |   56,000 |   876 | 0.44 |
+| code                  |   30,000 |   470 | 0.23 |
+
+(for the linear schedule, the sum of the learning rates is
+`peak * steps / 2`). At 10% removed, the threshold is the 10th percentile of
+|N(0, 0.02)|, about 2.5e-3 = 0.13 std, so B = 0.47 lets a score cross it
+several times over, while a run of a few dozen steps at 2e-5 (B ~ 0.01)
+barely moves the mask from its random start.
+"""
+
+import warnings
+
+import keras
+import numpy as np
+
+from keras_mft.schedules import LinearWarmupDecay
+
+PAPER_BUDGETS = {"math": 0.47, "instruction_following": 0.44, "code": 0.23}
+# The default of `keras-mft train` and `protocol.mask_fine_tune`.
+DEFAULT_BUDGET = PAPER_BUDGETS["math"]
+# Below this, the scores barely cross the threshold: `warn_if_small` says so.
+SMALL_BUDGET = 0.05
+# The std of the random initial scores (`keras_mft.wrap`, as in the paper's code).
+INITIAL_SCORE_STD = 0.02
+
+
+def learning_rate_sum(learning_rate, steps):
+    """The sum of the learning rates of steps 0 to `steps - 1`.
+
+    Args:
+        learning_rate: a float or a Keras `LearningRateSchedule`.
+        steps: how many steps.
+    """
+    if steps <= 0:
+        return 0.0
+    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        rates = keras.ops.convert_to_numpy(learning_rate(keras.ops.arange(steps)))
+        return float(np.sum(rates, dtype="float64"))
+    return float(learning_rate) * steps
+
+
+def budget(learning_rate, steps, score_std=INITIAL_SCORE_STD):
+    """B of a run of `steps` steps at `learning_rate` (a float or a schedule).
+
+    Example:
+
+    ```python
+    # The paper's math run: 938 steps, peak 2e-5, linear schedule.
+    schedule = keras_mft.LinearWarmupDecay(2e-5, total_steps=938)
+    keras_mft.score_budget.budget(schedule, 938)  # 0.469
+    ```
+    """
+    return learning_rate_sum(learning_rate, steps) / score_std
+
+
+def learning_rate_for_budget(budget, total_steps, warmup_fraction=0.03,
+                             score_std=INITIAL_SCORE_STD):
+    """The peak learning rate of `LinearWarmupDecay` that gives the budget `budget`.
+
+    Example:
+
+    ```python
+    # The paper's budget in the 19 steps of `keras-mft demo`:
+    keras_mft.score_budget.learning_rate_for_budget(0.47, 19)  # 9.4e-4
+    ```
+    """
+    if not budget > 0:
+        raise ValueError(f"The score budget must be positive. Received: {budget!r}")
+    unit = learning_rate_sum(LinearWarmupDecay(1.0, total_steps, warmup_fraction), total_steps)
+    return budget * score_std / unit
+
+
+def peak_learning_rate(total_steps, score_std, score_budget=None, learning_rate=None):
+    """The paper schedule's peak learning rate and B, given one of them.
+
+    Args:
+        total_steps: the run's number of steps.
+        score_std: the std of the initial scores (`score_std(model)`).
+        score_budget: the budget B to spend; the default when neither is
+            given is `DEFAULT_BUDGET` (0.47).
+        learning_rate: the peak learning rate, instead of `score_budget`.
+
+    Returns:
+        `(learning_rate, budget)`.
+    """
+    if score_budget is not None and learning_rate is not None:
+        raise ValueError(
+            "Give a score budget or a learning rate, not both: each one sets the "
+            "learning rate."
+        )
+    if learning_rate is None:
+        if score_budget is None:
+            score_budget = DEFAULT_BUDGET
+        return learning_rate_for_budget(score_budget, total_steps, score_std=score_std), score_budget
+    schedule = LinearWarmupDecay(learning_rate, total_steps)
+    return learning_rate, budget(schedule, total_steps, score_std)
+
+
+def score_std(model):
+    """The std of all the scores of a wrapped model, pooled (B's denominator).
+
+    Read it right after `keras_mft.wrap`: that is the initial spread.
+    """
+    from keras_mft.bake import scores_of
+
+    scores = [values.reshape(-1) for values in scores_of(model).values()]
+    if not scores:
+        raise ValueError("The model has no masked layers: wrap it with `keras_mft.wrap` first.")
+    return float(np.std(np.concatenate(scores), dtype="float64"))
+
+
+def warn_if_small(budget, stacklevel=2):
+    """Warns that a run with `budget` below 0.05 will hardly change the masks."""
+    if budget < SMALL_BUDGET:
+        warnings.warn(
+            f"This run's score budget is B = {budget:.3g}: the scores can move at most "
+            f"{budget:.3g} times their initial spread, so the masks will stay close to "
+            "their initial ones. Raise the budget (more steps or a larger learning rate; "
+            "`keras-mft train --score-budget`, `learning_rate_for_budget`): the paper's "
+            f"runs had B = 0.23 to 0.47.",
+            stacklevel=stacklevel + 1,
+        )

@@ -1,0 +1,122 @@
+"""The paper's optimiser and loss, computed as its PyTorch run computes them.
+
+The paper's run trains with `torch.optim.AdamW` (betas 0.9 and 0.999, epsilon
+1e-8, weight decay 0), Hugging Face's linear warm-up and decay
+(`LinearWarmupDecay`), gradients clipped to a global norm of 1.0, and a loss
+averaged over the response tokens. Keras' own `AdamW` adds its epsilon to the
+square root of the second moment *before* bias correction; with MFT's score
+gradients of about 1e-6 that shrinks the first steps several times over, so
+`PaperAdamW` follows PyTorch's formula instead.
+"""
+
+import keras
+from keras import ops
+
+from keras_mft.schedules import LinearWarmupDecay
+
+# The paper's peak learning rate for MFT (and for its full fine-tuning).
+LEARNING_RATE = 2e-5
+# The paper's run clips the gradients' global norm at 1.0 (DeepSpeed's "auto").
+GLOBAL_CLIPNORM = 1.0
+
+
+@keras.saving.register_keras_serializable(package="keras_mft")
+class PaperAdamW(keras.optimizers.AdamW):
+    """AdamW as `torch.optim.AdamW` computes it: epsilon after bias correction.
+
+    Each step, for a gradient `g` at step `t` (counted from 1):
+
+        m = beta_1 * m + (1 - beta_1) * g
+        v = beta_2 * v + (1 - beta_2) * g**2
+        variable -= learning_rate / (1 - beta_1**t) * m
+                    / (sqrt(v) / sqrt(1 - beta_2**t) + epsilon)
+
+    Keras' `AdamW` divides by `sqrt(v) + epsilon` instead, which in these
+    terms is an epsilon of `epsilon / sqrt(1 - beta_2**t)`: 3.2e-6 at step 1
+    for Keras' 1e-7, larger than most of MFT's score gradients. Weight decay
+    is decoupled, as in both libraries. All other arguments are Keras'
+    (`global_clipnorm`, `gradient_accumulation_steps`, ...).
+
+    Args:
+        learning_rate: a float or a schedule such as `LinearWarmupDecay`.
+        weight_decay: decoupled weight decay; the paper uses 0.
+        beta_1, beta_2: the moments' decay rates.
+        epsilon: added to the bias-corrected `sqrt(v)`, as in PyTorch (1e-8).
+
+    Example:
+
+    ```python
+    optimizer = keras_mft.PaperAdamW(2e-5, global_clipnorm=1.0)
+    model.compile(optimizer=optimizer, loss=keras_mft.paper_loss())
+    ```
+    """
+
+    def __init__(
+        self,
+        learning_rate=LEARNING_RATE,
+        weight_decay=0.0,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        name="paper_adamw",
+        **kwargs,
+    ):
+        if kwargs.pop("amsgrad", False):
+            raise ValueError("PaperAdamW does not implement AMSGrad. Remove `amsgrad=True`.")
+        super().__init__(
+            learning_rate=learning_rate, weight_decay=weight_decay, beta_1=beta_1,
+            beta_2=beta_2, epsilon=epsilon, name=name, **kwargs,
+        )
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        learning_rate = ops.cast(learning_rate, dtype)
+        gradient = ops.cast(gradient, dtype)
+        step = ops.cast(self.iterations + 1, dtype)
+        index = self._get_variable_index(variable)
+        m, v = self._momentums[index], self._velocities[index]
+        self.assign(m, ops.add(ops.multiply(m, self.beta_1), ops.multiply(gradient, 1 - self.beta_1)))
+        self.assign(v, ops.add(ops.multiply(v, self.beta_2),
+                               ops.multiply(ops.square(gradient), 1 - self.beta_2)))
+        bias_correction_1 = 1 - ops.power(ops.cast(self.beta_1, dtype), step)
+        bias_correction_2 = 1 - ops.power(ops.cast(self.beta_2, dtype), step)
+        denominator = ops.add(ops.divide(ops.sqrt(v), ops.sqrt(bias_correction_2)), self.epsilon)
+        step_size = ops.divide(learning_rate, bias_correction_1)
+        self.assign_sub(variable, ops.divide(ops.multiply(m, step_size), denominator))
+
+
+def paper_optimizer(
+    total_steps, learning_rate=LEARNING_RATE, warmup_fraction=0.03,
+    global_clipnorm=GLOBAL_CLIPNORM,
+):
+    """The paper's optimiser: `PaperAdamW` with `LinearWarmupDecay`, clipped.
+
+    Args:
+        total_steps: the number of training steps of the run (the schedule
+            reaches 0 there).
+        learning_rate: the peak learning rate. To choose it from a score
+            budget instead, see `keras_mft.score_budget.learning_rate_for_budget`.
+        warmup_fraction: the share of the steps spent warming up.
+        global_clipnorm: the gradients' global norm is clipped to this; None
+            turns clipping off.
+    """
+    schedule = LinearWarmupDecay(learning_rate, total_steps, warmup_fraction)
+    return PaperAdamW(schedule, global_clipnorm=global_clipnorm)
+
+
+def paper_loss():
+    """Cross-entropy averaged over the tokens with weight 1 (the responses).
+
+    KerasHub's default `CausalLM` loss divides the weighted sum by every
+    position of the batch, prompt and padding included; Hugging Face and TRL
+    (and the paper's run) divide by the number of labelled tokens, so the loss
+    and its gradients do not shrink with the share of prompt tokens.
+    """
+    return keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction="mean_with_sample_weight"
+    )
+
+
+def compile_like_paper(model, optimizer):
+    """Compiles a `CausalLM` with `optimizer` and `paper_loss()`, keeping its sampler."""
+    model.compile(optimizer=optimizer, loss=paper_loss(), sampler=model.sampler)
