@@ -2,7 +2,6 @@
 
 import json
 
-import keras
 import keras_hub
 import numpy as np
 import pytest
