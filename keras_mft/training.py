@@ -46,8 +46,9 @@ class PaperAdamW(keras.optimizers.AdamW):
     Example:
 
     ```python
+    model = keras_mft.wrap(keras_mft.tiny_smollm2(), layers="0:2")
     optimizer = keras_mft.PaperAdamW(2e-5, global_clipnorm=1.0)
-    model.compile(optimizer=optimizer, loss=keras_mft.paper_loss())
+    model.compile(optimizer=optimizer, loss=keras_mft.paper_loss(), sampler=model.sampler)
     ```
     """
 
