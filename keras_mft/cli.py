@@ -99,22 +99,22 @@ def build_parser():
     demo.add_argument("--seq-len", type=_positive_int, default=256,
                       help="tokens per training sequence (default: %(default)s)")
     _learning_rate_arguments(demo)
-    demo.add_argument("--seed", type=int, default=0, help="seed of the initial scores (default: %(default)s)")
+    demo.add_argument("--seed", type=_seed, default=0, help="seed of the initial scores (default: %(default)s)")
 
     train = _command(commands, "train", run_train, "Learn masks for your model on prompt/response JSONL data.")
     _model_arguments(train)
     _data_arguments(train, sequence_length=512)
-    train.add_argument("--layers",
+    train.add_argument("--layers", type=_layers,
                        help="blocks to mask: a band 'start:stop', indices '1,5,9' or 'all' "
                             "(default: 0:4, or all blocks if the model has fewer)")
     train.add_argument("--targets",
                        help="projections to mask, comma-separated, e.g. 'q,v,down' "
                             "(default: all of the model's, q,k,v,o,gate,up,down for Llama)")
-    train.add_argument("--sparsity", type=float, default=0.1,
+    train.add_argument("--sparsity", type=_sparsity, default=0.1,
                        help="fraction of each matrix removed (default: %(default)s)")
     train.add_argument("--epochs", type=_positive_int, default=2, help="(default: %(default)s)")
     _learning_rate_arguments(train)
-    train.add_argument("--seed", type=int, default=0, help="seed of the initial scores (default: %(default)s)")
+    train.add_argument("--seed", type=_seed, default=0, help="seed of the initial scores (default: %(default)s)")
     train.add_argument("--out", default="keras-mft-train", help="output directory (default: %(default)s)")
     train.add_argument("--resume", action="store_true",
                        help="continue the interrupted run in --out from its last finished epoch")
@@ -189,6 +189,38 @@ def _positive_float(text):
     return value
 
 
+def _sparsity(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _layers(text):
+    """A band 'start:stop', 'all', or block indices '1,5,9' (checked against the model later)."""
+    if text == "all" or ":" in text:
+        return text
+    try:
+        return [int(index) for index in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"write a band 'start:stop', block indices '1,5,9' or 'all', got {text!r}"
+        ) from None
+
+
 def _peak_learning_rate(model, args, steps):
     """The peak learning rate from --lr, or from --score-budget; printed with B."""
     learning_rate, budget = budgets.peak_learning_rate(
@@ -223,10 +255,17 @@ def run_train(args):
         )
     if args.resume and not os.path.exists(backup_dir):
         raise CommandError(f"--resume: {args.out} holds no interrupted run to continue.")
+    finished = [name for name in ("masks.mask", "best.mask")
+                if os.path.exists(os.path.join(args.out, name))]
+    if finished and not args.resume:
+        raise CommandError(
+            f"{args.out} holds a finished run ({', '.join(finished)}): choose another --out, "
+            "or move those files away to train there again."
+        )
     records = read_jsonl(args.data)
-    model, tokenizer = _load_model(args.preset)
-    data = _dataset(tokenizer, records, args)
-    wrap(model, layers=_layers(args.layers), targets=args.targets.split(",") if args.targets else None,
+    model = _load_model(args.preset)
+    data = _dataset(_detach_tokenizer(model, args.preset), records, args)
+    wrap(model, layers=args.layers, targets=args.targets.split(",") if args.targets else None,
          sparsity=args.sparsity, seed=args.seed)
     steps = total_steps(data, args.batch_size, args.epochs)
     compile_like_paper(model, paper_optimizer(steps, _peak_learning_rate(model, args, steps)))
@@ -265,8 +304,8 @@ def run_train(args):
 
 def run_eval(args):
     records = read_jsonl(args.data)
-    model, tokenizer = _load_model(args.preset)
-    data = _dataset(tokenizer, records, args)
+    model = _load_model(args.preset)
+    data = _dataset(_detach_tokenizer(model, args.preset), records, args)
     if args.masks:
         apply_masks(model, args.masks)
     name = args.preset or EMBEDDED
@@ -276,7 +315,12 @@ def run_eval(args):
 
 
 def run_bake(args):
-    model, _ = _load_model(args.preset)
+    if os.path.exists(args.out) and not (os.path.isdir(args.out) and not os.listdir(args.out)):
+        raise CommandError(
+            f"--out {args.out} already exists and is not empty: bake writes a new preset and "
+            "never replaces files. Choose a new directory."
+        )
+    model = _load_model(args.preset)
     apply_masks(model, args.masks)
     bake(model)
     save_preset(model, args.out)
@@ -301,7 +345,7 @@ def run_inspect(args):
 
 
 def _load_model(preset):
-    """The model and its tokenizer; the model takes token ids."""
+    """The `CausalLM` of `preset` (default: the embedded SmolLM2), with its preprocessor."""
     if preset is None:
         model = smollm2_135m_instruct()
     else:
@@ -314,11 +358,16 @@ def _load_model(preset):
                 "preset handle or a local directory holding a KerasHub preset or a "
                 "Hugging Face checkpoint."
             ) from None
+    return model
+
+
+def _detach_tokenizer(model, preset):
+    """Returns the model's tokenizer and detaches its preprocessor: it then takes token ids."""
     if model.preprocessor is None:
         raise CommandError(f"the preset {preset!r} has no tokenizer; keras-mft needs one to read the data.")
     tokenizer = model.preprocessor.tokenizer
     model.preprocessor = None
-    return model, tokenizer
+    return tokenizer
 
 
 def _dataset(tokenizer, records, args):
@@ -327,13 +376,3 @@ def _dataset(tokenizer, records, args):
         tokenizer, records, sequence_length=args.seq_len, template=template
     )
 
-
-def _layers(text):
-    if text is None or text == "all" or ":" in text:
-        return text
-    try:
-        return [int(index) for index in text.split(",")]
-    except ValueError:
-        raise CommandError(
-            f"--layers {text!r}: write a band 'start:stop', block indices '1,5,9' or 'all'."
-        ) from None

@@ -134,6 +134,8 @@ def wrap(
         )
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"`seed` must be an int or None. Received: seed={seed!r}")
+    if seed is not None and seed < 0:
+        raise ValueError(f"`seed` must be a non-negative int or None. Received: seed={seed!r}")
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % 2**32)
 
@@ -241,8 +243,13 @@ def parse_targets(targets, layer_names):
         targets = [targets]
     alias_of = {alias: alias for alias in layer_names}
     alias_of.update({name: alias for alias, name in layer_names.items()})
+    if not targets:
+        raise ValueError(
+            f"`targets` is empty: name at least one projection, from the aliases "
+            f"{list(layer_names)} or the KerasHub layer names {list(layer_names.values())}."
+        )
     unknown = [t for t in targets if t not in alias_of]
-    if unknown or not targets:
+    if unknown:
         raise ValueError(
             f"Unknown targets {unknown}. This model's projections are the "
             f"aliases {list(layer_names)} or the KerasHub layer names "

@@ -15,6 +15,7 @@ from keras_mft import cli
 from keras_mft import smollm2
 from tests.conftest import logits_of
 from tests.conftest import token_batch
+from tests.conftest import to_numpy
 
 RECORDS = [
     {"prompt": "What is 2 + 3?", "response": "2 + 3 = 5.\n#### 5"},
@@ -117,11 +118,29 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
     expected = keras_mft.evaluation.response_loss(reference, (x, y, weights))
     assert f"{expected['loss']:.4f}" in stdout
 
+    # A second run into a finished one would replace its results.
+    finished = open(masks, "rb").read()
+    line = error_line(capsys, "train", "--preset", preset, "--data", data_file, "--out", out)
+    assert "holds a finished run (masks.mask, best.mask): choose another --out" in line
+    assert open(masks, "rb").read() == finished
+
     baked = str(tmp_path / "baked")
     status, _, _ = run(capsys, "bake", "--preset", preset, "--masks", masks, "--out", baked)
     assert status == 0
     reloaded = keras_hub.models.CausalLM.from_preset(baked)
     assert reloaded.backbone.tie_word_embeddings
+    # The baked preset keeps its tokenizer: it reads text and generates.
+    assert reloaded.preprocessor is not None
+    original = keras_hub.models.CausalLM.from_preset(preset).preprocessor.tokenizer
+    np.testing.assert_array_equal(to_numpy(reloaded.preprocessor.tokenizer("2 + 3")),
+                                  to_numpy(original("2 + 3")))
+    # An output never replaces an input, nor an earlier output.
+    preset_files = {name: open(os.path.join(preset, name), "rb").read() for name in os.listdir(preset)
+                    if os.path.isfile(os.path.join(preset, name))}
+    for existing in (preset, baked):
+        line = error_line(capsys, "bake", "--preset", preset, "--masks", masks, "--out", existing)
+        assert f"--out {existing} already exists and is not empty" in line
+    assert preset_files == {name: open(os.path.join(preset, name), "rb").read() for name in preset_files}
     batch = token_batch(sequence_length=6)
     np.testing.assert_allclose(
         logits_of(reloaded, batch), logits_of(reference, batch), rtol=1e-5, atol=1e-5)
@@ -161,6 +180,15 @@ def test_argument_errors_are_one_line(capsys, tmp_path):
         capsys, "train", "--data", data_file, "--score-budget", "0.4", "--lr", "1e-3", status=2)
     assert "--score-budget: expected a positive number, got '0'" in error_line(
         capsys, "demo", "--score-budget", "0", status=2)
+    for bad in ("nan", "inf", "-1"):
+        assert f"--lr: expected a positive number, got '{bad}'" in error_line(
+            capsys, "train", "--data", data_file, f"--lr={bad}", status=2)
+    assert "--sparsity: expected a fraction in [0, 1), got '1'" in error_line(
+        capsys, "train", "--data", data_file, "--sparsity", "1", status=2)
+    assert "--seed: expected a non-negative integer, got '-1'" in error_line(
+        capsys, "train", "--data", data_file, "--seed=-1", status=2)
+    assert "--layers: write a band 'start:stop'" in error_line(
+        capsys, "train", "--data", data_file, "--layers", "x", status=2)
 
 
 def test_input_errors_are_one_line(capsys, tmp_path, preset, data_file):
@@ -171,8 +199,6 @@ def test_input_errors_are_one_line(capsys, tmp_path, preset, data_file):
     broken.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n', "utf-8")
     assert "broken.jsonl, line 2" in error_line(
         capsys, "eval", "--preset", preset, "--data", str(broken))
-    assert "sparsity" in error_line(
-        capsys, "train", "--preset", preset, "--data", data_file, "--sparsity", "1.5")
     assert "selects no valid blocks" in error_line(
         capsys, "train", "--preset", preset, "--data", data_file, "--layers", "2:9")
     assert "Unknown targets ['mlp']" in error_line(

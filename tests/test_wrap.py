@@ -108,7 +108,7 @@ def test_default_band_is_all_blocks_when_fewer_than_four(model):
         ({"layers": [1, 1]}, ValueError, "twice"),
         ({"layers": 2}, TypeError, "band like '20:24'"),
         ({"targets": ["q", "qq"]}, ValueError, r"Unknown targets \['qq'\]"),
-        ({"targets": []}, ValueError, "Unknown targets"),
+        ({"targets": []}, ValueError, "`targets` is empty: name at least one projection"),
         ({"sparsity": 1.0}, ValueError, r"\[0, 1\)"),
         ({"sparsity": -0.1}, ValueError, r"\[0, 1\)"),
         ({"sparsity": float("nan")}, ValueError, r"\[0, 1\)"),
@@ -116,6 +116,7 @@ def test_default_band_is_all_blocks_when_fewer_than_four(model):
         ({"mlp_sparsity": -0.5}, ValueError, "mlp_sparsity"),
         ({"score_init": "zeros"}, ValueError, "score_init"),
         ({"seed": 1.5}, TypeError, "seed"),
+        ({"seed": -1}, ValueError, "non-negative"),
     ],
 )
 def test_bad_arguments_are_refused_and_change_nothing(model, kwargs, error, message):
