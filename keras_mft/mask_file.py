@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import struct
 import tempfile
 
@@ -267,11 +268,15 @@ def _write_atomically(path, data):
     directory = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-mask-")
     try:
-        # mkstemp creates the file readable by its owner only; give it the
-        # permissions `open` would, so the mask file can be shared.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
+        # mkstemp creates the file readable by its owner only. A file saved
+        # again keeps its permissions; a new one gets those `open` would give.
+        if os.path.isfile(path):
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(temporary, mode)
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()

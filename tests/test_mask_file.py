@@ -219,3 +219,10 @@ def test_saved_file_has_the_usual_permissions(saved):
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_saving_again_keeps_the_file_permissions(saved):
+    model, path = saved
+    os.chmod(path, 0o600)
+    keras_mft.save_masks(model, path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
