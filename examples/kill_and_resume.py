@@ -3,9 +3,10 @@ Title: Kill a training run and resume it to the same masks
 Description: `keras-mft train` killed with SIGKILL in the middle of training,
 then continued with `--resume`, ends with the masks of an uninterrupted run.
 
-`keras-mft train` keeps a Keras `BackupAndRestore` backup of the whole
-training state (scores, optimizer, step) in `OUT/backup/`, written at the end
-of every epoch. This script trains three times on the same GSM8K problems
+`keras-mft train` keeps a backup of the whole training state (scores,
+optimizer, step) in `OUT/backup/latest/`, written at the end of every epoch by
+`keras_mft.CrashSafeBackupAndRestore`, Keras' `BackupAndRestore` made safe
+against a kill while it writes. This script trains three times on the same GSM8K problems
 with the same seed:
 
 1. without interruption;
@@ -72,7 +73,7 @@ def main():
 
     interrupted = os.path.join(work, "interrupted")
     process = train(interrupted, args.preset, args.backend, data)
-    metadata = os.path.join(interrupted, "backup", "training_metadata.json")
+    metadata = os.path.join(interrupted, "backup", "latest", "training_metadata.json")
     while not os.path.exists(metadata) and process.poll() is None:
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)

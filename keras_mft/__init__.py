@@ -4,6 +4,7 @@ from keras_mft import evaluation
 from keras_mft import plot
 from keras_mft import protocol
 from keras_mft import score_budget
+from keras_mft.backup import CrashSafeBackupAndRestore
 from keras_mft.bake import bake
 from keras_mft.bake import masks_of
 from keras_mft.bake import scores_of
@@ -28,6 +29,7 @@ from keras_mft.version import __version__
 from keras_mft.wrap import wrap
 
 __all__ = [
+    "CrashSafeBackupAndRestore",
     "LinearWarmupDecay",
     "MaskFineTuner",
     "MaskedDense",

@@ -23,6 +23,7 @@ import keras_hub
 
 from keras_mft import evaluation
 from keras_mft import plot
+from keras_mft.backup import CrashSafeBackupAndRestore
 from keras_mft.bake import bake
 from keras_mft.bake import masks_of
 from keras_mft.chat_templates import TEMPLATES
@@ -276,9 +277,9 @@ def run_train(args):
         on_train_batch_end=lambda batch, logs: losses.append(float(logs["loss"]))
     )
     tuner = MaskFineTuner(snapshot_dir=args.out, monitor="loss")
-    # BackupAndRestore saves the whole training state at each epoch's end and,
-    # after an interruption, restarts from there: the same steps follow.
-    backup = keras.callbacks.BackupAndRestore(backup_dir)
+    # The whole training state is backed up at each epoch's end and, after an
+    # interruption, training restarts from there: the same steps follow.
+    backup = CrashSafeBackupAndRestore(backup_dir)
     x, y, sample_weight = data
     history = model.fit(
         x, y, sample_weight=sample_weight, batch_size=args.batch_size,

@@ -1,0 +1,64 @@
+"""`CrashSafeBackupAndRestore`: Keras' `BackupAndRestore`, safe against a kill while it saves."""
+
+import json
+import os
+import shutil
+
+import keras
+
+
+class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` whose backup is always whole.
+
+    Keras writes `latest.weights.h5` and `training_metadata.json` in place, so
+    a process killed while it writes them leaves a backup that can neither be
+    resumed nor trusted. This callback writes each backup into
+    `backup_dir/next/`, flushes it to disk, and only then renames it to
+    `backup_dir/latest/` (the backup it replaces is moved aside first and
+    deleted last). At any moment, `latest/` or the moved-aside `previous/`
+    holds a complete backup, and resuming picks it up.
+
+    A backup that cannot be read all the same (a disk error, a file edited by
+    hand) raises a `ValueError` that names it and says what to do.
+
+    Args are those of `keras.callbacks.BackupAndRestore`, except
+    `double_checkpoint`, which this makes unnecessary.
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
+        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=delete_checkpoint)
+        self._latest = os.path.join(backup_dir, "latest")
+        self._next = os.path.join(backup_dir, "next")
+        self._previous = os.path.join(backup_dir, "previous")
+        # The parent's `_load_model` reads these paths.
+        self._weights_path = os.path.join(self._latest, "latest.weights.h5")
+        self._training_metadata_path = os.path.join(self._latest, "training_metadata.json")
+
+    def on_train_begin(self, logs=None):
+        if not os.path.isdir(self._latest) and os.path.isdir(self._previous):
+            os.rename(self._previous, self._latest)  # killed between the two renames
+        try:
+            self._load_model()
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(
+                f"The training backup in {self.backup_dir} is damaged and cannot be resumed "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+                f"Delete {self.backup_dir} to train from the start."
+            ) from None
+
+    def _save_model(self):
+        shutil.rmtree(self._next, ignore_errors=True)
+        os.makedirs(self._next)
+        weights = os.path.join(self._next, "latest.weights.h5")
+        self.model.save_weights(weights)
+        metadata = os.path.join(self._next, "training_metadata.json")
+        with open(metadata, "w", encoding="utf-8") as file:
+            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen}, file)
+        for path in (weights, metadata):
+            with open(path, "rb") as file:
+                os.fsync(file.fileno())
+        shutil.rmtree(self._previous, ignore_errors=True)
+        if os.path.isdir(self._latest):
+            os.rename(self._latest, self._previous)
+        os.rename(self._next, self._latest)
+        shutil.rmtree(self._previous, ignore_errors=True)
