@@ -41,6 +41,8 @@ def read_jsonl(path):
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{where} is not valid JSON: {error.msg}.") from None
+            except RecursionError:
+                raise ValueError(f"{where} is nested too deeply to be a record.") from None
             prompt, response = _fields(record, where)
             prompts.append(prompt)
             responses.append(response)
@@ -61,6 +63,14 @@ def _fields(record, where):
     prompt, response = record["prompt"], record["response"]
     if not isinstance(prompt, str) or not isinstance(response, str):
         raise ValueError(f"{where}: 'prompt' and 'response' must be strings.")
+    for name, text in (("prompt", prompt), ("response", response)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"{where}: the {name} holds {text[error.start]!r}, half of a surrogate "
+                "pair, which is not text. Fix its \\u escape."
+            ) from None
     if not response.strip():
         raise ValueError(
             f"{where} has an empty response: there is nothing to learn from it. "

@@ -289,8 +289,6 @@ def _write_atomically(path, data):
 
 def _read_records(path):
     """Reads and validates a mask file: {kernel path: record with `bits`}."""
-    with open(path, "rb") as file:
-        data = file.read()
 
     def refuse(problem):
         return ValueError(
@@ -298,7 +296,17 @@ def _read_records(path):
             "again with `keras_mft.save_masks`."
         )
 
+    # Only a regular file has a size to bound the read: a device, a pipe or a
+    # socket could be read forever.
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(
+            f"{path} is not a regular file (a directory, device, pipe or socket): "
+            "give the path of a mask file."
+        )
     prefix = len(MAGIC) + _LENGTH.size
+    with open(path, "rb") as file:
+        data = file.read(info.st_size)
     if len(data) < prefix + _DIGEST_BYTES or not data.startswith(MAGIC):
         raise refuse("it does not start with the keras-mft mask header")
     body, digest = data[:-_DIGEST_BYTES], data[-_DIGEST_BYTES:]
@@ -311,31 +319,29 @@ def _read_records(path):
         header = json.loads(body[prefix : prefix + header_length])
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise refuse("its header is not JSON") from None
+    except RecursionError:
+        raise refuse("its header is nested too deeply") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise refuse(
             f"it has format {header.get('format') if isinstance(header, dict) else None!r}, "
             f"and this keras-mft ({__version__}) reads format {FORMAT}"
         )
+    masks = header.get("masks")
+    if not isinstance(masks, list) or not masks:
+        raise refuse("its header lists no masks")
     payload = body[prefix + header_length :]
     records = {}
     expected_offset = 0
-    for record in header.get("masks", []):
-        try:
-            shape = [int(n) for n in record["shape"]]
-            offset, nbytes = int(record["offset"]), int(record["nbytes"])
-            kernel_path = str(record["path"])
-            record["sparsity"] = float(record["sparsity"])
-            record["selection"] = record.get("selection", "per_matrix")
-            parse_selection(record["selection"])
-        except (KeyError, TypeError, ValueError):
-            raise refuse("a mask record is incomplete") from None
-        size = math.prod(shape)
+    for record in masks:
+        record = _checked_record(record, refuse)
+        kernel_path, shape = record["path"], record["shape"]
+        offset, nbytes, size = record["offset"], record["nbytes"], math.prod(shape)
         if (
-            any(n <= 0 for n in shape)
-            or offset != expected_offset
+            offset != expected_offset
             or nbytes != (size + 7) // 8
             or offset + nbytes > len(payload)
             or kernel_path in records
+            or record["num_removed"] > size
         ):
             raise refuse(f"the record of {kernel_path} is inconsistent")
         packed = np.frombuffer(payload, np.uint8, count=nbytes, offset=offset)
@@ -345,3 +351,41 @@ def _read_records(path):
     if expected_offset != len(payload):
         raise refuse("its payload length does not match its header")
     return records
+
+
+def _checked_record(record, refuse):
+    """One mask record with every field present and of its type, or a refusal."""
+
+    def natural(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    try:
+        checked = {
+            "path": record["path"],
+            "shape": list(record["shape"]),
+            "sparsity": record["sparsity"],
+            "selection": record.get("selection", "per_matrix"),
+            "num_removed": record["num_removed"],
+            "kernel_sha256": record["kernel_sha256"],
+            "offset": record["offset"],
+            "nbytes": record["nbytes"],
+        }
+        valid = (
+            isinstance(checked["path"], str)
+            and checked["shape"] and all(natural(n) and n > 0 for n in checked["shape"])
+            and isinstance(checked["sparsity"], (int, float))
+            and not isinstance(checked["sparsity"], bool)
+            and 0.0 <= checked["sparsity"] < 1.0
+            and isinstance(checked["selection"], str)
+            and natural(checked["num_removed"])
+            and isinstance(checked["kernel_sha256"], str) and len(checked["kernel_sha256"]) == 64
+            and natural(checked["offset"]) and natural(checked["nbytes"])
+        )
+        if valid:
+            parse_selection(checked["selection"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        valid = False
+    if not valid:
+        raise refuse("a mask record is incomplete or has a field of the wrong type")
+    checked["sparsity"] = float(checked["sparsity"])
+    return checked

@@ -105,6 +105,8 @@ def test_read_jsonl(tmp_path):
         (b'{"prompt": "a", \n', "not valid JSON"),
         (b'["a", "b"]\n', "expected an object"),
         (b"\n", "holds no records"),
+        (b"[" * 100_000 + b"]" * 100_000 + b"\n", "line 1 is nested too deeply"),
+        (b'{"prompt": "\\ud800", "response": "b"}\n', r"line 1: the prompt holds '\\ud800', half of a surrogate pair"),
     ],
 )
 def test_read_jsonl_errors(tmp_path, content, message):

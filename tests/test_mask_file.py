@@ -165,12 +165,18 @@ def set_first(key, value):
     [
         (lambda header: header.update(format=2), "it has format 2, and this keras-mft"),
         (set_first("shape", [2**40, 2**40]), "is inconsistent"),
-        (set_first("shape", [-4, 8]), "is inconsistent"),
+        (set_first("shape", [-4, 8]), "is incomplete"),
         (set_first("shape", "float32"), "is incomplete"),
         (set_first("nbytes", 2**62), "is inconsistent"),
-        (set_first("offset", -1), "is inconsistent"),
+        (set_first("offset", -1), "is incomplete"),
         (set_first("sparsity", "a lot"), "is incomplete"),
         (lambda header: header["masks"][0].pop("path"), "is incomplete"),
+        (lambda header: header["masks"][0].pop("kernel_sha256"), "is incomplete"),
+        (set_first("num_removed", "many"), "is incomplete"),
+        (set_first("num_removed", 10**9), "is inconsistent"),
+        (lambda header: header.update(masks=[]), "lists no masks"),
+        (lambda header: header.update(masks=7), "lists no masks"),
+        (lambda header: header.update(masks=[7]), "is incomplete"),
     ],
 )
 def test_refuses_hostile_headers_before_allocating(saved, change, message, monkeypatch):
@@ -185,6 +191,26 @@ def test_refuses_hostile_headers_before_allocating(saved, change, message, monke
     assert_unchanged(model, before)
     # Records are checked in file order: the damaged first one is never unpacked.
     assert not unpacked
+
+
+def test_refuses_a_header_nested_too_deeply(saved):
+    _, path = saved
+    encoded = b'{"format": 1, "masks": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    body = mask_file.MAGIC + mask_file._LENGTH.pack(len(encoded)) + encoded
+    path.write_bytes(body + hashlib.sha256(body).digest())
+    for read in (keras_mft.describe_masks, lambda p: keras_mft.load_masks(wrapped(seed=5), p)):
+        with pytest.raises(ValueError, match="nested too deeply"):
+            read(path)
+
+
+@pytest.mark.backend_independent
+def test_refuses_what_is_not_a_regular_file(tmp_path):
+    fifo, zero = tmp_path / "fifo.mask", tmp_path / "zero.mask"
+    os.mkfifo(fifo)
+    os.symlink("/dev/zero", zero)
+    for path in (fifo, zero, tmp_path):
+        with pytest.raises(ValueError, match="is not a regular file"):
+            keras_mft.describe_masks(path)
 
 
 KEEP_SAVING = """
