@@ -8,6 +8,7 @@ template, tokenizes, packs and returns `(x, y, sample_weight)` arrays for
 """
 
 import json
+import warnings
 
 import numpy as np
 
@@ -126,6 +127,7 @@ def instruction_dataset(
         )
     examples = tokenize_examples(tokenizer, template, prompts, responses, system)
     window = sequence_length + 1
+    _warn_about_lengths(examples, window, pack)
     if pack:
         ids = np.concatenate([ids for ids, _ in examples])
         weights = np.concatenate([weights for _, weights in examples])
@@ -145,6 +147,28 @@ def instruction_dataset(
     y = token_ids[:, 1:]
     sample_weight = token_weights[:, 1:] * present[:, 1:]
     return x, y, sample_weight
+
+
+def _warn_about_lengths(examples, window, pack):
+    """Says when examples do not fit a sequence, or when almost no token carries loss."""
+    long = sum(len(ids) > window for ids, _ in examples)
+    if long:
+        what = ("spill over into the next sequence: their responses are learned without "
+                "all of their prompts" if pack else "were cut at the end: their response "
+                "tokens past it are lost")
+        warnings.warn(
+            f"{long} of {len(examples)} examples are longer than sequence_length "
+            f"({window - 1} tokens) and {what}. Raise `sequence_length` or shorten them.",
+            stacklevel=3,
+        )
+    weighted = sum(float(np.sum(weights[:window] if not pack else weights)) for _, weights in examples)
+    total = sum(min(len(ids), window) if not pack else len(ids) for ids, _ in examples)
+    if weighted < 0.01 * total:
+        warnings.warn(
+            f"Only {weighted:.0f} of {total} tokens ({weighted / total:.2%}) are response "
+            "tokens that carry loss: training would spend almost all of its time on prompts.",
+            stacklevel=3,
+        )
 
 
 def tokenize_examples(tokenizer, template, prompts, responses, system=None):

@@ -1,6 +1,7 @@
 """Instruction data: chat templates, packing and response-only weights."""
 
 import json
+import warnings
 
 import keras
 import keras_hub
@@ -55,6 +56,18 @@ def test_packing_fills_sequences(tokenizer):
     x, _, _ = instruction_dataset(tokenizer, DATA, sequence_length=16)
     assert x["token_ids"].shape[1] == 16
     assert np.all(x["padding_mask"][:-1])
+
+
+def test_warns_about_long_examples_and_little_loss(tokenizer):
+    with pytest.warns(UserWarning, match=r"examples are longer than sequence_length \(8 tokens\) and were cut"):
+        instruction_dataset(tokenizer, DATA, sequence_length=8, pack=False)
+    with pytest.warns(UserWarning, match="spill over into the next sequence"):
+        instruction_dataset(tokenizer, DATA, sequence_length=8)
+    with pytest.warns(UserWarning, match="are response tokens that carry loss"):
+        instruction_dataset(tokenizer, {"prompts": ["x" * 3000], "responses": ["y"]}, sequence_length=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        instruction_dataset(tokenizer, DATA, sequence_length=512)
 
 
 def test_system_prompt(tokenizer):
