@@ -1,22 +1,34 @@
-"""The MFT paper's comparison at small scale: SmolLM2-135M-Instruct on GSM8K.
+"""Does MFT help a fine-tuned model? The pre-registered comparison of docs/reproduction.md.
 
-The paper fully fine-tunes a model (FFT), then learns masks on the fine-tuned
-model with the same data and loss, and compares with continued FFT, untrained
-random and L1-magnitude masks, LoRA, and MFT without the FFT stage. This
-script runs every arm on the embedded model and GSM8K problems from PyPI
-(`keras_mft.gsm8k`), plus the paper's two ablations (which band of 4 blocks,
-which sparse ratio), and reports the held-out response loss, token accuracy
-and greedy exact-match accuracy of each.
+SmolLM2-135M-Instruct (embedded) is fully fine-tuned (FFT) on GSM8K problems
+from PyPI, then each arm starts from it (or from the base model) and is scored
+on every held-out problem alone: the mean response loss and token accuracy of
+each problem, so that arms are compared problem by problem. The arms, in the
+order they run (the most important first):
+
+    fft                          full fine-tuning of the base model, 2 epochs
+    mft/seed{0..4}               FFT + MFT at the paper's score budget (B = 0.47)
+    mft_literal/seed0            FFT + MFT at the paper's literal learning rate (2e-5)
+    continued_fft/seed{0,1,2}    FFT + 2 more epochs of FFT
+    l1_mask, random_mask         FFT + an untrained mask
+    mft_magnitude/seed{0..4}     FFT + MFT from magnitude-initialised scores, B = 0.47
+    dose/B{0.05,0.15,1.5}        FFT + MFT at other budgets (seed 0; 0.47 is mft/seed0)
+    lora_from_fft/lr{...}        FFT + LoRA (rank 64, alpha 16) at three learning rates
+    lora_from_base               LoRA from the base model, at the rate chosen on validation
+    base                         the base model, for context
+
+Every arm is also scored on a validation part of the training problems; the
+dose-response and LoRA's learning rate are read from it, never from the
+held-out problems.
 
 Each arm's result is written to `--results` (one JSON file per arm) as soon
 as it is measured, and arms already there are skipped, so the run can be
-stopped and continued, or split over several invocations with `--arms`. The
-arms after `fft` start from the FFT weights kept in `--weights`; if those are
-gone, FFT is trained again first. `--report` only prints the tables and draws
-the plots.
+stopped and continued, or split with `--arms`. Results measured with other
+settings or another backend are refused, not mixed. `--report` prints the
+tables and draws the forest plot and the dose-response plot.
 
-    KERAS_BACKEND=tensorflow python benchmarks/reproduce.py           # every arm, about 3.2 hours on 2 cores
-    KERAS_BACKEND=tensorflow python benchmarks/reproduce.py --arms base,fft
+    KERAS_BACKEND=tensorflow python benchmarks/reproduce.py            # every arm not yet measured
+    KERAS_BACKEND=tensorflow python benchmarks/reproduce.py --arms fft,mft/seed0
     python benchmarks/reproduce.py --report
 """
 
@@ -24,7 +36,6 @@ import argparse
 import hashlib
 import json
 import pathlib
-import statistics
 import time
 
 import keras
@@ -37,54 +48,79 @@ from keras_mft import smollm2
 
 SETTINGS = {
     "model": "smollm2_135m_instruct",  # --fast: "tiny", keras_mft.tiny_smollm2()
-    "train_problems": 320,  # the first of keras_mft.gsm8k("train")
-    "held_out_problems": 128,  # the first of keras_mft.gsm8k("held_out"), for the loss
-    "exact_match_problems": 32,  # the first of those, answered greedily
-    "max_new_tokens": 256,
-    "sequence_length": 256,
+    "train_problems": 640,  # problems 0-639 of keras_mft.gsm8k("train")
+    "validation_problems": 160,  # problems 640-799 of it
+    "held_out_problems": 319,  # all of keras_mft.gsm8k("held_out")
+    "sequence_length": 512,  # training sequences, packed: each holds the longest problem
+    "score_length": 512,  # scored problems, one per row: holds the longest
     "batch_size": 8,
-    "fft_epochs": 2,  # the FFT stage, and LoRA from the base model
-    "epochs": 1,  # every arm that starts from the FFT model, and MFT from base
+    "epochs": 2,  # every training arm
     "band": "4:8",  # the paper's best band for math on LLaMA2-7B
     "sparsity": 0.1,
-    "learning_rate": 2e-5,
+    "score_budget": 0.47,  # the paper's math run
+    "learning_rate": 2e-5,  # FFT, continued FFT, and MFT at the literal rate
     "lora_rank": 64,
     "lora_alpha": 16,
+    "optimizer": "paper_adamw",  # keras_mft.protocol.paper_optimizer and paper_loss
 }
-SEEDS = (0, 1, 2)
-BANDS = ("0:4", "4:8", "13:17", "26:30")
-RATIOS = (0.01, 0.05, 0.1, 0.2)
+MFT_SEEDS = (0, 1, 2, 3, 4)
+CONTINUED_SEEDS = (0, 1, 2)
+BUDGETS = (0.05, 0.15, 0.47, 1.5)
+LORA_LEARNING_RATES = (1e-4, 3e-4, 1e-3)
+BOOTSTRAP_RESAMPLES = 10_000
 
 
 def arm_names():
-    """Every arm, in the order they run; those after `fft` start from it."""
-    names = ["base", "fft"]
-    names += [f"fft+mft/seed{seed}" for seed in SEEDS]
-    names += [f"fft+continued_fft/seed{seed}" for seed in SEEDS]
-    names += ["fft+random_mask", "fft+l1_mask", "lora", "mft_from_base"]
-    names += [f"fft+mft/band{band}" for band in BANDS if band != SETTINGS["band"]]
-    names += [f"fft+mft/ratio{ratio}" for ratio in RATIOS if ratio != SETTINGS["sparsity"]]
+    """Every arm, in the order they run."""
+    names = ["fft"]
+    names += [f"mft/seed{seed}" for seed in MFT_SEEDS]
+    names += ["mft_literal/seed0"]
+    names += [f"continued_fft/seed{seed}" for seed in CONTINUED_SEEDS]
+    names += ["l1_mask", "random_mask"]
+    names += [f"mft_magnitude/seed{seed}" for seed in MFT_SEEDS]
+    names += [f"dose/B{budget}" for budget in BUDGETS if budget != SETTINGS["score_budget"]]
+    names += [f"lora_from_fft/lr{rate}" for rate in LORA_LEARNING_RATES]
+    names += ["lora_from_base", "base"]
     return names
 
 
+class ScoreTravel(keras.callbacks.Callback):
+    """How far the scores moved: the median |change| over the initial std."""
+
+    def on_train_begin(self, logs=None):
+        self.initial = np.concatenate([s.ravel() for s in keras_mft.scores_of(self.model).values()])
+
+    def on_train_end(self, logs=None):
+        final = np.concatenate([s.ravel() for s in keras_mft.scores_of(self.model).values()])
+        self.median = float(np.median(np.abs(final - self.initial)) / np.std(self.initial))
+
+
 class Experiment:
-    """The data, the cache and the base model shared by every arm."""
+    """The data, the cache and the models shared by every arm."""
 
     def __init__(self, results, weights, settings):
         self.results = pathlib.Path(results)
         self.results.mkdir(parents=True, exist_ok=True)
         self.fft_weights = pathlib.Path(weights) / "fft_backbone.weights.h5"
         self.fft_weights.parent.mkdir(parents=True, exist_ok=True)
-        self.settings = settings
+        self.settings = s = settings
         self.key = settings_key(settings)
         # Both models, full and tiny, use the tokenizer stored in SmolLM2's file.
         self.tokenizer = smollm2.tokenizer_from_gguf(smollm2.gguf_reader())
-        train = first(keras_mft.gsm8k("train"), settings["train_problems"])
-        held_out = first(keras_mft.gsm8k("held_out"), settings["held_out_problems"])
-        length = settings["sequence_length"]
-        self.train = keras_mft.instruction_dataset(self.tokenizer, train, sequence_length=length)
-        self.held_out = keras_mft.instruction_dataset(self.tokenizer, held_out, sequence_length=length)
-        self.questions = first(held_out, settings["exact_match_problems"])
+        problems = keras_mft.gsm8k("train")
+        train = part(problems, 0, s["train_problems"])
+        validation = part(problems, s["train_problems"], s["train_problems"] + s["validation_problems"])
+        held_out = part(keras_mft.gsm8k("held_out"), 0, s["held_out_problems"])
+        self.train = keras_mft.instruction_dataset(
+            self.tokenizer, train, sequence_length=s["sequence_length"])
+        self.scored = {
+            name: keras_mft.instruction_dataset(
+                self.tokenizer, data, sequence_length=s["score_length"], pack=False)
+            for name, data in (("validation", validation), ("held_out", held_out))
+        }
+        for name, (x, _, _) in self.scored.items():
+            if x["padding_mask"][:, -1].any():
+                raise SystemExit(f"A {name} problem is longer than score_length: raise it.")
 
     def result_path(self, arm):
         return self.results / f"{arm.replace('/', '_')}.json"
@@ -94,7 +130,7 @@ class Experiment:
         if not path.exists():
             return None
         record = json.loads(path.read_text(encoding="utf-8"))
-        if record["settings_key"] != self.key:
+        if record.get("settings_key") != self.key:
             raise SystemExit(
                 f"{path} was measured with other settings or another backend. Use "
                 "another --results directory, or delete that file to measure again."
@@ -102,29 +138,15 @@ class Experiment:
         return record
 
     def load_model(self):
-        if self.settings["model"] == "tiny":
-            return keras_mft.tiny_smollm2()
-        return keras_mft.smollm2_135m_instruct()
-
-    def base_model(self):
-        model = self.load_model()
+        model = keras_mft.tiny_smollm2() if self.settings["model"] == "tiny" else keras_mft.smollm2_135m_instruct()
         model.preprocessor = None  # the data is already tokenized
-        return model
-
-    def fine_tune(self):
-        """The FFT stage, from the base model; its weights are kept for later arms."""
-        model = self.base_model()
-        s = self.settings
-        protocol.full_fine_tune(model, self.train, epochs=s["fft_epochs"], batch_size=s["batch_size"],
-                                learning_rate=s["learning_rate"], verbose=0)
-        model.backbone.save_weights(self.fft_weights)
         return model
 
     def fft_model(self):
         if not self.fft_weights.exists():
             print(f"No FFT weights in {self.fft_weights}: training FFT first.", flush=True)
-            self.fine_tune()
-        model = self.base_model()
+            self.run("fft")
+        model = self.load_model()
         model.backbone.load_weights(self.fft_weights)
         return model
 
@@ -134,60 +156,67 @@ class Experiment:
         x, y, weights = self.train
         return {key: value[order] for key, value in x.items()}, y[order], weights[order]
 
-    def evaluate(self, model):
-        s = self.settings
-        metrics = evaluation.response_loss(model, self.held_out, s["batch_size"])
-        metrics.update(evaluation.exact_match(
-            model, self.tokenizer, self.questions["prompts"], self.questions["responses"],
-            template="chatml", end_token="<|im_end|>", max_new_tokens=s["max_new_tokens"],
-            batch_size=s["batch_size"],
-        ))
-        return metrics
+    def lora_learning_rate(self):
+        """The LoRA learning rate with the lowest validation loss, from FFT."""
+        losses = {}
+        for rate in LORA_LEARNING_RATES:
+            record = self.cached(f"lora_from_fft/lr{rate}") or self.run(f"lora_from_fft/lr{rate}")
+            losses[rate] = np.mean(record["validation"]["loss"])
+        return min(losses, key=losses.get)
 
     def run(self, arm):
-        """Trains and evaluates `arm`, and caches its result."""
+        """Trains and scores `arm`, and writes its result."""
         s = self.settings
-        train = {"batch_size": s["batch_size"], "learning_rate": s["learning_rate"], "verbose": 0}
-        start = time.time()
-        mft = {"layers": s["band"], "sparsity": s["sparsity"], "seed": 0, "epochs": s["epochs"]}
+        train = {"batch_size": s["batch_size"], "epochs": s["epochs"], "verbose": 0}
+        band = {"layers": s["band"], "sparsity": s["sparsity"]}
         name, _, variant = arm.partition("/")
+        start = time.time()
+        extra = {}
         if arm == "base":
-            model = self.base_model()
+            model = self.load_model()
         elif arm == "fft":
-            model = self.fine_tune()
-        elif name == "fft+mft":
+            model = self.load_model()
+            protocol.full_fine_tune(model, self.train, learning_rate=s["learning_rate"], **train)
+            model.backbone.save_weights(self.fft_weights)
+        elif name in ("mft", "mft_literal", "mft_magnitude", "dose"):
+            seed = int(variant[4:]) if variant.startswith("seed") else 0
+            rate = {"score_budget": s["score_budget"]}
+            if name == "mft_literal":
+                rate = {"learning_rate": s["learning_rate"]}
+            elif name == "dose":
+                rate = {"score_budget": float(variant[1:])}
             model = self.fft_model()
-            data = self.train
-            if variant.startswith("seed"):
-                mft["seed"] = int(variant[4:])
-                data = self.shuffled_train(mft["seed"])
-            elif variant.startswith("band"):
-                mft["layers"] = variant[4:]
-            else:
-                mft["sparsity"] = float(variant[5:])
-            protocol.mask_fine_tune(model, data, **mft, **train)
-        elif name == "fft+continued_fft":
+            tuner, travel = keras_mft.MaskFineTuner(), ScoreTravel()
+            history = protocol.mask_fine_tune(
+                model, self.shuffled_train(seed), seed=seed, callbacks=[tuner, travel],
+                score_init="magnitude" if name == "mft_magnitude" else "random",
+                **band, **rate, **train,
+            )
+            extra = {"mask_changed": history.history["mask_changed"][-1],
+                     "score_budget": history.history["score_budget"][-1],
+                     "median_score_travel": travel.median}
+        elif name == "continued_fft":
             model = self.fft_model()
-            data = self.shuffled_train(int(variant[4:]))
-            protocol.full_fine_tune(model, data, epochs=s["epochs"], **train)
-        elif arm in ("fft+random_mask", "fft+l1_mask"):
+            protocol.full_fine_tune(model, self.shuffled_train(int(variant[4:])),
+                                    learning_rate=s["learning_rate"], **train)
+        elif arm in ("l1_mask", "random_mask"):
             model = self.fft_model()
-            score_init = "random" if arm == "fft+random_mask" else "magnitude"
-            protocol.untrained_mask(model, score_init, layers=s["band"], sparsity=s["sparsity"], seed=0)
-        elif arm == "lora":
-            model = self.base_model()
+            protocol.untrained_mask(model, "magnitude" if arm == "l1_mask" else "random", seed=0, **band)
+        elif name in ("lora_from_fft", "lora_from_base"):
+            rate = float(variant[2:]) if variant else self.lora_learning_rate()
+            model = self.fft_model() if name == "lora_from_fft" else self.load_model()
             protocol.lora_fine_tune(model, self.train, rank=s["lora_rank"], alpha=s["lora_alpha"],
-                                    epochs=s["fft_epochs"], **train)
-        elif arm == "mft_from_base":
-            model = self.base_model()
-            protocol.mask_fine_tune(model, self.train, **mft, **train)
+                                    learning_rate=rate, **train)
+            extra = {"learning_rate": rate}
         else:
             raise ValueError(f"Unknown arm {arm!r}.")
-        record = {
-            "arm": arm, "settings_key": self.key, "backend": keras.backend.backend(),
-            "metrics": self.evaluate(model), "seconds": time.time() - start,
-        }
-        self.result_path(arm).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        record = {"arm": arm, "settings_key": self.key, "backend": keras.backend.backend(),
+                  "train_seconds": time.time() - start, **extra}
+        for part_name, data in self.scored.items():
+            metrics = evaluation.per_example_metrics(model, data, s["batch_size"])
+            record[part_name] = {key: value.tolist() for key, value in metrics.items()}
+        record["seconds"] = time.time() - start
+        self.result_path(arm).write_text(json.dumps(record), encoding="utf-8")
         return record
 
 
@@ -197,74 +226,135 @@ def settings_key(settings):
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def first(data, count):
-    return {key: values[:count] for key, values in data.items()}
+def part(data, start, stop):
+    return {key: values[start:stop] for key, values in data.items()}
 
 
-def mean_and_spread(records, arm_prefix, metric):
-    values = [r["metrics"][metric] for name, r in records.items() if name.startswith(arm_prefix + "/seed")]
-    if len(values) < 2:
-        return None
-    return statistics.mean(values), statistics.stdev(values), len(values)
+def paired_bootstrap(a, b, resamples=BOOTSTRAP_RESAMPLES, seed=0):
+    """The mean paired difference of a and b, its 95% interval, and a one-sided p.
+
+    Args:
+        a, b: per-problem values, shaped (seeds, problems): each arm's seeds
+            scored on the same problems.
+
+    Each resample draws the problems with replacement (the same problems for
+    both arms: the comparison is paired) and each arm's seeds with
+    replacement, and computes mean(a) - mean(b) over them.
+
+    Returns:
+        `(difference, low, high, p)`: the difference on the data, the 2.5th
+        and 97.5th percentiles of the resampled differences, and the
+        one-sided p-value of "a is lower than b": the share of resamples
+        with a difference of 0 or more, (1 + count) / (1 + resamples).
+    """
+    a, b = np.atleast_2d(a), np.atleast_2d(b)
+    problems = a.shape[1]
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(problems, np.full(problems, 1.0 / problems), size=resamples)
+
+    def resampled_means(values):
+        by_seed = counts @ values.T / problems  # (resamples, seeds)
+        seeds = rng.integers(0, values.shape[0], size=by_seed.shape)
+        return np.take_along_axis(by_seed, seeds, axis=1).mean(axis=1)
+
+    differences = resampled_means(a) - resampled_means(b)
+    low, high = np.percentile(differences, [2.5, 97.5])
+    p = (1 + np.sum(differences >= 0)) / (1 + resamples)
+    return float(a.mean() - b.mean()), float(low), float(high), float(p)
+
+
+def holm(p_values):
+    """Holm's step-down adjustment of a family of p-values, in their order."""
+    p_values = np.asarray(p_values, dtype=float)
+    order = np.argsort(p_values)
+    adjusted = np.empty_like(p_values)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
+
+
+def values(records, prefix, part_name="held_out", metric="loss"):
+    """(seeds, problems) of the arms named `prefix` or `prefix/seed*`."""
+    rows = [r[part_name][metric] for arm, r in sorted(records.items())
+            if arm == prefix or arm.startswith(prefix + "/seed")]
+    return np.array(rows) if rows else None
 
 
 def report(records, images):
-    """The main table, the seed comparison and the two ablation plots."""
+    """The arms' table, the paired tests, the forest plot and the dose-response plot."""
     from matplotlib.figure import Figure
 
-    metrics = ("loss", "accuracy", "exact_match")
-    lines = ["| arm | held-out loss | token accuracy | exact match |", "|---|---:|---:|---:|"]
+    print("| arm | held-out loss | token accuracy | validation loss | mask changed | median score travel | minutes |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for arm in arm_names():
         if arm in records:
-            m = records[arm]["metrics"]
-            lines.append(f"| {arm} | {m['loss']:.4f} | {m['accuracy']:.4f} | "
-                         f"{m['exact_match']:.3f} ({m['correct']}/{m['total']}) |")
-    print("\n".join(lines))
-    print("\n| metric | FFT + MFT (mean +- sd) | FFT + continued FFT (mean +- sd) | difference | exceeds the seed spread |")
-    print("|---|---:|---:|---:|---|")
-    for metric in metrics:
-        mft = mean_and_spread(records, "fft+mft", metric)
-        cft = mean_and_spread(records, "fft+continued_fft", metric)
-        if mft and cft:
-            difference = mft[0] - cft[0]
-            exceeds = abs(difference) > mft[1] + cft[1]
-            print(f"| {metric} | {mft[0]:.4f} +- {mft[1]:.4f} (n={mft[2]}) | {cft[0]:.4f} +- {cft[1]:.4f} "
-                  f"(n={cft[2]}) | {difference:+.4f} | {'yes' if exceeds else 'no'} |")
-    sweeps = {
-        "band": [(band, f"fft+mft/band{band}" if band != SETTINGS["band"] else "fft+mft/seed0")
-                 for band in BANDS],
-        "ratio": [(ratio, f"fft+mft/ratio{ratio}" if ratio != SETTINGS["sparsity"] else "fft+mft/seed0")
-                  for ratio in RATIOS],
-    }
-    for sweep, points in sweeps.items():
-        points = [(label, records[arm]["metrics"]["loss"]) for label, arm in points if arm in records]
-        if not points or "fft" not in records:
-            continue
+            r = records[arm]
+            changed = f"{r['mask_changed']:.4f}" if "mask_changed" in r else ""
+            travel = f"{r['median_score_travel']:.3f}" if "median_score_travel" in r else ""
+            print(f"| {arm} | {np.mean(r['held_out']['loss']):.4f} | {np.mean(r['held_out']['accuracy']):.4f} | "
+                  f"{np.mean(r['validation']['loss']):.4f} | {changed} | {travel} | {r['seconds'] / 60:.1f} |")
+
+    comparisons = [("mft", "fft"), ("mft", "continued_fft")]  # the pre-registered family
+    comparisons += [(arm, "fft") for arm in ("mft_magnitude", "mft_literal", "continued_fft",
+                                              "l1_mask", "random_mask", "lora_from_fft", "lora_from_base")]
+    rows = []
+    for arm, reference in comparisons:
+        a, b = values(records, arm), values(records, reference)
+        if arm.startswith("lora_from_fft") and "lora_from_base" in records:
+            chosen = records["lora_from_base"]["learning_rate"]
+            a = values(records, f"lora_from_fft/lr{chosen}")
+        if a is not None and b is not None:
+            rows.append((arm, reference, len(a), len(b), *paired_bootstrap(a, b)))
+    family = [row for row in rows if (row[0], row[1]) in comparisons[:2]]
+    adjusted = dict(zip([(r[0], r[1]) for r in family], holm([r[-1] for r in family])))
+    print("\n| arm - reference (held-out loss) | seeds | difference | 95% interval | one-sided p | Holm p |")
+    print("|---|---|---:|---|---:|---:|")
+    for arm, reference, n_a, n_b, difference, low, high, p in rows:
+        holm_p = adjusted.get((arm, reference))
+        print(f"| {arm} - {reference} | {n_a} vs {n_b} | {difference:+.4f} | [{low:+.4f}, {high:+.4f}] | "
+              f"{p:.4f} | {'' if holm_p is None else f'{holm_p:.4f}'} |")
+
+    if rows:
+        figure = Figure(figsize=(6.5, 0.45 * len(rows) + 1.2), layout="constrained")
+        axes = figure.subplots()
+        for y, (arm, reference, _, _, difference, low, high, _) in enumerate(reversed(rows)):
+            axes.errorbar(difference, y, xerr=[[difference - low], [high - difference]], fmt="o", capsize=3)
+        axes.set_yticks(range(len(rows)), [f"{r[0]} - {r[1]}" for r in reversed(rows)])
+        axes.axvline(0.0, color="black", linewidth=0.8)
+        axes.set_xlabel("paired difference in held-out response loss (95% interval)")
+        figure.savefig(pathlib.Path(images) / "reproduction_forest.png", dpi=100)
+
+    dose = [(budget, f"dose/B{budget}" if budget != SETTINGS["score_budget"] else "mft/seed0")
+            for budget in BUDGETS]
+    dose = [(budget, np.mean(records[arm]["validation"]["loss"])) for budget, arm in dose if arm in records]
+    if dose and "fft" in records:
         figure = Figure(figsize=(5, 3.5), layout="constrained")
         axes = figure.subplots()
-        labels = [str(label) for label, _ in points]
-        axes.plot(labels, [loss for _, loss in points], marker="o", label="FFT + MFT")
-        axes.axhline(records["fft"]["metrics"]["loss"], color="black", linestyle="--", label="FFT")
-        axes.set_xlabel("blocks masked" if sweep == "band" else "sparse ratio (fraction removed)")
-        axes.set_ylabel("held-out response loss")
+        axes.plot([b for b, _ in dose], [loss for _, loss in dose], marker="o", label="FFT + MFT (seed 0)")
+        axes.axhline(np.mean(records["fft"]["validation"]["loss"]), color="black", linestyle="--", label="FFT")
+        axes.set_xscale("log")
+        axes.set_xlabel("score budget B")
+        axes.set_ylabel("validation response loss")
         axes.legend()
-        figure.savefig(pathlib.Path(images) / f"reproduction_{sweep}.png", dpi=100)
+        figure.savefig(pathlib.Path(images) / "reproduction_dose.png", dpi=100)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arms", help="comma-separated arms to run (default: every arm not yet cached)")
+    parser.add_argument("--arms", help="comma-separated arms to run (default: every arm not yet measured)")
     parser.add_argument("--results", default="docs/reproduction", help="one JSON file per arm")
     parser.add_argument("--weights", default="reproduction-weights", help="where the FFT weights are kept")
     parser.add_argument("--images", default="docs/images")
     parser.add_argument("--report", action="store_true", help="only print the tables and draw the plots")
     parser.add_argument("--fast", action="store_true",
-                        help="a tiny random model, a few examples and tokens, to test the script")
+                        help="a tiny random model, a few problems and tokens, to test the script")
     args = parser.parse_args(argv)
     settings = dict(SETTINGS)
     if args.fast:
-        settings.update(model="tiny", train_problems=8, held_out_problems=4, exact_match_problems=2,
-                        max_new_tokens=4, sequence_length=64, fft_epochs=1)
+        settings.update(model="tiny", train_problems=8, validation_problems=4, held_out_problems=6,
+                        sequence_length=64, score_length=512, epochs=1)
     arms = args.arms.split(",") if args.arms else arm_names()
     unknown = [arm for arm in arms if arm not in arm_names()]
     if unknown:
@@ -275,7 +365,8 @@ def main(argv=None):
             if experiment.cached(arm) is None:
                 print(f"{arm}...", flush=True)
                 record = experiment.run(arm)
-                print(f"{arm}: {record['metrics']} in {record['seconds']:.0f} s", flush=True)
+                print(f"{arm}: held-out loss {np.mean(record['held_out']['loss']):.4f} "
+                      f"in {record['seconds'] / 60:.1f} min", flush=True)
     records = {}
     for path in sorted(pathlib.Path(args.results).glob("*.json")):
         record = json.loads(path.read_text(encoding="utf-8"))

@@ -14,8 +14,9 @@ with the same seed:
    process dies during the second epoch;
 3. the killed run again with `--resume`, which restarts from the backup.
 
-It then checks that runs 1 and 3 wrote identical mask files, and exits with
-status 1 if not. Run it from the repository root:
+It then checks that runs 1 and 3 wrote identical mask files and that run 3's
+`history.json` holds all three epochs and every step, and exits with status
+1 if not. Run it from the repository root:
 
     python examples/kill_and_resume.py [--preset DIR] [--backend jax]
 
@@ -93,6 +94,14 @@ def main():
         resumed = file.read()
     same = expected == resumed
     print(f"Resumed run's masks identical to the uninterrupted run's: {same}")
+    histories = []
+    for run in (uninterrupted, interrupted):
+        with open(os.path.join(run, "history.json"), encoding="utf-8") as file:
+            histories.append(json.load(file))
+    whole = all(len(history["epochs"]["loss"]) == 3 for history in histories) and \
+        len(histories[0]["step_losses"]) == len(histories[1]["step_losses"])
+    print(f"Resumed run's history.json holds all 3 epochs and every step: {whole}")
+    same = same and whole
     print(f"Files in {work}")
     raise SystemExit(0 if same else 1)
 

@@ -272,19 +272,18 @@ def run_train(args):
     compile_like_paper(model, paper_optimizer(steps, _peak_learning_rate(model, args, steps)))
     os.makedirs(args.out, exist_ok=True)
     initial_masks = masks_of(model)
-    losses = []
-    record_loss = keras.callbacks.LambdaCallback(
-        on_train_batch_end=lambda batch, logs: losses.append(float(logs["loss"]))
-    )
     tuner = MaskFineTuner(snapshot_dir=args.out, monitor="loss")
+    progress = _Progress(os.path.join(backup_dir, "progress.json"))
     # The whole training state is backed up at each epoch's end and, after an
     # interruption, training restarts from there: the same steps follow.
+    # `progress` saves before `backup`, so it never holds fewer epochs.
     backup = CrashSafeBackupAndRestore(backup_dir)
     x, y, sample_weight = data
-    history = model.fit(
+    model.fit(
         x, y, sample_weight=sample_weight, batch_size=args.batch_size,
-        epochs=args.epochs, callbacks=[tuner, backup, record_loss],
+        epochs=args.epochs, callbacks=[tuner, progress, backup],
     )
+    losses = progress.step_losses
     if tuner.non_finite_loss_step is not None:
         raise CommandError(
             f"the loss stopped being finite at step {tuner.non_finite_loss_step}, so "
@@ -296,11 +295,44 @@ def run_train(args):
     plot.training_curve(losses, os.path.join(args.out, "training_curve.png"))
     plot.mask_change(initial_masks, masks_of(model), os.path.join(args.out, "mask_change.png"))
     with open(os.path.join(args.out, "history.json"), "w", encoding="utf-8") as file:
-        json.dump({"epochs": history.history, "step_losses": losses}, file, indent=2)
+        json.dump({"epochs": progress.epochs, "step_losses": losses}, file, indent=2)
     print(f"Wrote {masks_path} (the final masks), best.mask (lowest epoch loss), "
           f"history.json and two plots into {args.out}.")
     print(f"Bake them into a preset with: keras-mft bake --masks {masks_path} --out DIR"
           + (f" --preset {args.preset}" if args.preset else ""))
+
+
+class _Progress(keras.callbacks.Callback):
+    """The per-epoch logs and the loss of each step, kept across `--resume`.
+
+    Saved to `path` at each epoch's end; a resumed run reads them back, up
+    to the epoch it resumes from, so `history.json` covers the whole run.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self.epochs, self.step_losses = {}, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch > 0 and not self.step_losses and os.path.exists(self.path):
+            # The first epoch of a resumed run: the backup restored `epoch` epochs.
+            with open(self.path, encoding="utf-8") as file:
+                saved = json.load(file)
+            self.epochs = {key: values[:epoch] for key, values in saved["epochs"].items()}
+            self.step_losses = saved["step_losses"][: epoch * self.params["steps"]]
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step_losses.append(float(logs["loss"]))
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.epochs.setdefault(key, []).append(float(value))
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        temporary = self.path + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as file:
+            json.dump({"epochs": self.epochs, "step_losses": self.step_losses}, file)
+        os.replace(temporary, self.path)
 
 
 def run_eval(args):

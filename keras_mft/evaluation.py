@@ -57,6 +57,44 @@ def response_loss(model, data, batch_size=8, verbose=False):
     }
 
 
+def per_example_metrics(model, data, batch_size=8):
+    """The response loss and token accuracy of each example, each on its own.
+
+    For paired comparisons between models (which examples one model answers
+    better than another) each example must be scored alone: build `data`
+    with `instruction_dataset(..., pack=False)` and a `sequence_length` that
+    holds the longest example. Rows run in order of length, each batch cut to
+    its longest row (rounded up to 32 tokens), so padding costs little.
+
+    Returns:
+        `{"loss": ..., "accuracy": ..., "tokens": ...}`, numpy arrays with one
+        entry per row of `data`, in its order: the mean cross-entropy over the
+        example's response tokens, the share of them predicted exactly
+        (teacher forced), and how many there are.
+    """
+    x, y, weights = data
+    lengths = np.sum(x["padding_mask"], axis=1)
+    if np.any(np.sum(weights, axis=1) == 0):
+        raise ValueError("Some examples have no response tokens: score them with their responses.")
+    losses = np.zeros(len(y))
+    hits = np.zeros(len(y))
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = min(int(-(-lengths[rows].max() // 32) * 32), y.shape[1])
+        logits = model({key: value[rows, :width] for key, value in x.items()})
+        logits = keras.ops.cast(logits, "float32")
+        token_losses = keras.losses.sparse_categorical_crossentropy(
+            y[rows, :width], logits, from_logits=True
+        )
+        predicted = keras.ops.convert_to_numpy(keras.ops.argmax(logits, axis=-1))
+        row_weights = weights[rows, :width]
+        losses[rows] = np.sum(keras.ops.convert_to_numpy(token_losses) * row_weights, axis=1)
+        hits[rows] = np.sum((predicted == y[rows, :width]) * row_weights, axis=1)
+    tokens = np.sum(weights, axis=1)
+    return {"loss": losses / tokens, "accuracy": hits / tokens, "tokens": tokens.astype("int64")}
+
+
 def final_answer(text):
     """The number after `####` (GSM8K style), without commas, or None."""
     match = _ANSWER.search(text)

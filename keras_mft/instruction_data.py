@@ -153,12 +153,12 @@ def _warn_about_lengths(examples, window, pack):
     """Says when examples do not fit a sequence, or when almost no token carries loss."""
     long = sum(len(ids) > window for ids, _ in examples)
     if long:
-        what = ("spill over into the next sequence: their responses are learned without "
-                "all of their prompts" if pack else "were cut at the end: their response "
-                "tokens past it are lost")
+        what = ("packing must split them, so parts of their responses are learned "
+                "without their prompts" if pack else "were cut at the end: their "
+                "response tokens past it are lost")
         warnings.warn(
             f"{long} of {len(examples)} examples are longer than sequence_length "
-            f"({window - 1} tokens) and {what}. Raise `sequence_length` or shorten them.",
+            f"({window - 1} tokens): {what}. Raise `sequence_length` or shorten them.",
             stacklevel=3,
         )
     weighted = sum(float(np.sum(weights[:window] if not pack else weights)) for _, weights in examples)

@@ -264,6 +264,7 @@ def test_kill_and_resume_script(tmp_path, preset):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "training unfinished: True" in result.stdout
     assert "identical to the uninterrupted run's: True" in result.stdout
+    assert "holds all 3 epochs and every step: True" in result.stdout
     assert not (tmp_path / "interrupted" / "backup").exists()
 
 

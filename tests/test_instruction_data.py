@@ -59,9 +59,9 @@ def test_packing_fills_sequences(tokenizer):
 
 
 def test_warns_about_long_examples_and_little_loss(tokenizer):
-    with pytest.warns(UserWarning, match=r"examples are longer than sequence_length \(8 tokens\) and were cut"):
+    with pytest.warns(UserWarning, match=r"examples are longer than sequence_length \(8 tokens\): were cut"):
         instruction_dataset(tokenizer, DATA, sequence_length=8, pack=False)
-    with pytest.warns(UserWarning, match="spill over into the next sequence"):
+    with pytest.warns(UserWarning, match="packing must split them"):
         instruction_dataset(tokenizer, DATA, sequence_length=8)
     with pytest.warns(UserWarning, match="are response tokens that carry loss"):
         instruction_dataset(tokenizer, {"prompts": ["x" * 3000], "responses": ["y"]}, sequence_length=4096)

@@ -1,14 +1,16 @@
-"""`benchmarks/reproduce.py` in its fast mode: arms, caching, resuming, report."""
+"""`benchmarks/reproduce.py`: its fast mode, its refusals and its statistics."""
 
 import json
 import re
 
 import keras
+import numpy as np
 import pytest
 
+from tests.benchmark_scripts import import_benchmark
 from tests.benchmark_scripts import run_benchmark
 
-ARMS = "fft+mft/seed0,fft+mft/seed1,fft+continued_fft/seed0,fft+continued_fft/seed1"
+ARMS = "mft/seed0,mft/seed1,continued_fft/seed0,continued_fft/seed1"
 # The arms' module fixture is built once, on one worker.
 pytestmark = pytest.mark.xdist_group("reproduce")
 
@@ -26,41 +28,47 @@ def run(tmp_path_factory):
     return tmp_path, reproduce(tmp_path, "--arms", ARMS)
 
 
-def test_each_arm_is_measured_and_written(run):
+def record(tmp_path, arm):
+    return json.loads((tmp_path / "results" / f"{arm.replace('/', '_')}.json").read_text())
+
+
+def test_each_arm_is_scored_problem_by_problem(run):
     tmp_path, output = run
     names = sorted(path.name for path in (tmp_path / "results").glob("*.json"))
-    assert names == sorted(arm.replace("/", "_") + ".json" for arm in ARMS.split(","))
-    record = json.loads((tmp_path / "results" / "fft+mft_seed0.json").read_text())
-    assert record["backend"] == keras.backend.backend()
-    assert set(record["metrics"]) >= {"loss", "accuracy", "exact_match"}
-    # The FFT stage was trained once, for the first arm that needed it.
+    # FFT was trained once, for the first arm that needed it, and scored too.
+    assert names == sorted(["fft.json"] + [arm.replace("/", "_") + ".json" for arm in ARMS.split(",")])
     assert output.count("training FFT first") == 1
     assert (tmp_path / "weights" / "fft_backbone.weights.h5").exists()
+    mft = record(tmp_path, "mft/seed0")
+    assert mft["backend"] == keras.backend.backend()
+    # --fast scores 6 held-out and 4 validation problems, each on its own.
+    assert len(mft["held_out"]["loss"]) == 6 and len(mft["validation"]["loss"]) == 4
+    assert all(tokens > 0 for tokens in mft["held_out"]["tokens"])
+    assert mft["score_budget"] == pytest.approx(0.47, rel=1e-4)
+    assert 0 < mft["mask_changed"] and mft["median_score_travel"] > 0
+    assert mft["held_out"]["loss"] != record(tmp_path, "mft/seed1")["held_out"]["loss"]
 
 
-def test_seeds_differ_and_are_summarised(run):
+def test_the_report_tests_the_pre_registered_pair(run):
     tmp_path, output = run
-    losses = [
-        json.loads((tmp_path / "results" / f"fft+mft_seed{seed}.json").read_text())["metrics"]["loss"]
-        for seed in (0, 1)
-    ]
-    assert losses[0] != losses[1]
-    assert "| loss | " in output and "(n=2)" in output
+    for pair in ("| mft - fft | 2 vs 1 |", "| mft - continued_fft | 2 vs 2 |"):
+        row = next(line for line in output.splitlines() if line.startswith(pair))
+        assert len(row.split("|")) == 8 and row.split("|")[-2].strip()  # a Holm p
+    assert (tmp_path / "reproduction_forest.png").stat().st_size > 1000
 
 
 def test_a_second_run_skips_measured_arms(run):
     tmp_path, _ = run
-    output = reproduce(tmp_path, "--arms", "fft+mft/seed0")
-    assert "fft+mft/seed0..." not in output
+    output = reproduce(tmp_path, "--arms", "mft/seed0")
+    assert "mft/seed0..." not in output
 
 
 def test_results_from_other_settings_are_refused(run):
     tmp_path, _ = run
-    path = tmp_path / "results" / "fft+mft_seed0.json"
-    record = json.loads(path.read_text())
-    path.write_text(json.dumps({**record, "settings_key": "other"}))
+    path = tmp_path / "results" / "mft_seed0.json"
+    path.write_text(json.dumps({**record(tmp_path, "mft/seed0"), "settings_key": "other"}))
     with pytest.raises(SystemExit, match="measured with other settings or another backend"):
-        reproduce(tmp_path, "--arms", "fft+mft/seed0")
+        reproduce(tmp_path, "--arms", "mft/seed0")
 
 
 @pytest.mark.backend_independent
@@ -68,3 +76,32 @@ def test_unknown_arm_is_refused_before_any_work(tmp_path):
     with pytest.raises(SystemExit, match=re.escape("Unknown arms ['fft+magic']")):
         reproduce(tmp_path, "--arms", "fft+magic")
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.backend_independent
+def test_paired_bootstrap_against_hand_computed_numbers():
+    paired_bootstrap = import_benchmark("reproduce").paired_bootstrap
+    # Per-problem differences 0 and 1: a resample's mean is 0, 0.5 or 1 with
+    # probabilities 1/4, 1/2, 1/4.
+    difference, low, high, p = paired_bootstrap([[0.0, 1.0]], [[0.0, 0.0]], resamples=20_000)
+    assert (difference, low, high) == (0.5, 0.0, 1.0)
+    assert p == 1.0  # no resample has a below b
+    _, _, _, p = paired_bootstrap([[0.0, 0.0]], [[0.0, 1.0]], resamples=20_000)
+    assert p == pytest.approx(0.25, abs=0.01)  # a difference of 0 or more: the resamples of 0
+    # A constant difference, whatever the problems and seeds drawn.
+    a = np.array([[1.0, 2.0, 3.0]])
+    difference, low, high, p = paired_bootstrap(a, a - 0.5, resamples=500)
+    assert (difference, low, high) == pytest.approx((0.5, 0.5, 0.5)) and p == 1.0
+    # Seeds are resampled too: two seeds far apart widen the interval.
+    spread = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    _, low, high, _ = paired_bootstrap(spread, np.zeros((1, 3)), resamples=2_000)
+    assert (low, high) == (0.0, 1.0)
+
+
+@pytest.mark.backend_independent
+def test_holm_against_hand_computed_numbers():
+    holm = import_benchmark("reproduce").holm
+    # Sorted 0.01, 0.03, 0.04: 3 x 0.01, 2 x 0.03, max(0.06, 1 x 0.04).
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.6, 0.2]) == pytest.approx([0.6, 0.4])
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # 2 x 0.8 capped at 1
