@@ -40,7 +40,8 @@ class PaperAdamW(keras.optimizers.AdamW):
     Args:
         learning_rate: a float or a schedule such as `LinearWarmupDecay`.
         weight_decay: decoupled weight decay; the paper uses 0.
-        beta_1, beta_2: the moments' decay rates.
+        beta_1: the first moment's decay rate.
+        beta_2: the second moment's decay rate.
         epsilon: added to the bias-corrected `sqrt(v)`, as in PyTorch (1e-8).
 
     Example:
