@@ -170,44 +170,26 @@ def _data_arguments(command, sequence_length):
     command.add_argument("--batch-size", type=_positive_int, default=8, help="(default: %(default)s)")
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _checked(convert, valid, expected):
+    """An argparse type: `convert(text)`, refused with "expected ..." unless `valid`."""
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not valid(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _sparsity(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
-    return value
-
-
-def _seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+_positive_int = _checked(int, lambda value: value >= 1, "a positive integer")
+_positive_float = _checked(
+    float, lambda value: value > 0 and math.isfinite(value), "a positive number")
+_sparsity = _checked(float, lambda value: 0.0 <= value < 1.0, "a fraction in [0, 1)")
+_seed = _checked(int, lambda value: value >= 0, "a non-negative integer")
 
 
 def _layers(text):
