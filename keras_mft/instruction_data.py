@@ -161,8 +161,10 @@ def _warn_about_lengths(examples, window, pack):
             f"({window - 1} tokens): {what}. Raise `sequence_length` or shorten them.",
             stacklevel=3,
         )
-    weighted = sum(float(np.sum(weights[:window] if not pack else weights)) for _, weights in examples)
-    total = sum(min(len(ids), window) if not pack else len(ids) for ids, _ in examples)
+    # Packing keeps every token; without it, each example is cut at `window`.
+    kept = [len(ids) if pack else min(len(ids), window) for ids, _ in examples]
+    weighted = sum(float(np.sum(weights[:n])) for (_, weights), n in zip(examples, kept))
+    total = sum(kept)
     if weighted < 0.01 * total:
         warnings.warn(
             f"Only {weighted:.0f} of {total} tokens ({weighted / total:.2%}) are response "
