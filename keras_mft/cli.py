@@ -36,10 +36,9 @@ from keras_mft.mask_file import save_masks
 from keras_mft.mask_fine_tuner import MaskFineTuner
 from keras_mft.preset import save_preset
 from keras_mft import score_budget as budgets
-from keras_mft.protocol import paper_optimizer
+from keras_mft.protocol import compile_mask_fine_tuning
 from keras_mft.protocol import total_steps
 from keras_mft.smollm2 import smollm2_135m_instruct
-from keras_mft.training import compile_like_paper
 from keras_mft.version import __version__
 from keras_mft.wrap import wrap
 
@@ -204,15 +203,6 @@ def _layers(text):
         ) from None
 
 
-def _peak_learning_rate(model, args, steps):
-    """The peak learning rate from --lr, or from --score-budget; printed with B."""
-    learning_rate, budget = budgets.peak_learning_rate(
-        steps, budgets.score_std(model), args.score_budget, args.lr
-    )
-    print(f"{steps} steps, peak learning rate {learning_rate:.3g}: score budget B = {budget:.3g}.")
-    return learning_rate
-
-
 def run_demo(args):
     from keras_mft.demo import run_demo as demo
 
@@ -251,7 +241,8 @@ def run_train(args):
     wrap(model, layers=args.layers, targets=args.targets.split(",") if args.targets else None,
          sparsity=args.sparsity, seed=args.seed)
     steps = total_steps(data, args.batch_size, args.epochs)
-    compile_like_paper(model, paper_optimizer(steps, _peak_learning_rate(model, args, steps)))
+    learning_rate, budget = compile_mask_fine_tuning(model, steps, args.score_budget, args.lr)
+    print(f"{steps} steps, peak learning rate {learning_rate:.3g}: score budget B = {budget:.3g}.")
     os.makedirs(args.out, exist_ok=True)
     initial_masks = masks_of(model)
     tuner = MaskFineTuner(snapshot_dir=args.out, monitor="loss")

@@ -24,11 +24,9 @@ from keras_mft.instruction_data import instruction_dataset
 from keras_mft.mask_file import save_masks
 from keras_mft.mask_fine_tuner import MaskFineTuner
 from keras_mft.preset import save_preset
-from keras_mft import score_budget as budgets
-from keras_mft.protocol import paper_optimizer
+from keras_mft.protocol import compile_mask_fine_tuning
 from keras_mft.protocol import total_steps
 from keras_mft.smollm2 import smollm2_135m_instruct
-from keras_mft.training import compile_like_paper
 from keras_mft.wrap import wrap
 
 
@@ -91,10 +89,7 @@ def run_demo(
     print("Held-out loss with the initial, random masks:")
     random_masks = evaluation.response_loss(model, held_out_data, batch_size, verbose=True)
     steps = total_steps(train_data, batch_size, epochs)
-    learning_rate, score_budget = budgets.peak_learning_rate(
-        steps, budgets.score_std(model), score_budget, learning_rate
-    )
-    compile_like_paper(model, paper_optimizer(steps, learning_rate))
+    learning_rate, score_budget = compile_mask_fine_tuning(model, steps, score_budget, learning_rate)
     initial_masks = masks_of(model)
     losses = []
     record_loss = keras.callbacks.LambdaCallback(

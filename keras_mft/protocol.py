@@ -34,8 +34,8 @@ from keras_mft.wrap import parse_targets
 from keras_mft.wrap import wrap
 
 __all__ = [
-    "full_fine_tune", "lora_fine_tune", "mask_fine_tune", "paper_optimizer",
-    "total_steps", "untrained_mask",
+    "compile_mask_fine_tuning", "full_fine_tune", "lora_fine_tune", "mask_fine_tune",
+    "paper_optimizer", "total_steps", "untrained_mask",
 ]
 
 
@@ -44,11 +44,34 @@ def total_steps(data, batch_size, epochs):
     return math.ceil(len(data[1]) / batch_size) * epochs
 
 
+def compile_mask_fine_tuning(model, steps, score_budget=None, learning_rate=None):
+    """Compiles a wrapped `CausalLM` for `steps` steps of MFT, as the paper does.
+
+    The optimiser is `paper_optimizer`, the loss `paper_loss`. Its peak
+    learning rate spends `score_budget` (default 0.47, the paper's math run)
+    in `steps` steps, measured against the std of the model's scores now
+    (call it right after `keras_mft.wrap`); or it is `learning_rate`.
+
+    Returns:
+        `(learning_rate, budget)`: the peak learning rate and the run's B.
+    """
+    learning_rate, budget = budgets.peak_learning_rate(
+        steps, budgets.score_std(model), score_budget, learning_rate
+    )
+    compile_like_paper(model, paper_optimizer(steps, learning_rate))
+    return learning_rate, budget
+
+
 def _fit(model, data, epochs, batch_size, learning_rate, callbacks, verbose):
-    x, y, sample_weight = data
+    """Compiles with the paper's optimiser at `learning_rate`, then trains."""
     compile_like_paper(
         model, paper_optimizer(total_steps(data, batch_size, epochs), learning_rate)
     )
+    return _train(model, data, epochs, batch_size, callbacks, verbose)
+
+
+def _train(model, data, epochs, batch_size, callbacks, verbose):
+    x, y, sample_weight = data
     return model.fit(
         x, y, sample_weight=sample_weight, batch_size=batch_size, epochs=epochs,
         callbacks=callbacks, verbose=verbose,
@@ -85,13 +108,12 @@ def mask_fine_tune(
         raise ValueError("Give `score_budget` or `learning_rate`, not both.")
     wrap(model, layers=layers, targets=targets, sparsity=sparsity,
          score_init=score_init, seed=seed)
-    learning_rate, budget = budgets.peak_learning_rate(
-        total_steps(data, batch_size, epochs), budgets.score_std(model),
-        score_budget, learning_rate,
+    _, budget = compile_mask_fine_tuning(
+        model, total_steps(data, batch_size, epochs), score_budget, learning_rate
     )
     if not any(isinstance(callback, MaskFineTuner) for callback in callbacks or ()):
         budgets.warn_if_small(budget)  # A MaskFineTuner warns by itself.
-    history = _fit(model, data, epochs, batch_size, learning_rate, callbacks, verbose)
+    history = _train(model, data, epochs, batch_size, callbacks, verbose)
     if bake_after:
         bake(model)
     return history
