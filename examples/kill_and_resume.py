@@ -14,7 +14,8 @@ with the same seed:
    process dies during the second epoch;
 3. the killed run again with `--resume`, which restarts from the backup.
 
-It then checks that runs 1 and 3 wrote identical mask files and that run 3's
+It then checks that runs 1 and 3 wrote identical mask files (the final
+`masks.mask` and the lowest-loss epoch's `best.mask`) and that run 3's
 `history.json` holds all three epochs and every step, and exits with status
 1 if not. Run it from the repository root:
 
@@ -88,12 +89,14 @@ def main():
         raise SystemExit("The kill came after training ended; nothing was checked.")
 
     finish(train(interrupted, args.preset, args.backend, data, resume=True))
-    with open(os.path.join(uninterrupted, "masks.mask"), "rb") as file:
-        expected = file.read()
-    with open(os.path.join(interrupted, "masks.mask"), "rb") as file:
-        resumed = file.read()
-    same = expected == resumed
-    print(f"Resumed run's masks identical to the uninterrupted run's: {same}")
+    same = True
+    for name in ("masks.mask", "best.mask"):
+        with open(os.path.join(uninterrupted, name), "rb") as file:
+            expected = file.read()
+        with open(os.path.join(interrupted, name), "rb") as file:
+            resumed = file.read()
+        print(f"Resumed run's {name} identical to the uninterrupted run's: {expected == resumed}")
+        same = same and expected == resumed
     histories = []
     for run in (uninterrupted, interrupted):
         with open(os.path.join(run, "history.json"), encoding="utf-8") as file:

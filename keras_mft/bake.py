@@ -3,6 +3,7 @@
 import keras
 import keras_hub
 
+from keras_mft.masked_layers import allow_quantize
 from keras_mft.masked_layers import is_masked
 from keras_mft.masked_layers import unmask_layers
 
@@ -61,6 +62,9 @@ def bake(model):
         The same model object.
     """
     unmask_layers(masked_layers_of(model))
+    for layer in model._flatten_layers():
+        if hasattr(layer, "_plain_quantize"):  # the model and backbone that `wrap` changed
+            allow_quantize(layer)
     # Layer by layer: on TensorFlow, `model.trainable = True` does not reach
     # every sublayer that `wrap` froze.
     for layer in model._flatten_layers():

@@ -9,7 +9,8 @@
 `--backend` (or the `KERAS_BACKEND` environment variable) picks JAX, PyTorch
 or TensorFlow. Without `--preset`, the model is the embedded
 SmolLM2-135M-Instruct. Bad input ends the command with one line on stderr
-saying what was wrong, and exit status 2 (arguments) or 1 (everything else).
+saying what was wrong, and exit status 2 (arguments, some checked against
+the loaded model) or 1 (everything else).
 """
 
 import argparse
@@ -21,6 +22,7 @@ import sys
 import keras
 import keras_hub
 
+from keras_mft import architectures
 from keras_mft import evaluation
 from keras_mft import plot
 from keras_mft.backup import CrashSafeBackupAndRestore
@@ -38,8 +40,12 @@ from keras_mft.preset import save_preset
 from keras_mft import score_budget as budgets
 from keras_mft.protocol import compile_mask_fine_tuning
 from keras_mft.protocol import total_steps
+from keras_mft.smollm2 import backbone_config
+from keras_mft.smollm2 import gguf_reader
 from keras_mft.smollm2 import smollm2_135m_instruct
 from keras_mft.version import __version__
+from keras_mft.wrap import parse_layers
+from keras_mft.wrap import parse_targets
 from keras_mft.wrap import wrap
 
 BACKENDS = ("jax", "torch", "tensorflow")
@@ -48,6 +54,10 @@ EMBEDDED = "the embedded SmolLM2-135M-Instruct"
 
 class CommandError(Exception):
     """Bad input found by a command: printed as one line, exit status 1."""
+
+
+class ArgumentError(CommandError):
+    """A bad argument that only the loaded model reveals: exit status 2, as argparse's."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,6 +79,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("keras-mft: interrupted.", file=sys.stderr)
         return 130
+    except ArgumentError as error:
+        prog = f"keras-mft {args.command}"
+        print(f"{prog}: error: {error} (see `{prog} --help`)", file=sys.stderr)
+        return 2
     except (CommandError, ValueError, TypeError, ImportError) as error:
         print(f"keras-mft {args.command}: error: {error}", file=sys.stderr)
         return 1
@@ -95,7 +109,8 @@ def build_parser():
                       help="GSM8K problems to train on (default: %(default)s)")
     demo.add_argument("--eval-examples", type=_positive_int, default=64,
                       help="held-out GSM8K problems to evaluate on (default: %(default)s)")
-    demo.add_argument("--layers", default="4:8", help="band of blocks to mask (default: %(default)s)")
+    demo.add_argument("--layers", type=_layers, default="4:8",
+                      help="band of blocks to mask (default: %(default)s)")
     demo.add_argument("--seq-len", type=_positive_int, default=256,
                       help="tokens per training sequence (default: %(default)s)")
     _learning_rate_arguments(demo)
@@ -107,7 +122,7 @@ def build_parser():
     train.add_argument("--layers", type=_layers,
                        help="blocks to mask: a band 'start:stop', indices '1,5,9' or 'all' "
                             "(default: 0:4, or all blocks if the model has fewer)")
-    train.add_argument("--targets",
+    train.add_argument("--targets", type=_targets,
                        help="projections to mask, comma-separated, e.g. 'q,v,down' "
                             "(default: all of the model's, q,k,v,o,gate,up,down for Llama)")
     train.add_argument("--sparsity", type=_sparsity, default=0.1,
@@ -203,9 +218,26 @@ def _layers(text):
         ) from None
 
 
+def _targets(text):
+    """Projection names, comma-separated (checked against the model later)."""
+    targets = text.split(",")
+    known = set(architectures.ALIASES)
+    for names in architectures.LAYER_NAMES.values():
+        known.update(names.values())
+    unknown = [target for target in targets if target not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown projections {unknown}: use the aliases {','.join(architectures.ALIASES)} "
+            "or the model's KerasHub layer names, comma-separated"
+        )
+    return targets
+
+
 def run_demo(args):
     from keras_mft.demo import run_demo as demo
 
+    # The embedded model's depth is in its file's metadata: no need to load it.
+    _check_layers(args.layers, backbone_config(gguf_reader())["num_layers"])
     print(f"Writing to {os.path.abspath(args.out)}")
     outcome = demo(
         args.out, train_examples=args.train_examples, eval_examples=args.eval_examples,
@@ -237,16 +269,18 @@ def run_train(args):
         )
     records = read_jsonl(args.data)
     model = _load_model(args.preset)
+    _check_blocks_and_targets(model, args)
     data = _dataset(_detach_tokenizer(model, args.preset), records, args)
-    wrap(model, layers=args.layers, targets=args.targets.split(",") if args.targets else None,
-         sparsity=args.sparsity, seed=args.seed)
+    wrap(model, layers=args.layers, targets=args.targets, sparsity=args.sparsity, seed=args.seed)
     steps = total_steps(data, args.batch_size, args.epochs)
     learning_rate, budget = compile_mask_fine_tuning(model, steps, args.score_budget, args.lr)
     print(f"{steps} steps, peak learning rate {learning_rate:.3g}: score budget B = {budget:.3g}.")
     os.makedirs(args.out, exist_ok=True)
     initial_masks = masks_of(model)
-    tuner = MaskFineTuner(snapshot_dir=args.out, monitor="loss")
     progress = _Progress(os.path.join(backup_dir, "progress.json"))
+    # A resumed run keeps the best.mask of its earlier epochs unless it does better.
+    best_so_far = progress.saved_best("loss") if args.resume else None
+    tuner = MaskFineTuner(snapshot_dir=args.out, monitor="loss", initial_value_threshold=best_so_far)
     # The whole training state is backed up at each epoch's end and, after an
     # interruption, training restarts from there: the same steps follow.
     # `progress` saves before `backup`, so it never holds fewer epochs.
@@ -286,6 +320,14 @@ class _Progress(keras.callbacks.Callback):
         super().__init__()
         self.path = path
         self.epochs, self.step_losses = {}, []
+
+    def saved_best(self, key):
+        """The lowest `key` of the epochs saved so far, or None."""
+        if not os.path.exists(self.path):
+            return None
+        with open(self.path, encoding="utf-8") as file:
+            values = json.load(file)["epochs"].get(key)
+        return min(values) if values else None
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch > 0 and not self.step_losses and os.path.exists(self.path):
@@ -365,6 +407,23 @@ def _load_model(preset):
                 "Hugging Face checkpoint."
             ) from None
     return model
+
+
+def _check_blocks_and_targets(model, args):
+    """--layers and --targets against the loaded model: its depth and its projections."""
+    backbone = architectures.backbone_of(model)
+    _check_layers(args.layers, len(backbone.transformer_layers))
+    try:
+        parse_targets(args.targets, architectures.layer_names_of(backbone))
+    except ValueError as error:
+        raise ArgumentError(f"argument --targets: {error}") from None
+
+
+def _check_layers(layers, num_blocks):
+    try:
+        parse_layers(layers, num_blocks)
+    except ValueError as error:
+        raise ArgumentError(f"argument --layers: {error}") from None
 
 
 def _detach_tokenizer(model, preset):

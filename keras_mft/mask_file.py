@@ -30,7 +30,12 @@ import numpy as np
 
 from keras_mft import architectures
 from keras_mft.bake import masked_layers_of
+from keras_mft.mask import check_sparsity
+from keras_mft.mask import num_removed
+from keras_mft.selection import GLOBAL
+from keras_mft.selection import check_n_m
 from keras_mft.selection import input_axes
+from keras_mft.selection import n_m_sparsity
 from keras_mft.selection import parse_selection
 from keras_mft.version import __version__
 from keras_mft.wrap import wrap
@@ -108,7 +113,6 @@ def load_masks(model, path):
             "`targets` used when the file was saved."
         )
     new_scores = []
-    removed_by_group = {}
     for kernel_path, layer in by_path.items():
         record = records[kernel_path]
         if tuple(record["shape"]) != tuple(layer._kernel.shape):
@@ -134,31 +138,8 @@ def load_masks(model, path):
                 f"masks in {path} were learned on. Load the same model "
                 "(same preset and weights) before loading these masks."
             )
-        keep = record["bits"]
-        if layer._global_group is not None:
-            # A global group removes a total, shared unevenly by its members.
-            group = layer._global_group
-            removed_by_group[group] = removed_by_group.get(group, 0) + int(np.sum(~keep))
-        elif isinstance(layer._selection, tuple) and not _is_n_m(keep, layer):
-            raise ValueError(
-                f"{kernel_path}: the mask file's mask is not a {layer.selection} "
-                "pattern. The file is corrupted."
-            )
-        elif int(np.sum(~keep)) != layer.num_removed:
-            raise ValueError(
-                f"{kernel_path}: the mask file removes {int(np.sum(~keep))} "
-                f"weights, but sparsity {layer.sparsity} removes "
-                f"{layer.num_removed}. The file is corrupted."
-            )
-        new_scores.append(keep.astype("float32").reshape(record["shape"]))
-    for group, removed in removed_by_group.items():
-        expected = sum(int(keras.ops.convert_to_numpy(m.removed_count)) for m in group.layers)
-        if removed != expected:
-            raise ValueError(
-                f"The mask file removes {removed} weights from the global group of "
-                f"{group.layers[0].name}, but its sparsity removes {expected}. "
-                "The file is corrupted."
-            )
+        new_scores.append(record["bits"].astype("float32").reshape(record["shape"]))
+    _check_bits(records, by_path, lambda kernel_path: id(by_path[kernel_path]._global_group), path)
     for layer, scores in zip(by_path.values(), new_scores):
         layer.scores.assign(scores)
 
@@ -219,6 +200,8 @@ def apply_masks(model, path):
             "`wrap` cannot rebuild its layout. Wrap the model by hand and use "
             "`keras_mft.load_masks`."
         )
+    _check_bits(records, {p: where[p][2] for p in records}, lambda p: where[p][1], path)
+    # Every check has passed: from here on the model is changed.
     only = {group: values.pop() if values else None for group, values in sparsities.items()}
     if isinstance(parse_selection(selection), tuple):
         only = {"attention": None, "mlp": None}  # N:M fixes the sparsity
@@ -249,9 +232,56 @@ def describe_masks(path):
     ]
 
 
-def _is_n_m(keep, layer):
+def _check_bits(records, layers, group_of, path):
+    """Refuses saved masks that their own selection and sparsity cannot give.
+
+    A file with a valid checksum can still be crafted, or written by a bug:
+    every mask must remove exactly what its record's selection and sparsity
+    remove, so that loading it never breaks a layer's invariants.
+
+    Args:
+        records: {kernel path: record} read from the file.
+        layers: {kernel path: layer} of the model, masked or not yet (only
+            the kernel's shape and input axes are read).
+        group_of: kernel path -> the key of its global group, for records
+            with `selection="global"`.
+        path: the file, for the messages.
+    """
+    removed_by_group, expected_by_group = {}, {}
+    for kernel_path, layer in layers.items():
+        record = records[kernel_path]
+        keep = record["bits"]
+        removed = int(np.sum(~keep))
+        selection = parse_selection(record["selection"])
+        if isinstance(selection, tuple):
+            check_n_m(layer, *selection)
+            if record["sparsity"] != n_m_sparsity(*selection) or not _is_n_m(keep, layer, *selection):
+                raise ValueError(
+                    f"{kernel_path}: the mask in {path} is not a {record['selection']} "
+                    "pattern. The file is corrupted."
+                )
+            continue
+        expected = num_removed(keep.size, check_sparsity(record["sparsity"]))
+        if selection == GLOBAL:
+            # A global group removes a total, shared unevenly by its members.
+            group = group_of(kernel_path)
+            removed_by_group[group] = removed_by_group.get(group, 0) + removed
+            expected_by_group[group] = expected_by_group.get(group, 0) + expected
+        elif removed != expected:
+            raise ValueError(
+                f"{kernel_path}: the mask in {path} removes {removed} weights, but "
+                f"sparsity {record['sparsity']} removes {expected}. The file is corrupted."
+            )
+    for group, removed in removed_by_group.items():
+        if removed != expected_by_group[group]:
+            raise ValueError(
+                f"The mask file {path} removes {removed} weights from a global group, "
+                f"but its sparsity removes {expected_by_group[group]}. The file is corrupted."
+            )
+
+
+def _is_n_m(keep, layer, n, m):
     """Whether flat `keep` keeps exactly N of every M input weights of `layer`."""
-    n, m = layer._selection
     axes = input_axes(layer)
     moved = np.moveaxis(keep.reshape(layer._kernel.shape), axes, range(len(axes)))
     inputs = int(np.prod(moved.shape[: len(axes)]))

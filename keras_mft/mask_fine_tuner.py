@@ -48,6 +48,10 @@ class MaskFineTuner(keras.callbacks.Callback):
         mode: `"min"` or `"max"`: whether a smaller or a larger `monitor` is
             better.
         save_best_only: see `snapshot_dir`.
+        initial_value_threshold: the `monitor`ed value that `best.mask`
+            must beat to be written, as in `keras.callbacks.ModelCheckpoint`.
+            When resuming an interrupted run, pass its best value so far:
+            the `best.mask` it saved is then replaced only by a better epoch.
         stop_below_flips: if set, stop training once `mask_flips` has stayed
             below this fraction for `patience` reports in a row: the masks
             have settled.
@@ -75,6 +79,7 @@ class MaskFineTuner(keras.callbacks.Callback):
         monitor="val_loss",
         mode="min",
         save_best_only=True,
+        initial_value_threshold=None,
         stop_below_flips=None,
         patience=3,
         bake_on_train_end=False,
@@ -92,6 +97,7 @@ class MaskFineTuner(keras.callbacks.Callback):
         self.monitor = monitor
         self.mode = mode
         self.save_best_only = save_best_only
+        self.initial_value_threshold = initial_value_threshold
         self.stop_below_flips = stop_below_flips
         self.patience = patience
         self.bake_on_train_end = bake_on_train_end
@@ -112,7 +118,9 @@ class MaskFineTuner(keras.callbacks.Callback):
         if steps_per_epoch:
             warn_if_small(self._score_budget(steps_per_epoch * self.params["epochs"]))
         self._quiet_reports = 0
-        self._best = math.inf if self.mode == "min" else -math.inf
+        self._best = self.initial_value_threshold
+        if self._best is None:
+            self._best = math.inf if self.mode == "min" else -math.inf
         self._step = 0
         self.non_finite_loss_step = None
         if self.snapshot_dir is not None:

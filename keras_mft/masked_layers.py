@@ -150,10 +150,7 @@ class MaskedKernel:
         return selections.n_m_keep_mask(scores, n, m, selections.input_axes(self))
 
     def quantize(self, mode=None, **kwargs):
-        raise NotImplementedError(
-            f"Layer '{self.name}' is masked and cannot be quantized. Call "
-            "`keras_mft.bake(model)` first, then quantize the baked model."
-        )
+        raise quantize_error(self)
 
     def enable_lora(self, *args, **kwargs):
         raise NotImplementedError(
@@ -291,6 +288,7 @@ def mask_layer(layer, sparsity, initial_scores, selection="per_matrix"):
     """
     check_maskable(layer)
     layer.__class__ = _MASKED_TWIN[type(layer)]
+    refuse_quantize(layer)
     layer._set_selection(selection, sparsity)
     layer.scores_initializer = keras.initializers.Zeros()
     layer.trainable = True
@@ -317,11 +315,44 @@ def unmask_layers(layers):
         layer.__class__ = next(
             base for base, twin in _MASKED_TWIN.items() if type(layer) is twin
         )
+        allow_quantize(layer)
         for variable in layer.variables:
             variable.trainable = True
         if layer.lora_enabled:
             layer._kernel.trainable = False
     gc.collect()
+
+
+def quantize_error(layer):
+    return ValueError(
+        f"'{layer.name}' holds masks and cannot be quantized. Call "
+        "`keras_mft.bake(model)` first, then quantize the baked model."
+    )
+
+
+def refuse_quantize(layer):
+    """Makes `layer.quantize` (a layer's or a model's) refuse, until `allow_quantize`.
+
+    Keras binds `quantize` to each layer and model object when it is created,
+    so swapping a layer's class keeps `Dense`'s own; and `Model.quantize`
+    would quantize the plain layers that come before the first masked one.
+    So `wrap` makes the model itself refuse, before any layer changes.
+    """
+    layer._plain_quantize = layer.__dict__.get("quantize")
+
+    def quantize(*args, **kwargs):
+        raise quantize_error(layer)
+
+    layer.quantize = quantize
+
+
+def allow_quantize(layer):
+    """Undoes `refuse_quantize`."""
+    if layer._plain_quantize is None:
+        layer.__dict__.pop("quantize")  # the class's own, as before
+    else:
+        layer.quantize = layer._plain_quantize
+    del layer._plain_quantize
 
 
 def _drop_variable(layer, name):

@@ -11,6 +11,7 @@ from keras_mft.mask import check_sparsity
 from keras_mft.masked_layers import check_maskable
 from keras_mft.masked_layers import is_masked
 from keras_mft.masked_layers import mask_layer
+from keras_mft.masked_layers import refuse_quantize
 from keras_mft.selection import GLOBAL
 from keras_mft.selection import GlobalGroup
 from keras_mft.selection import check_n_m
@@ -164,6 +165,8 @@ def wrap(
     for group in groups:
         for layer in group.layers:
             layer._global_group = group
+    for refusing in {id(model): model, id(backbone): backbone}.values():
+        refuse_quantize(refusing)
     for layer in model._flatten_layers(include_self=False):
         if getattr(layer, "lora_enabled", False):
             train_only_lora_factors(layer)

@@ -189,6 +189,8 @@ def test_argument_errors_are_one_line(capsys, tmp_path):
         capsys, "train", "--data", data_file, "--seed=-1", status=2)
     assert "--layers: write a band 'start:stop'" in error_line(
         capsys, "train", "--data", data_file, "--layers", "x", status=2)
+    assert "--targets: unknown projections ['mlp']" in error_line(
+        capsys, "train", "--data", data_file, "--targets", "q,mlp", status=2)
 
 
 def test_input_errors_are_one_line(capsys, tmp_path, preset, data_file):
@@ -199,10 +201,15 @@ def test_input_errors_are_one_line(capsys, tmp_path, preset, data_file):
     broken.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n', "utf-8")
     assert "broken.jsonl, line 2" in error_line(
         capsys, "eval", "--preset", preset, "--data", str(broken))
-    assert "selects no valid blocks" in error_line(
-        capsys, "train", "--preset", preset, "--data", data_file, "--layers", "2:9")
-    assert "Unknown targets ['mlp']" in error_line(
-        capsys, "train", "--preset", preset, "--data", data_file, "--targets", "q,mlp")
+    # Arguments that only the model can check: exit status 2 all the same. The
+    # embedded model's depth (30 blocks) is read from its file's metadata.
+    assert "--layers: The band '28:31' selects no valid blocks: this model has 30" in error_line(
+        capsys, "demo", "--layers", "28:31", status=2)
+    assert "--layers: The band '2:9' selects no valid blocks" in error_line(
+        capsys, "train", "--preset", preset, "--data", data_file, "--layers", "2:9", status=2)
+    assert "--targets: Unknown targets ['ffw_gating']" in error_line(  # Gemma's, not Llama's
+        capsys, "train", "--preset", preset, "--data", data_file, "--targets", "q,ffw_gating",
+        status=2)
     assert "cannot load the preset" in error_line(
         capsys, "eval", "--preset", str(tmp_path), "--data", data_file)
     not_a_mask = tmp_path / "x.mask"
@@ -263,9 +270,19 @@ def test_kill_and_resume_script(tmp_path, preset):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "training unfinished: True" in result.stdout
-    assert "identical to the uninterrupted run's: True" in result.stdout
+    assert "masks.mask identical to the uninterrupted run's: True" in result.stdout
+    assert "best.mask identical to the uninterrupted run's: True" in result.stdout
     assert "holds all 3 epochs and every step: True" in result.stdout
     assert not (tmp_path / "interrupted" / "backup").exists()
+
+
+@pytest.mark.backend_independent
+def test_a_resumed_run_starts_from_the_best_loss_saved(tmp_path):
+    progress = cli._Progress(str(tmp_path / "progress.json"))
+    assert progress.saved_best("loss") is None
+    (tmp_path / "progress.json").write_text(
+        json.dumps({"epochs": {"loss": [2.5, 1.5, 1.75]}, "step_losses": []}), "utf-8")
+    assert progress.saved_best("loss") == 1.5
 
 
 def test_train_refuses_to_overwrite_an_interrupted_run(capsys, tmp_path, preset, data_file):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import keras_mft
+from keras_mft.masked_layers import is_masked
 from keras_mft.masked_layers import mask_layer
 from tests.conftest import fit_a_little
 from tests.conftest import logits_of
@@ -96,7 +97,16 @@ def test_a_masked_layer_refuses_lora_afterwards():
 
 def test_int8_models_are_refused_before_any_change():
     model = tiny_llama()
-    model.quantize("int8")
+    keras_mft.wrap(model, layers="1:2", seed=0)
+    masked = [layer for layer in model._flatten_layers() if is_masked(layer)]
+    for quantizing in (model, model.backbone, masked[0]):
+        with pytest.raises(ValueError, match=r"holds masks and cannot be quantized\. Call `keras_mft\.bake"):
+            quantizing.quantize("int8")
+    # Refused before any layer changed, the unmasked blocks and embedding too.
+    assert not any(getattr(layer, "quantization_mode", None) for layer in model._flatten_layers())
+    keras_mft.bake(model)
+    model.quantize("int8")  # a baked model is a plain one
+    assert model.backbone.transformer_layers[1]._self_attention_layer._query_dense.quantization_mode == "int8"
     with pytest.raises(ValueError, match=r"is quantized \(int8\)\. Wrap the float model, then bake and quantize"):
         keras_mft.wrap(model)
     assert not any(v.path.endswith("/scores") for v in model.weights)

@@ -193,6 +193,18 @@ def test_refuses_hostile_headers_before_allocating(saved, change, message, monke
     assert not unpacked
 
 
+def test_apply_masks_refuses_impossible_masks_before_changing_the_model(saved):
+    # A valid checksum, but bits that sparsity 0.3 cannot give (they remove 20%).
+    _, path = saved
+    rewrite_header(path, lambda header: [record.update(sparsity=0.3) for record in header["masks"]])
+    model = tiny_llama()
+    trainable = [variable.trainable for variable in model.variables]
+    with pytest.raises(ValueError, match=r"removes \d+ weights, but sparsity 0.3 removes"):
+        keras_mft.apply_masks(model, path)
+    assert not any(is_masked(layer) for layer in model._flatten_layers())
+    assert [variable.trainable for variable in model.variables] == trainable
+
+
 def test_refuses_a_header_nested_too_deeply(saved):
     _, path = saved
     encoded = b'{"format": 1, "masks": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"

@@ -111,8 +111,14 @@ def test_an_unfinished_ramp_is_what_training_used():
 def test_snapshots_reload_to_identical_logits(tmp_path):
     model = wrapped()
     recorder = Recorder()
-    tuner = keras_mft.MaskFineTuner(snapshot_dir=tmp_path, monitor="loss", save_best_only=False)
-    history = fit(model, [tuner, recorder]).history
+    tuner = keras_mft.MaskFineTuner(snapshot_dir=tmp_path / "run", monitor="loss",
+                                    save_best_only=False)
+    # As a resumed run whose earlier epochs reached a loss of 0: no epoch beats it.
+    resumed = keras_mft.MaskFineTuner(snapshot_dir=tmp_path / "resumed", monitor="loss",
+                                      initial_value_threshold=0.0)
+    history = fit(model, [tuner, resumed, recorder]).history
+    assert not list((tmp_path / "resumed").iterdir())
+    tmp_path = tmp_path / "run"
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "best.mask", "epoch-001.mask", "epoch-002.mask", "epoch-003.mask",
     ]
