@@ -83,6 +83,7 @@ def full_fine_tune(
     callbacks=None, verbose="auto",
 ):
     """Trains every weight of a `CausalLM` (the FFT arm, and continued FFT)."""
+    budgets.check_rate_arguments(learning_rate=learning_rate)
     for layer in model._flatten_layers():
         layer.trainable = True
     return _fit(model, data, epochs, batch_size, learning_rate, callbacks, verbose)
@@ -104,8 +105,7 @@ def mask_fine_tune(
             std of the initial scores. Defaults to 0.47 (the paper's math run).
         learning_rate: the peak learning rate, instead of `score_budget`.
     """
-    if score_budget is not None and learning_rate is not None:
-        raise ValueError("Give `score_budget` or `learning_rate`, not both.")
+    budgets.check_rate_arguments(score_budget, learning_rate)  # before `wrap` changes the model
     wrap(model, layers=layers, targets=targets, sparsity=sparsity,
          score_init=score_init, seed=seed)
     _, budget = compile_mask_fine_tuning(
@@ -139,6 +139,7 @@ def lora_fine_tune(
         targets: projections to adapt, as for `keras_mft.wrap`; KerasHub's
             default is query and value.
     """
+    budgets.check_rate_arguments(learning_rate=learning_rate)
     backbone = architectures.backbone_of(model)
     layer_names = architectures.layer_names_of(backbone)
     names = [layer_names[alias] for alias in parse_targets(list(targets), layer_names)]

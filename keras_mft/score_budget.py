@@ -24,6 +24,8 @@ several times over, while a run of a few dozen steps at 2e-5 (B ~ 0.01)
 barely moves the mask from its random start.
 """
 
+import math
+import numbers
 import warnings
 
 import keras
@@ -86,6 +88,22 @@ def learning_rate_for_budget(budget, total_steps, warmup_fraction=0.03,
     return budget * score_std / unit
 
 
+def check_rate_arguments(score_budget=None, learning_rate=None):
+    """Refuses both given, or either one not a positive finite number."""
+    if score_budget is not None and learning_rate is not None:
+        raise ValueError(
+            "Give a score budget or a learning rate, not both: each one sets the "
+            "learning rate."
+        )
+    for name, value in (("score_budget", score_budget), ("learning_rate", learning_rate)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"`{name}` must be a positive number. Received: {name}={value!r}")
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"`{name}` must be a positive, finite number. Received: {name}={value!r}")
+
+
 def peak_learning_rate(total_steps, score_std, score_budget=None, learning_rate=None):
     """The paper schedule's peak learning rate and B, given one of them.
 
@@ -99,11 +117,7 @@ def peak_learning_rate(total_steps, score_std, score_budget=None, learning_rate=
     Returns:
         `(learning_rate, budget)`.
     """
-    if score_budget is not None and learning_rate is not None:
-        raise ValueError(
-            "Give a score budget or a learning rate, not both: each one sets the "
-            "learning rate."
-        )
+    check_rate_arguments(score_budget, learning_rate)
     if learning_rate is None:
         if score_budget is None:
             score_budget = DEFAULT_BUDGET

@@ -58,8 +58,14 @@ def test_mask_fine_tune_bakes_a_trained_mask(byte_tokenizer, data):
 
 def test_mask_fine_tune_spends_the_score_budget(byte_tokenizer, data):
     model = tiny_model(byte_tokenizer)
-    with pytest.raises(ValueError, match="not both"):
-        protocol.mask_fine_tune(model, data, score_budget=0.4, learning_rate=1e-3)
+    for bad, error, message in [
+        ({"score_budget": 0.4, "learning_rate": 1e-3}, ValueError, "not both"),
+        ({"score_budget": float("nan")}, ValueError, "positive, finite"),
+        ({"learning_rate": -1.0}, ValueError, "positive, finite"),
+        ({"learning_rate": "2e-5"}, TypeError, "positive number"),
+    ]:
+        with pytest.raises(error, match=message):
+            protocol.mask_fine_tune(model, data, **bad)
     assert not any(is_masked(layer) for layer in model._flatten_layers())
     history = protocol.mask_fine_tune(
         model, data, layers="all", seed=0, epochs=2, batch_size=2, verbose=0,
