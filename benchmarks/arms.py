@@ -37,8 +37,8 @@ from keras import ops
 
 import keras_mft
 from keras_mft import architectures
-from keras_mft.bake import masked_layers_of
-from keras_mft.wrap import parse_layers
+from keras_mft.wrapping import masked_layers_of
+from keras_mft.wrapping import parse_layers
 
 # Full FFT needs the most memory, so it runs last.
 ARMS = ("mft", "fft_band", "lora8", "lora64", "fft")

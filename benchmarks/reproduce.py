@@ -44,7 +44,7 @@ import numpy as np
 import keras_mft
 from keras_mft import evaluation
 from keras_mft import protocol
-from keras_mft import smollm2
+from keras_mft.embedded import smollm2
 
 SETTINGS = {
     "model": "smollm2_135m_instruct",  # --fast: "tiny", keras_mft.tiny_smollm2()

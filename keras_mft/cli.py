@@ -26,8 +26,8 @@ from keras_mft import architectures
 from keras_mft import evaluation
 from keras_mft import plot
 from keras_mft.backup import CrashSafeBackupAndRestore
-from keras_mft.bake import bake
-from keras_mft.bake import masks_of
+from keras_mft.wrapping import bake
+from keras_mft.wrapping import masks_of
 from keras_mft.chat_templates import TEMPLATES
 from keras_mft.chat_templates import template_for
 from keras_mft.instruction_data import instruction_dataset
@@ -40,13 +40,13 @@ from keras_mft.preset import save_preset
 from keras_mft import score_budget as budgets
 from keras_mft.protocol import compile_mask_fine_tuning
 from keras_mft.protocol import total_steps
-from keras_mft.smollm2 import backbone_config
-from keras_mft.smollm2 import gguf_reader
-from keras_mft.smollm2 import smollm2_135m_instruct
+from keras_mft.embedded.smollm2 import backbone_config
+from keras_mft.embedded.smollm2 import gguf_reader
+from keras_mft.embedded.smollm2 import smollm2_135m_instruct
 from keras_mft.version import __version__
-from keras_mft.wrap import parse_layers
-from keras_mft.wrap import parse_targets
-from keras_mft.wrap import wrap
+from keras_mft.wrapping import parse_layers
+from keras_mft.wrapping import parse_targets
+from keras_mft.wrapping import wrap
 
 BACKENDS = ("jax", "torch", "tensorflow")
 EMBEDDED = "the embedded SmolLM2-135M-Instruct"
@@ -234,7 +234,7 @@ def _targets(text):
 
 
 def run_demo(args):
-    from keras_mft.demo import run_demo as demo
+    from keras_mft.embedded.demo import run_demo as demo
 
     # The embedded model's depth is in its file's metadata: no need to load it.
     _check_layers(args.layers, backbone_config(gguf_reader())["num_layers"])

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from keras_mft import architectures
-from keras_mft.bake import masked_layers_of
+from keras_mft.wrapping import masked_layers_of
 from keras_mft.mask import check_sparsity
 from keras_mft.mask import num_removed
 from keras_mft.selection import GLOBAL
@@ -38,7 +38,7 @@ from keras_mft.selection import input_axes
 from keras_mft.selection import n_m_sparsity
 from keras_mft.selection import parse_selection
 from keras_mft.version import __version__
-from keras_mft.wrap import wrap
+from keras_mft.wrapping import wrap
 
 MAGIC = b"KERASMFT"
 FORMAT = 1

@@ -7,8 +7,8 @@ import warnings
 import keras
 import numpy as np
 
-from keras_mft.bake import bake
-from keras_mft.bake import masked_layers_of
+from keras_mft.wrapping import bake
+from keras_mft.wrapping import masked_layers_of
 from keras_mft.mask_file import save_masks
 from keras_mft.score_budget import learning_rate_sum
 from keras_mft.score_budget import score_std

@@ -27,22 +27,20 @@ from keras_mft.mask import num_removed
 from keras_mft.mask import zero_removed
 
 
+# `scores_initializer` that starts the scores at |kernel|: the first mask is the
+# L1-magnitude mask.
+MAGNITUDE = "magnitude"
+
+
 class MaskedKernel:
     """What `MaskedDense` and `MaskedEinsumDense` add to their Keras parent."""
 
     def __init__(
         self, *args, sparsity=0.1, selection="per_matrix", scores_initializer=None, **kwargs
     ):
-        if kwargs.get("lora_rank"):
-            raise ValueError(
-                "A masked layer cannot also use LoRA. Remove `lora_rank`."
-            )
         super().__init__(*args, **kwargs)
         self._set_selection(selection, sparsity)
-        self.scores_initializer = keras.initializers.get(
-            scores_initializer
-            or keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
-        )
+        self.scores_initializer = _scores_initializer(scores_initializer)
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -67,12 +65,14 @@ class MaskedKernel:
         self.scores = self.add_weight(
             name="scores",
             shape=self._kernel.shape,
-            initializer=initializer,
+            initializer="zeros" if initializer == MAGNITUDE else initializer,
             dtype="float32",
             # Adam updates of small scores underflow in bfloat16.
             autocast=False,
             trainable=True,
         )
+        if initializer == MAGNITUDE:
+            self.scores.assign(ops.abs(ops.cast(self._kernel, "float32")))
         # A variable, not a Python int, so that the sparsity can change during
         # training without retracing the train step.
         self.removed_count = self.add_weight(
@@ -121,6 +121,8 @@ class MaskedKernel:
             raise AttributeError(
                 "You must build the layer before accessing `kernel`."
             )
+        if getattr(self, "scores", None) is None:
+            return self._kernel  # inside `build`, where Keras enables LoRA
         kernel = masked_kernel(self._kernel, self.scores, self._keep())
         if self.lora_enabled:  # LoRA's delta is added to the masked kernel
             delta = ops.matmul(self.lora_kernel_a, self.lora_kernel_b)
@@ -153,6 +155,10 @@ class MaskedKernel:
         raise quantize_error(self)
 
     def enable_lora(self, *args, **kwargs):
+        if getattr(self, "scores", None) is None:
+            # Building from a config with `lora_rank`: Keras' `build` enables
+            # LoRA before the scores exist, as `wrap` does on a LoRA layer.
+            return super().enable_lora(*args, **kwargs)
         raise NotImplementedError(
             f"Layer '{self.name}' is already masked. To combine LoRA with MFT, "
             "enable LoRA first (`model.backbone.enable_lora(rank)`), then call "
@@ -192,8 +198,9 @@ class MaskedKernel:
         config = super().get_config()
         config["sparsity"] = self.sparsity
         config["selection"] = self.selection
-        config["scores_initializer"] = keras.initializers.serialize(
-            self.scores_initializer
+        config["scores_initializer"] = (
+            MAGNITUDE if self.scores_initializer == MAGNITUDE
+            else keras.initializers.serialize(self.scores_initializer)
         )
         return config
 
@@ -210,8 +217,10 @@ class MaskedDense(MaskedKernel, keras.layers.Dense):
         selection: `"per_matrix"` (the paper), `"global"` (set up by
             `keras_mft.wrap`) or `"N:M"`, e.g. `"2:4"`, which fixes the
             sparsity at (M - N) / M; see `keras_mft.selection`.
-        scores_initializer: initializer of the float32 scores. Defaults to
-            `RandomNormal(stddev=0.02)`, the paper's effective initialization.
+        scores_initializer: initializer of the float32 scores, or
+            `"magnitude"` to start them at |kernel| (the first mask is then the
+            L1-magnitude mask). Defaults to `RandomNormal(stddev=0.02)`, the
+            paper's effective initialization.
         **kwargs: the other arguments of `keras.layers.Dense`.
 
     Example:
@@ -240,8 +249,7 @@ class MaskedEinsumDense(MaskedKernel, keras.layers.EinsumDense):
         sparsity: float in [0, 1), the fraction of kernel entries removed.
         selection: as for `MaskedDense`; N:M runs along the kernel axes the
             equation contracts with the input.
-        scores_initializer: initializer of the float32 scores. Defaults to
-            `RandomNormal(stddev=0.02)`.
+        scores_initializer: as for `MaskedDense`.
         **kwargs: the other arguments of `keras.layers.EinsumDense`.
     """
 
@@ -276,7 +284,7 @@ def check_maskable(layer):
         )
 
 
-def mask_layer(layer, sparsity, initial_scores, selection="per_matrix"):
+def mask_layer(layer, sparsity, initial_scores, selection="per_matrix", scores_initializer=None):
     """Turns a built `Dense`/`EinsumDense` into its masked twin, in place.
 
     Args:
@@ -285,15 +293,26 @@ def mask_layer(layer, sparsity, initial_scores, selection="per_matrix"):
             (ignored for an N:M `selection`).
         initial_scores: array shaped like the kernel.
         selection: see `keras_mft.selection`.
+        scores_initializer: what the layer's config reports as the origin of
+            `initial_scores`, as for `MaskedDense`.
     """
     check_maskable(layer)
     layer.__class__ = _MASKED_TWIN[type(layer)]
     refuse_quantize(layer)
     layer._set_selection(selection, sparsity)
-    layer.scores_initializer = keras.initializers.Zeros()
+    layer.scores_initializer = _scores_initializer(scores_initializer)
     layer.trainable = True
-    layer._add_scores(layer.scores_initializer)
+    layer._add_scores("zeros")
     layer.scores.assign(initial_scores)
+
+
+def _scores_initializer(initializer):
+    """A Keras initializer, or `"magnitude"`: the scores start as |kernel|."""
+    if initializer == MAGNITUDE:
+        return MAGNITUDE
+    return keras.initializers.get(
+        initializer or keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
+    )
 
 
 def unmask_layers(layers):

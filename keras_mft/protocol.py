@@ -25,13 +25,13 @@ import math
 
 from keras_mft import architectures
 from keras_mft import score_budget as budgets
-from keras_mft.bake import bake
+from keras_mft.wrapping import bake
 from keras_mft.mask_fine_tuner import MaskFineTuner
 from keras_mft.training import LEARNING_RATE
 from keras_mft.training import compile_like_paper
 from keras_mft.training import paper_optimizer
-from keras_mft.wrap import parse_targets
-from keras_mft.wrap import wrap
+from keras_mft.wrapping import parse_targets
+from keras_mft.wrapping import wrap
 
 __all__ = [
     "compile_mask_fine_tuning", "full_fine_tune", "lora_fine_tune", "mask_fine_tune",

@@ -131,7 +131,7 @@ def score_std(model):
 
     Read it right after `keras_mft.wrap`: that is the initial spread.
     """
-    from keras_mft.bake import scores_of
+    from keras_mft.wrapping import scores_of
 
     scores = [values.reshape(-1) for values in scores_of(model).values()]
     if not scores:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import keras_mft
-from keras_mft.bake import masked_layers_of
+from keras_mft.wrapping import masked_layers_of
 from tests.benchmark_scripts import import_benchmark
 from tests.benchmark_scripts import run_benchmark
 

@@ -12,7 +12,7 @@ import pytest
 
 import keras_mft
 from keras_mft import cli
-from keras_mft import smollm2
+from keras_mft.embedded import smollm2
 from tests.conftest import logits_of
 from tests.conftest import token_batch
 from tests.conftest import to_numpy

@@ -6,6 +6,7 @@ import pytest
 
 import keras_mft
 from keras_mft.mask import num_removed
+from tests.conftest import tiny_llama
 from tests.conftest import to_numpy
 from tests.gradients import gradient
 from tests.test_mask import numpy_keep_mask
@@ -144,11 +145,34 @@ def test_registered_for_keras_serialization(make):
     assert type(restored) is type(layer) and restored.sparsity == layer.sparsity
 
 
-def test_refuses_lora_and_quantization():
-    with pytest.raises(ValueError, match="LoRA"):
-        keras_mft.MaskedDense(4, lora_rank=2)
+def test_config_of_layers_masked_in_place_rebuilds_them(model):
+    lora = model.backbone.transformer_layers[0]._self_attention_layer._query_dense
+    lora.enable_lora(2)
+    keras_mft.wrap(model, layers=[0], targets=["q", "up"], seed=0)
+    magnitude = tiny_llama()
+    keras_mft.wrap(magnitude, layers=[0], targets=["up"], score_init="magnitude")
+    up = model.backbone.transformer_layers[0]._feedforward_intermediate_dense
+    up_magnitude = magnitude.backbone.transformer_layers[0]._feedforward_intermediate_dense
+    # The scores' origin: drawn from N(0, 0.02) by `wrap`, or |kernel|.
+    initializer = up.get_config()["scores_initializer"]
+    assert initializer["class_name"] == "RandomNormal" and initializer["config"]["stddev"] == 0.02
+    assert up_magnitude.get_config()["scores_initializer"] == "magnitude"
+    for layer, x in [(lora, np.ones((2, 5, 32), "float32")), (up, np.ones((2, 32), "float32")),
+                     (up_magnitude, np.ones((2, 32), "float32"))]:
+        clone = type(layer).from_config(layer.get_config())
+        clone.build(x.shape)
+        assert [v.name for v in clone.weights] == [v.name for v in layer.weights]
+        assert [v.trainable for v in clone.weights] == [v.trainable for v in layer.weights]
+        clone.set_weights(layer.get_weights())
+        np.testing.assert_array_equal(to_numpy(clone(x)), to_numpy(layer(x)))
+    fresh = keras_mft.MaskedDense(4, scores_initializer="magnitude")
+    fresh.build((None, 8))
+    np.testing.assert_array_equal(to_numpy(fresh.scores), np.abs(to_numpy(fresh._kernel)))
+
+
+def test_refuses_lora_afterwards_and_quantization():
     layer = dense()
-    with pytest.raises(NotImplementedError, match="bake"):
+    with pytest.raises(ValueError, match="bake"):
         layer.quantize("int8")
     with pytest.raises(NotImplementedError, match="LoRA"):
         layer.enable_lora(2)

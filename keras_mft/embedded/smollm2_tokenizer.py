@@ -76,7 +76,7 @@ class SmolLM2Tokenizer(Llama3Tokenizer):
 
     Example:
     ```python
-    from keras_mft.smollm2 import smollm2_135m_instruct
+    from keras_mft.embedded.smollm2 import smollm2_135m_instruct
 
     tokenizer = smollm2_135m_instruct().preprocessor.tokenizer
     tokenizer("Paid $15000 in 2023")

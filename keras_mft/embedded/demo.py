@@ -17,17 +17,17 @@ import keras
 
 from keras_mft import evaluation
 from keras_mft import plot
-from keras_mft.bake import bake
-from keras_mft.bake import masks_of
-from keras_mft.gsm8k import gsm8k
+from keras_mft.wrapping import bake
+from keras_mft.wrapping import masks_of
+from keras_mft.embedded.gsm8k import gsm8k
 from keras_mft.instruction_data import instruction_dataset
 from keras_mft.mask_file import save_masks
 from keras_mft.mask_fine_tuner import MaskFineTuner
 from keras_mft.preset import save_preset
 from keras_mft.protocol import compile_mask_fine_tuning
 from keras_mft.protocol import total_steps
-from keras_mft.smollm2 import smollm2_135m_instruct
-from keras_mft.wrap import wrap
+from keras_mft.embedded.smollm2 import smollm2_135m_instruct
+from keras_mft.wrapping import wrap
 
 
 def run_demo(

