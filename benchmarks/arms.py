@@ -113,7 +113,7 @@ def prepare(model, arm, band):
 
 def hold_mask(layer):
     """Keeps a masked layer's current mask, in a boolean variable, for good."""
-    keep = layer._keep()
+    keep = layer.keep_mask()
     layer._tracker.unlock()
     held = layer.add_weight(
         name="held_keep", shape=keep.shape, dtype="bool", trainable=False,

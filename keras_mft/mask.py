@@ -50,17 +50,17 @@ def num_removed(size, sparsity):
     return math.floor(Fraction(repr(float(sparsity))) * size)
 
 
-def keep_mask(scores, removed):
+def keep_mask(scores, count):
     """Returns a boolean tensor shaped like `scores`: True where an entry is kept.
 
     Args:
         scores: float32 tensor of any shape.
-        removed: int or int32 tensor, how many entries to remove (see
+        count: int or int32 tensor, how many entries to remove (see
             `num_removed`).
     """
     columns = scores.shape[-1] if len(scores.shape) else 1
     keys = ops.view(ops.abs(ops.reshape(scores, (-1, columns))), "int32")
-    threshold, ties_to_remove, ties = _kth_smallest(ops.reshape(keys, (-1,)), removed)
+    threshold, ties_to_remove, ties = _kth_smallest(ops.reshape(keys, (-1,)), count)
     # Usually every entry equal to the threshold is removed (with continuous
     # scores there is rarely more than one), and one comparison gives the
     # mask; only otherwise must the ties be ranked, which costs another pass.

@@ -30,13 +30,9 @@ import numpy as np
 
 from keras_mft import architectures
 from keras_mft.wrapping import masked_layers_of
+from keras_mft import selection as selections
 from keras_mft.mask import check_sparsity
-from keras_mft.mask import num_removed
-from keras_mft.selection import GLOBAL
-from keras_mft.selection import check_n_m
 from keras_mft.selection import input_axes
-from keras_mft.selection import n_m_sparsity
-from keras_mft.selection import parse_selection
 from keras_mft.version import __version__
 from keras_mft.wrapping import wrap
 
@@ -59,14 +55,14 @@ def save_masks(model, path):
     """
     records, chunks, offset = [], [], 0
     for layer in masked_layers_of(model):
-        keep = keras.ops.convert_to_numpy(layer._keep())
+        keep = keras.ops.convert_to_numpy(layer.keep_mask())
         bits = np.packbits(keep.reshape(-1), bitorder="little").tobytes()
         records.append(
             {
-                "path": layer._kernel.path,
-                "shape": list(layer._kernel.shape),
+                "path": layer.kernel_path,
+                "shape": list(layer.frozen_kernel.shape),
                 "sparsity": layer.sparsity,
-                "selection": layer.selection,
+                "selection": layer.selection.name,
                 "num_removed": int(np.sum(~keep)),
                 "kernel_sha256": _fingerprint(layer),
                 "offset": offset,
@@ -102,7 +98,7 @@ def load_masks(model, path):
     """
     layers = masked_layers_of(model)
     records = _read_records(path)
-    by_path = {layer._kernel.path: layer for layer in layers}
+    by_path = {layer.kernel_path: layer for layer in layers}
     missing = sorted(set(by_path) - set(records))
     extra = sorted(set(records) - set(by_path))
     if missing or extra:
@@ -115,15 +111,15 @@ def load_masks(model, path):
     new_scores = []
     for kernel_path, layer in by_path.items():
         record = records[kernel_path]
-        if tuple(record["shape"]) != tuple(layer._kernel.shape):
+        if tuple(record["shape"]) != tuple(layer.frozen_kernel.shape):
             raise ValueError(
                 f"{kernel_path}: the mask file holds shape {record['shape']} "
-                f"but the model's kernel has shape {list(layer._kernel.shape)}."
+                f"but the model's kernel has shape {list(layer.frozen_kernel.shape)}."
             )
-        if record["selection"] != layer.selection:
+        if record["selection"] != layer.selection.name:
             raise ValueError(
                 f"{kernel_path}: the mask file was saved with selection "
-                f"{record['selection']!r} but this layer uses {layer.selection!r}. "
+                f"{record['selection']!r} but this layer uses {layer.selection.name!r}. "
                 "Wrap with the same `selection`."
             )
         if record["sparsity"] != layer.sparsity:
@@ -139,7 +135,7 @@ def load_masks(model, path):
                 "(same preset and weights) before loading these masks."
             )
         new_scores.append(record["bits"].astype("float32").reshape(record["shape"]))
-    _check_bits(records, by_path, lambda kernel_path: id(by_path[kernel_path]._global_group), path)
+    _check_bits(records, by_path, lambda kernel_path: id(by_path[kernel_path].selection), path)
     for layer, scores in zip(by_path.values(), new_scores):
         layer.scores.assign(scores)
 
@@ -165,17 +161,17 @@ def apply_masks(model, path):
     where = {}
     for index, block in enumerate(backbone.transformer_layers):
         for alias, layer in architectures.projections_of(backbone, block).items():
-            where[layer._kernel.path] = (index, alias, layer)
+            where[layer._kernel.path] = (index, alias, layer)  # plain layers: Keras' name
     unknown = sorted(set(records) - set(where))
     if unknown:
         raise ValueError(
             f"The mask file {path} masks kernels that this model does not have: "
             f"{unknown[:3]}. Load the model the masks were learned on."
         )
-    selections = {record["selection"] for record in records.values()}
-    if len(selections) != 1:
-        raise ValueError(f"The mask file {path} mixes selections {sorted(selections)}.")
-    selection = selections.pop()
+    names = {record["selection"] for record in records.values()}
+    if len(names) != 1:
+        raise ValueError(f"The mask file {path} mixes selections {sorted(names)}.")
+    selection = names.pop()
     blocks = sorted({where[p][0] for p in records})
     aliases = [a for a in architectures.ALIASES if any(where[p][1] == a for p in records)]
     sparsities = {"attention": set(), "mlp": set()}
@@ -203,7 +199,7 @@ def apply_masks(model, path):
     _check_bits(records, {p: where[p][2] for p in records}, lambda p: where[p][1], path)
     # Every check has passed: from here on the model is changed.
     only = {group: values.pop() if values else None for group, values in sparsities.items()}
-    if isinstance(parse_selection(selection), tuple):
+    if selections.get(selection).fixed_sparsity is not None:
         only = {"attention": None, "mlp": None}  # N:M fixes the sparsity
     wrap(
         model, layers=blocks, targets=aliases, selection=selection,
@@ -252,17 +248,17 @@ def _check_bits(records, layers, group_of, path):
         record = records[kernel_path]
         keep = record["bits"]
         removed = int(np.sum(~keep))
-        selection = parse_selection(record["selection"])
-        if isinstance(selection, tuple):
-            check_n_m(layer, *selection)
-            if record["sparsity"] != n_m_sparsity(*selection) or not _is_n_m(keep, layer, *selection):
+        selection = selections.get(record["selection"])
+        selection.check(layer)
+        if isinstance(selection, selections.NM):
+            if record["sparsity"] != selection.fixed_sparsity or not _is_n_m(keep, layer, selection):
                 raise ValueError(
-                    f"{kernel_path}: the mask in {path} is not a {record['selection']} "
+                    f"{kernel_path}: the mask in {path} is not a {selection.name} "
                     "pattern. The file is corrupted."
                 )
             continue
-        expected = num_removed(keep.size, check_sparsity(record["sparsity"]))
-        if selection == GLOBAL:
+        expected = selection.num_removed(keep.size, check_sparsity(record["sparsity"]))
+        if isinstance(selection, selections.Global):
             # A global group removes a total, shared unevenly by its members.
             group = group_of(kernel_path)
             removed_by_group[group] = removed_by_group.get(group, 0) + removed
@@ -280,15 +276,18 @@ def _check_bits(records, layers, group_of, path):
             )
 
 
-def _is_n_m(keep, layer, n, m):
+def _is_n_m(keep, layer, selection):
     """Whether flat `keep` keeps exactly N of every M input weights of `layer`."""
     axes = input_axes(layer)
+    # `_kernel`: Keras' own name for the stored kernel, masked or not yet.
     moved = np.moveaxis(keep.reshape(layer._kernel.shape), axes, range(len(axes)))
     inputs = int(np.prod(moved.shape[: len(axes)]))
-    return bool(np.all(moved.reshape(inputs // m, m, -1).sum(axis=1) == n))
+    groups = moved.reshape(inputs // selection.m, selection.m, -1)
+    return bool(np.all(groups.sum(axis=1) == selection.n))
 
 
 def _fingerprint(layer):
+    """SHA-256 of a layer's stored kernel (`_kernel`, masked or not yet)."""
     kernel = keras.ops.convert_to_numpy(layer._kernel)
     return hashlib.sha256(np.ascontiguousarray(kernel).tobytes()).hexdigest()
 
@@ -412,7 +411,7 @@ def _checked_record(record, refuse):
             and natural(checked["offset"]) and natural(checked["nbytes"])
         )
         if valid:
-            parse_selection(checked["selection"])
+            selections.get(checked["selection"])
     except (KeyError, TypeError, ValueError, AttributeError):
         valid = False
     if not valid:

@@ -105,7 +105,7 @@ class MaskFineTuner(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._layers = masked_layers_of(self.model)
         self._targets = [layer.sparsity for layer in self._layers]
-        fixed = [layer.name for layer in self._layers if isinstance(layer._selection, tuple)]
+        fixed = [layer.name for layer in self._layers if layer.selection.fixed_sparsity is not None]
         if self.ramp_steps is not None and fixed:
             raise ValueError(
                 f"`ramp_steps` cannot ramp N:M masks (layers {fixed[:3]}): their "
@@ -180,7 +180,7 @@ class MaskFineTuner(keras.callbacks.Callback):
         self._sync()
         masks = []
         for layer in self._layers:
-            keep = keras.ops.convert_to_numpy(layer._keep()).reshape(-1)
+            keep = keras.ops.convert_to_numpy(layer.keep_mask()).reshape(-1)
             masks.append(np.packbits(keep))
         return masks
 
@@ -203,7 +203,7 @@ class MaskFineTuner(keras.callbacks.Callback):
         }
         if self.per_matrix:
             for layer, size, kept_here in zip(self._layers, sizes, kept):
-                path = layer._kernel.path.rsplit("/", 1)[0]
+                path = layer.kernel_path.rsplit("/", 1)[0]
                 report[f"sparsity/{path}"] = 1.0 - kept_here / size
         return report
 

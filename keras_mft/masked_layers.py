@@ -8,7 +8,7 @@ factors), float32 and shaped like the kernel, from which the mask is recomputed
 at every call (see `keras_mft.mask` and, for the other ways of choosing the
 removed entries, `keras_mft.selection`).
 
-`mask_layer` and `unmask_layers` turn a built KerasHub projection into its masked
+`mask_layer` and `unmask` turn a built KerasHub projection into its masked
 twin and back in place, the way `enable_lora` does, so the layer keeps its
 name, its variables and their paths.
 """
@@ -21,9 +21,7 @@ from keras import ops
 
 from keras_mft import selection as selections
 from keras_mft.mask import check_sparsity
-from keras_mft.mask import keep_mask
 from keras_mft.mask import masked_kernel
-from keras_mft.mask import num_removed
 from keras_mft.mask import zero_removed
 
 
@@ -33,58 +31,70 @@ MAGNITUDE = "magnitude"
 
 
 class MaskedKernel:
-    """What `MaskedDense` and `MaskedEinsumDense` add to their Keras parent."""
+    """What `MaskedDense` and `MaskedEinsumDense` add to their Keras parent.
+
+    Masking adds the attributes `_ATTRIBUTES` and the variables `_VARIABLES`
+    and nothing else; unmasking removes exactly those.
+    """
+
+    _ATTRIBUTES = ("selection", "sparsity", "scores_initializer")
+    _VARIABLES = ("scores", "num_removed_variable")
 
     def __init__(
         self, *args, sparsity=0.1, selection="per_matrix", scores_initializer=None, **kwargs
     ):
         super().__init__(*args, **kwargs)
-        self._set_selection(selection, sparsity)
-        self.scores_initializer = _scores_initializer(scores_initializer)
+        self._set_attributes(selection, sparsity, scores_initializer)
 
     def build(self, input_shape):
         super().build(input_shape)
-        if isinstance(self._selection, tuple):
-            selections.check_n_m(self, *self._selection)
-        self._add_scores(self.scores_initializer)
+        self._add_variables()
 
-    def _set_selection(self, selection, sparsity):
-        self.selection = selection
-        self._selection = selections.parse_selection(selection)
-        self._global_group = None  # set by `keras_mft.wrap`
-        if isinstance(self._selection, tuple):
-            sparsity = selections.n_m_sparsity(*self._selection)
-        self.sparsity = check_sparsity(sparsity)
+    def _set_attributes(self, selection, sparsity, scores_initializer):
+        self.selection = selections.get(selection)
+        fixed = self.selection.fixed_sparsity
+        self.sparsity = check_sparsity(sparsity if fixed is None else fixed)
+        self.scores_initializer = _scores_initializer(scores_initializer)
 
-    def _add_scores(self, initializer):
-        """Freezes kernel and bias; adds `scores` and `removed_count`."""
+    def _add_variables(self):
+        """Freezes kernel and bias; adds the scores and the number removed."""
+        self.selection.check(self)
         self._kernel.trainable = False
         if self.bias is not None:
             self.bias.trainable = False
+        magnitude = self.scores_initializer == MAGNITUDE
         self._tracker.unlock()
         self.scores = self.add_weight(
             name="scores",
             shape=self._kernel.shape,
-            initializer="zeros" if initializer == MAGNITUDE else initializer,
+            initializer="zeros" if magnitude else self.scores_initializer,
             dtype="float32",
             # Adam updates of small scores underflow in bfloat16.
             autocast=False,
             trainable=True,
         )
-        if initializer == MAGNITUDE:
-            self.scores.assign(ops.abs(ops.cast(self._kernel, "float32")))
         # A variable, not a Python int, so that the sparsity can change during
         # training without retracing the train step.
-        self.removed_count = self.add_weight(
-            name="removed_count",
+        self.num_removed_variable = self.add_weight(
+            name="num_removed",
             shape=(),
-            initializer=keras.initializers.Constant(
-                self._removed_for(self.sparsity)
-            ),
+            initializer=keras.initializers.Constant(self._num_removed_for(self.sparsity)),
             dtype="int32",
             trainable=False,
         )
         self._tracker.lock()
+        if magnitude:
+            self.scores.assign(ops.abs(ops.cast(self._kernel, "float32")))
+
+    @property
+    def frozen_kernel(self):
+        """The stored kernel, before the mask (and LoRA's delta) is applied."""
+        return self._kernel
+
+    @property
+    def kernel_path(self):
+        """The stored kernel's variable path: the key of this mask in mask files."""
+        return self._kernel.path
 
     @property
     def num_removed(self):
@@ -93,27 +103,23 @@ class MaskedKernel:
         With `selection="global"`, how many it removes now: the group removes
         the sum of its members' floor(sparsity * size), shared by one threshold.
         """
-        if self._selection == selections.GLOBAL:
-            mask = ops.convert_to_numpy(self.hard_mask())
-            return int(mask.size - mask.sum())
-        return int(ops.convert_to_numpy(self.removed_count))
+        if isinstance(self.selection, selections.Global):
+            keep = ops.convert_to_numpy(self.keep_mask())
+            return int(keep.size - keep.sum())
+        return int(self.num_removed_variable)
 
     def set_sparsity(self, sparsity):
         """Changes the fraction of the kernel that the mask removes."""
-        if isinstance(self._selection, tuple):
+        if self.selection.fixed_sparsity is not None:
             raise ValueError(
-                f"Layer '{self.name}' keeps {self.selection} weights, which "
+                f"Layer '{self.name}' keeps {self.selection.name} weights, which "
                 "fixes its sparsity; it cannot be changed (nor ramped)."
             )
         self.sparsity = check_sparsity(sparsity)
-        self.removed_count.assign(self._removed_for(self.sparsity))
+        self.num_removed_variable.assign(self._num_removed_for(self.sparsity))
 
-    def _removed_for(self, sparsity):
-        size = math.prod(self._kernel.shape)
-        if isinstance(self._selection, tuple):
-            n, m = self._selection
-            return size // m * (m - n)
-        return num_removed(size, sparsity)
+    def _num_removed_for(self, sparsity):
+        return self.selection.num_removed(math.prod(self._kernel.shape), sparsity)
 
     @property
     def kernel(self):
@@ -123,7 +129,7 @@ class MaskedKernel:
             )
         if getattr(self, "scores", None) is None:
             return self._kernel  # inside `build`, where Keras enables LoRA
-        kernel = masked_kernel(self._kernel, self.scores, self._keep())
+        kernel = masked_kernel(self._kernel, self.scores, self.keep_mask())
         if self.lora_enabled:  # LoRA's delta is added to the masked kernel
             delta = ops.matmul(self.lora_kernel_a, self.lora_kernel_b)
             kernel = ops.cast(
@@ -131,25 +137,13 @@ class MaskedKernel:
             )
         return kernel
 
+    def keep_mask(self):
+        """The current mask as a boolean tensor, True where a weight is kept."""
+        return self.selection.keep(self)
+
     def hard_mask(self):
         """The current mask as a float32 tensor of 0s and 1s, no gradient."""
-        return ops.cast(self._keep(), "float32")
-
-    def _keep(self):
-        """The current mask as a boolean tensor, True where a weight is kept."""
-        scores = ops.stop_gradient(ops.convert_to_tensor(self.scores))
-        if self._selection == selections.PER_MATRIX:
-            return keep_mask(scores, ops.convert_to_tensor(self.removed_count))
-        if self._selection == selections.GLOBAL:
-            if self._global_group is None:
-                raise ValueError(
-                    f"Layer '{self.name}' uses selection='global' but belongs "
-                    "to no group. Wrap the model with "
-                    "`keras_mft.wrap(model, selection='global')`."
-                )
-            return self._global_group.keep_mask(self)
-        n, m = self._selection
-        return selections.n_m_keep_mask(scores, n, m, selections.input_axes(self))
+        return ops.cast(self.keep_mask(), "float32")
 
     def quantize(self, mode=None, **kwargs):
         raise quantize_error(self)
@@ -167,7 +161,7 @@ class MaskedKernel:
         )
 
     def _own_variables(self):
-        variables = [self._kernel, self.bias, self.scores, self.removed_count]
+        variables = [self._kernel, self.bias, self.scores, self.num_removed_variable]
         if self.lora_enabled:
             variables += [self.lora_kernel_a, self.lora_kernel_b]
         return [v for v in variables if v is not None]
@@ -186,7 +180,7 @@ class MaskedKernel:
         if len(store.keys()) != len(variables):
             raise ValueError(
                 f"Masked layer '{self.name}' expected {len(variables)} "
-                "variables (kernel, bias if any, scores, removed_count, LoRA "
+                "variables (kernel, bias if any, scores, num_removed, LoRA "
                 "factors if any) but the "
                 f"weights file has {len(store.keys())}. Load weights saved from a model "
                 "wrapped with the same `layers` and `targets`."
@@ -197,7 +191,7 @@ class MaskedKernel:
     def get_config(self):
         config = super().get_config()
         config["sparsity"] = self.sparsity
-        config["selection"] = self.selection
+        config["selection"] = self.selection.name
         config["scores_initializer"] = (
             MAGNITUDE if self.scores_initializer == MAGNITUDE
             else keras.initializers.serialize(self.scores_initializer)
@@ -292,17 +286,16 @@ def mask_layer(layer, sparsity, initial_scores, selection="per_matrix", scores_i
         sparsity: float in [0, 1), the fraction of kernel entries removed
             (ignored for an N:M `selection`).
         initial_scores: array shaped like the kernel.
-        selection: see `keras_mft.selection`.
+        selection: a name or an object of `keras_mft.selection`.
         scores_initializer: what the layer's config reports as the origin of
             `initial_scores`, as for `MaskedDense`.
     """
     check_maskable(layer)
     layer.__class__ = _MASKED_TWIN[type(layer)]
     refuse_quantize(layer)
-    layer._set_selection(selection, sparsity)
-    layer.scores_initializer = _scores_initializer(scores_initializer)
+    layer._set_attributes(selection, sparsity, scores_initializer)
     layer.trainable = True
-    layer._add_scores("zeros")
+    layer._add_variables()
     layer.scores.assign(initial_scores)
 
 
@@ -315,22 +308,19 @@ def _scores_initializer(initializer):
     )
 
 
-def unmask_layers(layers):
-    """Multiplies the hard masks into the kernels and restores the plain layers.
+def unmask(masked):
+    """Multiplies the masks into the kernels and restores the plain layers.
 
     Every kernel is masked before any scores are dropped, because the mask of
     a layer in a global group depends on the other members' scores.
     """
-    for layer in layers:
-        layer._kernel.assign(zero_removed(layer._kernel.value, layer._keep()))
-    for layer in layers:
-        _drop_variable(layer, "scores")
-        _drop_variable(layer, "removed_count")
-        del layer.sparsity
-        del layer.selection
-        del layer._selection
-        del layer._global_group
-        del layer.scores_initializer
+    for layer in masked:
+        layer._kernel.assign(zero_removed(layer._kernel.value, layer.keep_mask()))
+    for layer in masked:
+        for name in MaskedKernel._VARIABLES:
+            _drop_variable(layer, name)
+        for name in MaskedKernel._ATTRIBUTES:
+            delattr(layer, name)
         layer.__class__ = next(
             base for base, twin in _MASKED_TWIN.items() if type(layer) is twin
         )
@@ -379,7 +369,7 @@ def _drop_variable(layer, name):
 
     Keras collects garbage after every deleted variable so that the device frees
     the buffer; that takes most of a second in a process holding a large model,
-    so `unmask_layers` collects once for all of them.
+    so `unmask` collects once for all of them.
     """
     layer._untrack_variable(getattr(layer, name))
     super(keras.layers.Layer, layer).__delattr__(name)

@@ -11,32 +11,42 @@
   M - N removed (2:4 is the layout that sparse tensor cores accelerate).
   The sparsity is then exactly (M - N) / M.
 
+Each is a small object (`get(name)` makes one) whose `keep(layer)` gives a
+masked layer's boolean mask; `fixed_sparsity` is set when the pattern fixes
+the sparsity (N:M), and `check(layer)` refuses a kernel that the pattern
+cannot cover.
+
 Ties are broken by position everywhere: of equal scores, the one that comes
 first (in the flat order of the matrix, or of the group's matrices stacked in
 block order) is removed first, so the same scores give the same mask on every
 backend.
 """
 
+import math
 import re
 
 from keras import ops
 
 from keras_mft.mask import keep_mask
+from keras_mft.mask import num_removed
 
-PER_MATRIX = "per_matrix"
-GLOBAL = "global"
 _N_M = re.compile(r"^(\d+):(\d+)$")
 
 
-def parse_selection(selection):
-    """`selection` validated: `"per_matrix"`, `"global"`, or an `(n, m)` tuple."""
-    if selection in (PER_MATRIX, GLOBAL):
+def get(selection):
+    """The selection object that `selection` names (`"per_matrix"`, `"global"`,
+    `"N:M"`), or `selection` itself if it is one already."""
+    if isinstance(selection, (PerMatrix, NM)):
         return selection
+    if selection == PerMatrix.name:
+        return PerMatrix()
+    if selection == Global.name:
+        return Global()
     match = _N_M.match(selection) if isinstance(selection, str) else None
     if match:
         n, m = int(match.group(1)), int(match.group(2))
         if 0 < n < m:
-            return n, m
+            return NM(n, m)
     raise ValueError(
         "`selection` must be 'per_matrix' (the paper: each matrix removes its "
         "own smallest scores), 'global' (one threshold per projection over "
@@ -45,22 +55,88 @@ def parse_selection(selection):
     )
 
 
-def check_n_m(layer, n, m):
-    """Raises unless `layer`'s kernel splits into runs of `m` input weights."""
-    shape = layer._kernel.shape
-    inputs = 1
-    for axis in input_axes(layer):
-        inputs *= shape[axis]
-    if inputs % m:
-        raise ValueError(
-            f"Layer '{layer.name}' has {inputs} inputs, which do not split into "
-            f"runs of {m} for a {n}:{m} mask. Choose an M that divides {inputs}, "
-            "or leave this projection out of `targets`."
+class PerMatrix:
+    """Each matrix removes its own `floor(sparsity * size)` smallest |scores|."""
+
+    name = "per_matrix"
+    fixed_sparsity = None  # any sparsity in [0, 1)
+
+    def check(self, layer):
+        """Raises if `layer`'s kernel cannot be masked this way (every kernel can)."""
+
+    def num_removed(self, size, sparsity):
+        """How many entries of a kernel of `size` entries this removes."""
+        return num_removed(size, sparsity)
+
+    def keep(self, layer):
+        """The boolean mask of a masked `layer`: True where a weight is kept."""
+        return keep_mask(_scores(layer), ops.convert_to_tensor(layer.num_removed_variable))
+
+
+class Global(PerMatrix):
+    """One threshold over a group: the same projection of every masked block.
+
+    `keras_mft.wrap` gives every member of a group the same `Global` object
+    and lists them in `layers`, in block order. Each member computes the
+    group's mask from every member's scores and keeps its own rows; the group
+    removes the sum of its members' `floor(sparsity * size)`. So with L
+    members a step runs L selections over L matrices each, L times the work
+    of per-matrix selection (L = 4 for the paper's band), and holds a copy of
+    the group's scores while selecting.
+    """
+
+    name = "global"
+
+    def __init__(self, layers=()):
+        self.layers = list(layers)
+
+    def keep(self, layer):
+        if layer not in self.layers:
+            raise ValueError(
+                f"Layer '{layer.name}' uses selection='global' but belongs "
+                "to no group. Wrap the model with "
+                "`keras_mft.wrap(model, selection='global')`."
+            )
+        columns = layer.frozen_kernel.shape[-1]
+        stacked = ops.concatenate(
+            [ops.reshape(_scores(member), (-1, columns)) for member in self.layers], axis=0
         )
+        removed = sum(ops.convert_to_tensor(member.num_removed_variable) for member in self.layers)
+        keep = keep_mask(stacked, removed)
+        rows = ops.shape(stacked)[0] // len(self.layers)
+        start = self.layers.index(layer) * rows
+        return ops.reshape(keep[start : start + rows], ops.shape(layer.scores))
 
 
-def n_m_sparsity(n, m):
-    return (m - n) / m
+class NM:
+    """In every run of M consecutive input weights, the N largest |score| are kept."""
+
+    def __init__(self, n, m):
+        self.n, self.m = n, m
+        self.name = f"{n}:{m}"
+        self.fixed_sparsity = (m - n) / m
+
+    def check(self, layer):
+        # `_kernel`: Keras' own name for the stored kernel, masked or not yet.
+        inputs = math.prod(layer._kernel.shape[axis] for axis in input_axes(layer))
+        if inputs % self.m:
+            raise ValueError(
+                f"Layer '{layer.name}' has {inputs} inputs, which do not split into "
+                f"runs of {self.m} for a {self.name} mask. Choose an M that divides "
+                f"{inputs}, or leave this projection out of `targets`."
+            )
+
+    def num_removed(self, size, sparsity):
+        return size // self.m * (self.m - self.n)
+
+    def keep(self, layer):
+        return n_m_keep_mask(_scores(layer), self.n, self.m, input_axes(layer))
+
+
+def _scores(layer):
+    # The mask takes no gradient: the straight-through estimator gives the
+    # scores theirs (`keras_mft.mask.masked_kernel`).
+    return ops.stop_gradient(ops.convert_to_tensor(layer.scores))
 
 
 def input_axes(layer):
@@ -104,35 +180,3 @@ def n_m_keep_mask(scores, n, m, axes):
     keep = ops.greater_equal(rank, m - n)
     keep = ops.reshape(keep, [shape[axis] for axis in order])
     return ops.transpose(keep, [order.index(axis) for axis in range(len(shape))])
-
-
-class GlobalGroup:
-    """Masked layers that share one threshold: one projection over the masked blocks.
-
-    Each layer of the group computes the group's mask from every member's
-    scores and keeps its own rows; the group removes the sum of its members'
-    `removed_count`. So with L members a step runs L selections over L
-    matrices each, L times the work of per-matrix selection (L = 4 for the
-    paper's band), and holds a copy of the group's scores while selecting.
-    A plain Python object, so Keras does not track the members as sublayers
-    of each other.
-    """
-
-    def __init__(self, layers):
-        shapes = {tuple(layer._kernel.shape) for layer in layers}
-        if len(shapes) != 1:
-            raise ValueError(f"A global group needs kernels of one shape. Received: {shapes}")
-        self.layers = list(layers)
-
-    def keep_mask(self, layer):
-        """The boolean mask of `layer` under the group's shared threshold."""
-        columns = layer._kernel.shape[-1]
-        stacked = ops.concatenate(
-            [ops.reshape(ops.stop_gradient(member.scores), (-1, columns)) for member in self.layers],
-            axis=0,
-        )
-        removed = sum(ops.convert_to_tensor(member.removed_count) for member in self.layers)
-        keep = keep_mask(stacked, removed)
-        rows = ops.shape(stacked)[0] // len(self.layers)
-        start = self.layers.index(layer) * rows
-        return ops.reshape(keep[start : start + rows], ops.shape(layer.scores))

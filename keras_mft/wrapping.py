@@ -11,6 +11,7 @@ import keras_hub
 import numpy as np
 
 from keras_mft import architectures
+from keras_mft import selection as selections
 from keras_mft.mask import check_sparsity
 from keras_mft.masked_layers import MAGNITUDE
 from keras_mft.masked_layers import allow_quantize
@@ -18,12 +19,7 @@ from keras_mft.masked_layers import check_maskable
 from keras_mft.masked_layers import is_masked
 from keras_mft.masked_layers import mask_layer
 from keras_mft.masked_layers import refuse_quantize
-from keras_mft.masked_layers import unmask_layers
-from keras_mft.selection import GLOBAL
-from keras_mft.selection import GlobalGroup
-from keras_mft.selection import check_n_m
-from keras_mft.selection import n_m_sparsity
-from keras_mft.selection import parse_selection
+from keras_mft.masked_layers import unmask
 from keras_mft.training import GLOBAL_CLIPNORM
 from keras_mft.training import LEARNING_RATE
 from keras_mft.training import PaperAdamW
@@ -116,15 +112,15 @@ def wrap(
     chosen_blocks = parse_layers(layers, len(blocks))
     layer_names = architectures.layer_names_of(backbone)
     aliases = parse_targets(targets, layer_names)
-    parsed_selection = parse_selection(selection)
-    if isinstance(parsed_selection, tuple):
+    chosen_selection = selections.get(selection)
+    if chosen_selection.fixed_sparsity is not None:
         given = {"sparsity": sparsity, "attention_sparsity": attention_sparsity,
                  "mlp_sparsity": mlp_sparsity}
         given = {name: value for name, value in given.items() if value is not None}
         if given:
             raise ValueError(
                 f"selection={selection!r} fixes the sparsity at "
-                f"{n_m_sparsity(*parsed_selection)}; leave {', '.join(given)} unset."
+                f"{chosen_selection.fixed_sparsity}; leave {', '.join(given)} unset."
             )
     sparsity = check_sparsity(DEFAULT_SPARSITY if sparsity is None else sparsity)
     sparsity_of = {
@@ -153,26 +149,24 @@ def wrap(
         for alias in aliases:
             layer = projections[alias]
             check_maskable(layer)
-            if isinstance(parsed_selection, tuple):
-                check_n_m(layer, *parsed_selection)
+            chosen_selection.check(layer)
             group = architectures.GROUP_OF[alias]
             selected.append((alias, layer, sparsity_of[group]))
-
-    groups = []
-    if parsed_selection == GLOBAL:
-        groups = [GlobalGroup([layer for a, layer, _ in selected if a == alias]) for alias in aliases]
+    # A global selection is one object per projection, shared by its blocks.
+    selection_of = {alias: chosen_selection for alias in aliases}
+    if isinstance(chosen_selection, selections.Global):
+        selection_of = {alias: selections.Global() for alias in aliases}
 
     # Every check has passed: from here on the model is changed.
     model.trainable = True
     for layer in model._flatten_layers(include_self=False):
         layer.trainable = False
-    for _, layer, layer_sparsity in selected:
+    for alias, layer, layer_sparsity in selected:
         scores = initial_scores(layer, score_init, seed)
-        mask_layer(layer, layer_sparsity, scores, selection,
+        mask_layer(layer, layer_sparsity, scores, selection_of[alias],
                    MAGNITUDE if score_init == "magnitude" else None)
-    for group in groups:
-        for layer in group.layers:
-            layer._global_group = group
+        if isinstance(layer.selection, selections.Global):
+            layer.selection.layers.append(layer)
     for refusing in {id(model): model, id(backbone): backbone}.values():
         refuse_quantize(refusing)
     for layer in model._flatten_layers(include_self=False):
@@ -289,7 +283,7 @@ def initial_scores(layer, score_init, seed):
     kernel = keras.ops.convert_to_numpy(layer._kernel).astype("float32")
     if score_init == "magnitude":
         return np.abs(kernel)
-    path_key = zlib.crc32(layer._kernel.path.encode("utf-8"))
+    path_key = zlib.crc32(layer._kernel.path.encode("utf-8"))  # a plain layer: Keras' name
     rng = np.random.default_rng([seed, path_key])
     return rng.normal(0.0, 0.02, size=kernel.shape).astype("float32")
 
@@ -312,7 +306,7 @@ def masks_of(model):
         shape, True where the weight is kept.
     """
     return {
-        layer._kernel.path: keras.ops.convert_to_numpy(layer._keep())
+        layer.kernel_path: keras.ops.convert_to_numpy(layer.keep_mask())
         for layer in masked_layers_of(model)
     }
 
@@ -324,7 +318,7 @@ def scores_of(model):
         `{kernel path: scores}`, each a float32 array of the kernel's shape.
     """
     return {
-        layer._kernel.path: keras.ops.convert_to_numpy(layer.scores)
+        layer.kernel_path: keras.ops.convert_to_numpy(layer.scores)
         for layer in masked_layers_of(model)
     }
 
@@ -347,7 +341,7 @@ def bake(model):
     Returns:
         The same model object.
     """
-    unmask_layers(masked_layers_of(model))
+    unmask(masked_layers_of(model))
     for layer in model._flatten_layers():
         if hasattr(layer, "_plain_quantize"):  # the model and backbone that `wrap` changed
             allow_quantize(layer)

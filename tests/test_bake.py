@@ -35,7 +35,7 @@ def wrapped(model):
 def test_bake_keeps_the_logits_and_restores_plain_layers(model, batch):
     wrapped(model)
     masks = {
-        layer._kernel.path: (to_numpy(layer._kernel), to_numpy(layer.hard_mask()))
+        layer.kernel_path: (to_numpy(layer.frozen_kernel), to_numpy(layer.hard_mask()))
         for layer in model._flatten_layers()
         if is_masked(layer)
     }

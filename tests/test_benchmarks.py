@@ -188,7 +188,7 @@ def test_mft_fixed_arm_holds_its_first_masks_and_still_trains_the_scores(arm):
     assert all(changed) if arm == "mft" else not any(changed)
     for layer in layers:
         kernel = keras.ops.convert_to_numpy(layer._kernel)
-        mask = masks[layer._kernel.path]
+        mask = masks[layer.kernel_path]
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.kernel), kernel * mask)
     x, y, sample_weight = arms.batch(256, 2, 16)
     model.train_on_batch(x, y, sample_weight=sample_weight)

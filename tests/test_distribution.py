@@ -29,4 +29,4 @@ def test_scores_get_their_kernels_layouts():
             kernel = layout_map[f"{path}/kernel"]
             assert kernel is not None, path
             assert layout_map[f"{path}/scores"].axes == kernel.axes
-            assert layout_map[f"{path}/removed_count"] is None  # a scalar: replicated
+            assert layout_map[f"{path}/num_removed"] is None  # a scalar: replicated

@@ -70,7 +70,7 @@ def test_logged_figures_match_numpy():
         previous = current
     assert history["mask_changed"][-1] > 0
     for layer in masked(model):
-        key = "sparsity/" + layer._kernel.path.rsplit("/", 1)[0]
+        key = "sparsity/" + layer.kernel_path.rsplit("/", 1)[0]
         expected = num_removed(int(np.prod(layer.scores.shape)), 0.2)
         assert history[key][-1] == pytest.approx(expected / np.prod(layer.scores.shape))
 

@@ -29,7 +29,7 @@ def einsum_dense(sparsity=0.25, **kwargs):
 def randomize(layer, seed=0):
     rng = np.random.default_rng(seed)
     for variable in layer.weights:
-        if variable.name == "removed_count":
+        if variable.name == "num_removed":
             continue
         scale = 0.02 if variable.name == "scores" else 1.0
         variable.assign(scale * rng.standard_normal(variable.shape))
@@ -38,7 +38,7 @@ def randomize(layer, seed=0):
 def test_only_the_scores_are_trainable():
     layer = dense(use_bias=True)
     assert [v.name for v in layer.trainable_variables] == ["scores"]
-    assert sorted(v.name for v in layer.non_trainable_variables) == ["bias", "kernel", "removed_count"]
+    assert sorted(v.name for v in layer.non_trainable_variables) == ["bias", "kernel", "num_removed"]
     assert layer.scores.dtype == "float32"
     assert layer.scores.path.endswith("scores")
 

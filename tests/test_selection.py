@@ -66,9 +66,9 @@ def test_global_group_matches_numpy():
     layers = [layer for layer in model._flatten_layers() if is_masked(layer)]
     for name in ("query", "feedforward_output_dense"):
         members = [layer for layer in layers if layer.name == name]
-        group = members[0]._global_group.layers  # in block order
+        group = members[0].selection.layers  # in block order
         assert len(group) == 3 and {id(layer) for layer in group} == {id(layer) for layer in members}
-        assert [layer._kernel.path.split("/")[0] for layer in group] == [
+        assert [layer.kernel_path.split("/")[0] for layer in group] == [
             f"transformer_layer_{block}" for block in range(3)
         ]
         # Ties too: round the scores of the first two blocks to a coarse grid.
@@ -111,13 +111,13 @@ def test_wrap_fit_bake_and_mask_files(mode, tmp_path):
     before, after = fit_a_little(model, batch)
     assert any(np.any(before[path] != after[path]) for path in before)
     if mode == "global":  # each projection's group still removes its total
-        for alias_layers in {id(l._global_group): l._global_group.layers
+        for alias_layers in {id(l.selection): l.selection.layers
                              for l in model._flatten_layers() if is_masked(l)}.values():
-            removed = sum(int(np.sum(~after[l._kernel.path])) for l in alias_layers)
+            removed = sum(int(np.sum(~after[l.kernel_path])) for l in alias_layers)
             assert removed == sum(num_removed(int(np.prod(l._kernel.shape)), 0.2) for l in alias_layers)
     for layer in model._flatten_layers():
         if is_masked(layer):
-            mask = after[layer._kernel.path]
+            mask = after[layer.kernel_path]
             if mode == "2:4":
                 assert layer.sparsity == 0.5
                 axes = selection.input_axes(layer)
