@@ -40,8 +40,8 @@ import keras_mft
 def train(out, preset, backend, data, resume=False):
     command = [
         sys.executable, "-m", "keras_mft", "train", "--data", data, "--out", out,
-        "--layers", "0:2", "--epochs", "3", "--seq-len", "32", "--batch-size", "2",
-        "--lr", "0.001", "--seed", "7",
+        "--layers", "0:2", "--epochs", "3", "--sequence-length", "32", "--batch-size", "2",
+        "--learning-rate", "0.001", "--seed", "7",
     ]
     command += ["--preset", preset] if preset else []
     command += ["--backend", backend] if backend else []

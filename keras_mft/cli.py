@@ -67,7 +67,7 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv=None):
     """Runs the command line `argv` (default: `sys.argv[1:]`); returns the exit status."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = _renamed(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
     if args.backend and args.backend != keras.backend.backend():
         # Keras reads KERAS_BACKEND once, when first imported: start again.
@@ -94,6 +94,23 @@ def main(argv=None):
     return 0
 
 
+# Flags renamed to the Python API's names; the old spellings work, with a
+# warning, until the next minor release.
+RENAMED = {"--lr": "--learning-rate", "--seq-len": "--sequence-length"}
+
+
+def _renamed(argv):
+    """`argv` with the renamed flags written the new way."""
+    new = []
+    for arg in argv:
+        flag, equals, value = arg.partition("=")
+        if flag in RENAMED:
+            print(f"keras-mft: {flag} is deprecated, write {RENAMED[flag]}.", file=sys.stderr)
+            arg = RENAMED[flag] + equals + value
+        new.append(arg)
+    return new
+
+
 def build_parser():
     parser = _Parser(
         prog="keras-mft",
@@ -111,7 +128,7 @@ def build_parser():
                       help="held-out GSM8K problems to evaluate on (default: %(default)s)")
     demo.add_argument("--layers", type=_layers, default="4:8",
                       help="band of blocks to mask (default: %(default)s)")
-    demo.add_argument("--seq-len", type=_positive_int, default=256,
+    demo.add_argument("--sequence-length", type=_positive_int, default=256,
                       help="tokens per training sequence (default: %(default)s)")
     _learning_rate_arguments(demo)
     demo.add_argument("--seed", type=_seed, default=0, help="seed of the initial scores (default: %(default)s)")
@@ -163,7 +180,7 @@ def _learning_rate_arguments(command):
                       help="the score budget B: the sum of the learning rates over all steps, "
                            "over the std of the initial scores; sets the peak learning rate "
                            f"(default: {budgets.DEFAULT_BUDGET}, the paper's math run)")
-    rate.add_argument("--lr", type=_positive_float,
+    rate.add_argument("--learning-rate", type=_positive_float,
                       help="the peak learning rate, instead of --score-budget "
                            "(the paper's literal value is 2e-5)")
 
@@ -179,7 +196,7 @@ def _data_arguments(command, sequence_length):
                          help='JSONL file, one {"prompt": ..., "response": ...} per line')
     command.add_argument("--template", choices=sorted(TEMPLATES),
                          help="chat template (default: the one whose special tokens the tokenizer has)")
-    command.add_argument("--seq-len", type=_positive_int, default=sequence_length,
+    command.add_argument("--sequence-length", type=_positive_int, default=sequence_length,
                          help="tokens per sequence (default: %(default)s)")
     command.add_argument("--batch-size", type=_positive_int, default=8, help="(default: %(default)s)")
 
@@ -241,8 +258,8 @@ def run_demo(args):
     print(f"Writing to {os.path.abspath(args.out)}")
     outcome = demo(
         args.out, train_examples=args.train_examples, eval_examples=args.eval_examples,
-        layers=args.layers, sequence_length=args.seq_len, score_budget=args.score_budget,
-        learning_rate=args.lr, seed=args.seed,
+        layers=args.layers, sequence_length=args.sequence_length, score_budget=args.score_budget,
+        learning_rate=args.learning_rate, seed=args.seed,
     )
     print()
     print(outcome["table"])
@@ -273,7 +290,7 @@ def run_train(args):
     data = _dataset(_detach_tokenizer(model, args.preset), records, args)
     wrap(model, layers=args.layers, targets=args.targets, sparsity=args.sparsity, seed=args.seed)
     steps = total_steps(data, args.batch_size, args.epochs)
-    learning_rate, budget = compile_mask_fine_tuning(model, steps, args.score_budget, args.lr)
+    learning_rate, budget = compile_mask_fine_tuning(model, steps, args.score_budget, args.learning_rate)
     print(f"{steps} steps, peak learning rate {learning_rate:.3g}: score budget B = {budget:.3g}.")
     os.makedirs(args.out, exist_ok=True)
     initial_masks = masks_of(model)
@@ -438,6 +455,6 @@ def _detach_tokenizer(model, preset):
 def _dataset(tokenizer, records, args):
     template = args.template or template_for(tokenizer)
     return instruction_dataset(
-        tokenizer, records, sequence_length=args.seq_len, template=template
+        tokenizer, records, sequence_length=args.sequence_length, template=template
     )
 

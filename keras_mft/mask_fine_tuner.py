@@ -186,7 +186,7 @@ class MaskFineTuner(keras.callbacks.Callback):
 
     def _report(self):
         current = self._packed_masks()
-        sizes = [math.prod(layer._kernel.shape) for layer in self._layers]
+        sizes = [math.prod(layer.frozen_kernel.shape) for layer in self._layers]
         total = sum(sizes)
         kept = [int(np.bitwise_count(mask).sum()) for mask in current]
         flips = _count_differences(current, self._last)

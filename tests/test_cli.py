@@ -79,8 +79,8 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
     out = str(tmp_path / "run")
     status, stdout, err = run(capsys, "train", "--preset", preset, "--data", data_file,
                             "--layers", "1:3", "--targets", "q,down", "--sparsity", "0.25",
-                            "--epochs", "2", "--seq-len", "16", "--batch-size", "2",
-                            "--lr", "0.01", "--out", out)
+                            "--epochs", "2", "--sequence-length", "16", "--batch-size", "2",
+                            "--learning-rate", "0.01", "--out", out)
     assert status == 0, err
     # 6 sequences of 16 tokens, batches of 2, 2 epochs: 12 steps.
     assert "12 steps, peak learning rate 0.01: score budget B = " in stdout
@@ -110,7 +110,7 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
     reference = keras_hub.models.CausalLM.from_preset(preset)
     keras_mft.apply_masks(reference, masks)
     status, stdout, _ = run(capsys, "eval", "--preset", preset, "--data", data_file,
-                            "--masks", masks, "--seq-len", "16")
+                            "--masks", masks, "--sequence-length", "16")
     assert status == 0
     x, y, weights = keras_mft.instruction_dataset(
         reference.preprocessor.tokenizer, data_file, sequence_length=16)
@@ -152,13 +152,13 @@ def test_train_and_eval_a_hugging_face_checkpoint(
     assert json.load(open(os.path.join(hugging_face_checkpoint, "config.json")))["model_type"] == "llama"
     out = str(tmp_path / "run")
     status, _, err = run(capsys, "train", "--preset", hugging_face_checkpoint, "--data", data_file,
-                         "--epochs", "1", "--seq-len", "16", "--out", out)
+                         "--epochs", "1", "--sequence-length", "16", "--out", out)
     assert status == 0, err
     masks = os.path.join(out, "masks.mask")
     assert len(keras_mft.describe_masks(masks)) == 3 * 7
     # The same weights as the KerasHub preset, so the same mask file applies to both.
     evaluated = [
-        run(capsys, "eval", "--preset", source, "--data", data_file, "--masks", masks, "--seq-len", "16")
+        run(capsys, "eval", "--preset", source, "--data", data_file, "--masks", masks, "--sequence-length", "16")
         for source in (preset, hugging_face_checkpoint)
     ]
     assert [status for status, _, _ in evaluated] == [0, 0]
@@ -171,18 +171,19 @@ def test_argument_errors_are_one_line(capsys, tmp_path):
     # Refused while the arguments are parsed, before the data file is read.
     data_file = str(tmp_path / "train.jsonl")
     assert "required: --data" in error_line(capsys, "train", status=2)
-    assert "--seq-len: expected a positive integer, got '0'" in error_line(
-        capsys, "demo", "--seq-len", "0", status=2)
+    assert "--sequence-length: expected a positive integer, got '0'" in error_line(
+        capsys, "demo", "--sequence-length", "0", status=2)
     assert "invalid choice: 'numpy'" in error_line(
         capsys, "eval", "--data", data_file, "--backend", "numpy", status=2)
     assert "invalid choice: 'fly'" in error_line(capsys, "fly", status=2)
-    assert "--lr: not allowed with argument --score-budget" in error_line(
-        capsys, "train", "--data", data_file, "--score-budget", "0.4", "--lr", "1e-3", status=2)
+    assert "--learning-rate: not allowed with argument --score-budget" in error_line(
+        capsys, "train", "--data", data_file, "--score-budget", "0.4", "--learning-rate", "1e-3",
+        status=2)
     assert "--score-budget: expected a positive number, got '0'" in error_line(
         capsys, "demo", "--score-budget", "0", status=2)
     for bad in ("nan", "inf", "-1"):
-        assert f"--lr: expected a positive number, got '{bad}'" in error_line(
-            capsys, "train", "--data", data_file, f"--lr={bad}", status=2)
+        assert f"--learning-rate: expected a positive number, got '{bad}'" in error_line(
+            capsys, "train", "--data", data_file, f"--learning-rate={bad}", status=2)
     assert "--sparsity: expected a fraction in [0, 1), got '1'" in error_line(
         capsys, "train", "--data", data_file, "--sparsity", "1", status=2)
     assert "--seed: expected a non-negative integer, got '-1'" in error_line(
@@ -191,6 +192,17 @@ def test_argument_errors_are_one_line(capsys, tmp_path):
         capsys, "train", "--data", data_file, "--layers", "x", status=2)
     assert "--targets: unknown projections ['mlp']" in error_line(
         capsys, "train", "--data", data_file, "--targets", "q,mlp", status=2)
+
+
+@pytest.mark.backend_independent
+def test_renamed_flags_still_work_with_a_warning(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--seq-len", "0", "--lr=1e-3"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "--seq-len is deprecated, write --sequence-length." in err
+    assert "--lr is deprecated, write --learning-rate." in err
+    assert "--sequence-length: expected a positive integer, got '0'" in err
 
 
 def test_input_errors_are_one_line(capsys, tmp_path, preset, data_file):
@@ -244,7 +256,7 @@ def test_backend_flag_restarts_on_that_backend(tmp_path):
 def test_demo_smoke(capsys, tmp_path):
     out = str(tmp_path / "demo")
     status, stdout, _ = run(capsys, "demo", "--out", out, "--train-examples", "6",
-                            "--eval-examples", "2", "--seq-len", "48")
+                            "--eval-examples", "2", "--sequence-length", "48")
     assert status == 0
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["settings"]["backend"] == keras.backend.backend()
