@@ -121,7 +121,7 @@ def hold_mask(layer):
     )
     layer._tracker.lock()
     held.assign(keep)
-    layer._keep = lambda: ops.convert_to_tensor(held)
+    layer.keep_mask = lambda: ops.convert_to_tensor(held)
 
 
 def trainable_count(model):
