@@ -33,8 +33,12 @@ MAGNITUDE = "magnitude"
 class MaskedKernel:
     """What `MaskedDense` and `MaskedEinsumDense` add to their Keras parent.
 
-    Masking adds the attributes `_ATTRIBUTES` and the variables `_VARIABLES`
-    and nothing else; unmasking removes exactly those.
+    A masked layer has, besides its parent's attributes: `scores` (float32,
+    shaped like the kernel, trainable), `num_removed_variable` (int32), the
+    `sparsity`, the `selection` object (see `keras_mft.selection`) and the
+    `scores_initializer`, and the methods and properties below. Masking adds
+    exactly the attributes `_ATTRIBUTES` and the variables `_VARIABLES`;
+    unmasking removes exactly those.
     """
 
     _ATTRIBUTES = ("selection", "sparsity", "scores_initializer")
