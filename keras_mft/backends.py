@@ -1,47 +1,32 @@
-"""Where keras-mft's code differs by backend, each place measured.
+"""Where keras-mft's code differs by backend.
 
-`histogram`: how many entries fall in each bin, for mask selection.
-`keras.ops.segment_sum` counts them on every backend, inside `jit` too, but
-only XLA turns it into a fast loop. For the 45 million keys of a 4096x11008
-matrix on a 2-core CPU, PyTorch's scatter took 1.8 s against 0.05 s for
-`torch.bincount`, and TensorFlow's (which Keras runs without XLA on a machine
-without an accelerator) 0.16 s against 0.03 s for its `DenseBincount`
-kernel. So PyTorch and TensorFlow use their bincount.
+Mask selection and the straight-through gradient are a few passes over every
+masked weight at every step, so how fast a backend runs each pass decides
+much of MFT's cost. `keras.ops` gives the same result everywhere but not the
+same speed: XLA fuses elementwise passes and compiles a scatter into a fast
+loop, while PyTorch and TensorFlow (which Keras runs without XLA on a CPU) run
+op by op, each with its own counting kernel. The functions here choose, per
+backend, the fastest way measured; every way gives the same result
+(measurements: docs/benchmarks.md, "Why the code differs by backend").
 
-On a GPU the entries are counted with atomic additions, and additions to
-one bin wait for each other. 99% of the scores fall in about 1,000 of the
-first histogram's 32768 bins, so for a 4096x11008 matrix it took 9.1 ms on an
-H200 with JAX and 5.6 ms with PyTorch, longer than a full sort of the same
-keys (1.4 and 2.1 ms). There `histogram` counts into 256 copies of the bins,
-entry i into copy i % 256, and adds them up: 1.3 ms with JAX and 1.8 ms with
-PyTorch. On a CPU the copies were slower (0.14 s against 0.12 s with JAX,
-0.36 s against 0.16 s with PyTorch). TensorFlow was not measured on a GPU,
-and counts into one copy everywhere.
-
-`histogram_of_bin`: the second histogram of a selection, which counts the
-low bits of the entries of one bin of the first. JAX and TensorFlow count
-the keys XORed with that bin's high bits: the bin's entries keep their low
-bits and every other entry, most of them, gets a value out of range, which
-JAX's scatter (`mode="drop"`) and TensorFlow's `DenseBincount` skip.
-Counting those in an extra bin instead made each of them add to the same
-counter in turn, and that histogram took 0.21 s instead of 0.12 s on JAX and
-0.12 s instead of 0.08 s on TensorFlow. `torch.bincount` counts every value
-it is given, so PyTorch picks out the bin's entries first, by comparing the
-high bits it already has: 94 ms for a 4096x11008 matrix, against 152 ms for
-the XOR and a comparison to drop the rest.
-
-`straight_through_gradient`: the scores' gradient. Eager PyTorch gets fresh
-memory for every weight-sized result, which the kernel zero-fills page by
-page; that gradient reuses one buffer for its two products.
-
-`cond_skips_work`: whether `keras.ops.cond` saves the branch not taken.
+- `histogram`: the backend's bincount kernel where `segment_sum` is slow, and
+  on a GPU several copies of the bins, so that atomic additions spread out
+  (TensorFlow, not measured on a GPU, always counts into one copy).
+- `histogram_of_bin`: skips the entries of other bins where the counting
+  kernel can, and picks out the bin's entries first where it cannot.
+- `straight_through_gradient`: in place on PyTorch, whose fresh buffers the
+  kernel zero-fills.
+- `cond_skips_work`: whether a conditional saves the branch not taken.
 """
 
 import keras
 from keras import ops
 
 
-_GPU_HISTOGRAM_COPIES = 256  # a power of two
+# A power of two. On a GPU most scores fall in a few bins, whose atomic
+# additions wait for each other; 256 copies measured about as fast as any
+# other count (docs/benchmarks.md).
+_GPU_HISTOGRAM_COPIES = 256
 
 
 def histogram(bins, num_bins, copies=None):
@@ -55,6 +40,7 @@ def histogram(bins, num_bins, copies=None):
     bins, then adds the copies up; by default 256 on a GPU, 1 elsewhere.
     """
     if copies is None:
+        # On a CPU the copies cost more than they save (docs/benchmarks.md).
         copies = _GPU_HISTOGRAM_COPIES if _on_gpu(bins) else 1
     if copies == 1:
         return _count(bins, num_bins)
@@ -81,6 +67,8 @@ def _count(bins, num_bins):
     """`histogram` in one copy of the bins. JAX and TensorFlow skip values of
     `num_bins` or more, which `histogram_of_bin` relies on."""
     backend = keras.backend.backend()
+    # PyTorch's and TensorFlow's scatter (`segment_sum`) is many times slower
+    # than their bincount kernels; only XLA makes it fast (docs/benchmarks.md).
     if backend == "torch":
         import torch
 
@@ -103,12 +91,15 @@ def histogram_of_bin(keys, high, high_bin, low_bits):
     `high` (`keys >> low_bits`), equal `high_bin`."""
     num_bins = 2**low_bits
     # One copy of the bins even on a GPU: one bin's entries are few enough
-    # not to wait for each other (0.4 ms with JAX and 0.6 ms with PyTorch on
-    # an H200, for a 4096x11008 matrix).
+    # not to wait for each other (measurements: docs/benchmarks.md).
     if keras.backend.backend() == "torch":
+        # `torch.bincount` counts every value, so the bin's entries are picked
+        # out first, by the high bits already computed: one pass fewer than an
+        # XOR and a comparison (docs/benchmarks.md).
         return _count(keys[high == high_bin] & (num_bins - 1), num_bins)
     # The bin's entries keep their low bits; every other entry becomes
-    # `num_bins` or more, which `_count` does not count here.
+    # `num_bins` or more, which `_count` skips here: faster than counting them
+    # in an extra bin, where every addition waits for the one before.
     return _count(ops.bitwise_xor(keys, high_bin * num_bins), num_bins)
 
 
@@ -118,8 +109,8 @@ def straight_through_gradient(kernel, scores, upstream):
     if keras.backend.backend() == "torch":
         import torch
 
-        # The two products in place: one 4096x11008 gradient took 65 ms
-        # instead of 139 ms with a fresh result for each.
+        # The two products in place: eager PyTorch gets fresh memory, which
+        # the kernel zero-fills, for every new result (docs/benchmarks.md).
         gradient = torch.sign(scores).to(kernel.dtype)
         gradient.mul_(kernel).mul_(upstream)
         return gradient.to(scores.dtype)
@@ -133,10 +124,9 @@ def cond_skips_work():
     """Whether a pass that `keras.ops.cond` leaves out saves its time.
 
     PyTorch and TensorFlow (as Keras runs it on a CPU, without XLA) run op by
-    op, one pass over memory each, and a conditional runs one branch: leaving
-    out the ranking of tied scores made a 4096x11008 MFT step 14% faster on
-    PyTorch and 9% on TensorFlow. XLA fuses that ranking into the passes
-    around it, and a conditional stops the fusion: on JAX the same step was
-    4% slower with it.
+    op, one pass over memory each, and a conditional runs one branch. XLA
+    fuses the branch into the passes around it, and a conditional stops the
+    fusion, which costs JAX more than the branch (measurements:
+    docs/benchmarks.md).
     """
     return keras.backend.backend() != "jax"

@@ -107,8 +107,9 @@ def _remove_ties_in_order(keys, threshold, ties_to_remove):
 
 def _count_per_row(flags):
     """int32 count of the True entries of each row of a 2-D boolean tensor."""
-    # A float32 sum is faster than an integer one on every backend (a third
-    # less time on PyTorch), and exact while a row has at most 2**24 entries.
+    # A float32 sum is faster than an integer one on every backend
+    # (measurements: docs/benchmarks.md), and exact while a row has at most
+    # 2**24 entries.
     dtype = "float32" if flags.shape[1] <= 2**24 else "int32"
     return ops.cast(ops.sum(ops.cast(flags, dtype), axis=1), "int32")
 
