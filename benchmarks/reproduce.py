@@ -286,6 +286,8 @@ def report(records, images):
     """The arms' table, the paired tests, the forest plot and the dose-response plot."""
     from matplotlib.figure import Figure
 
+    pathlib.Path(images).mkdir(parents=True, exist_ok=True)
+
     print("| arm | held-out loss | token accuracy | validation loss | mask changed | median score travel | minutes |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for arm in arm_names():
