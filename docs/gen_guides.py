@@ -1,9 +1,11 @@
 """Turns each guide in examples/ into a page of the site, at build time.
 
 A guide is a runnable `.py` file in the keras.io style: a header docstring
-(`Title:`, `Description:`, then prose), code, and more docstring blocks of
-prose between the code. The page keeps the prose as Markdown and the code as
-Python blocks, in order. Run by mkdocs-gen-files (see mkdocs.yml).
+(the fields `Title:`, `Author:`, `Date created:`, `Last modified:`,
+`Description:` and `Accelerator:`, in this order, then prose), code, and more
+docstring blocks of prose between the code. The page keeps the prose as
+Markdown and the code as Python blocks, in order. Run by mkdocs-gen-files
+(see mkdocs.yml).
 """
 
 import ast
@@ -15,20 +17,40 @@ import mkdocs_gen_files
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GUIDES = [
     "quickstart", "paper_protocol", "band_and_ratio", "backends",
-    "masks_as_adapters", "straight_through", "kill_and_resume", "distributed",
+    "masks_as_adapters", "straight_through", "distributed",
 ]
+FIELDS = ["Title", "Author", "Date created", "Last modified", "Description", "Accelerator"]
+
+
+def header_fields(text, name):
+    """{field: value} of a guide's header; a line without a field continues the one above."""
+    fields = {}
+    for line in text.splitlines():
+        field, colon, value = line.partition(":")
+        if colon and field in FIELDS:
+            fields[field] = value.strip()
+        elif fields:
+            fields[list(fields)[-1]] += " " + line.strip()
+        else:
+            raise ValueError(f"examples/{name}.py: the header must start with `Title:`.")
+    if list(fields) != FIELDS:
+        raise ValueError(f"examples/{name}.py: the header must give {FIELDS} in this order, "
+                         f"not {list(fields)}.")
+    return fields
 
 
 def guide_to_markdown(source, name):
     """The page of one guide: the header, then prose and code in file order."""
     lines = source.splitlines()
     header, *body = ast.parse(source).body
-    fields, _, intro = inspect.cleandoc(header.value.value).partition("\n\n")
-    title = fields.split("Title:", 1)[1].split("Description:", 1)[0].strip()
-    description = " ".join(fields.split("Description:", 1)[1].split())
+    header_text, _, intro = inspect.cleandoc(header.value.value).partition("\n\n")
+    fields = header_fields(header_text, name)
+    title = fields.pop("Title")
+    # As keras.io shows them: one field a line.
+    about = "<br>\n".join(f"**{field}:** {value}" for field, value in fields.items())
     # A guide that sets KERAS_BACKEND itself (the distributed one) runs on that backend only.
     chooses = "`KERAS_BACKEND` chooses the backend." if 'environ["KERAS_BACKEND"] =' not in source else ""
-    parts = [f"# {title}", f"*{description}*", intro,
+    parts = [f"# {title}", about, intro,
              f"Run it from a clone of the repository: `python examples/{name}.py`. {chooses}".strip()]
     code_from = header.end_lineno
     for node in body:

@@ -1,7 +1,11 @@
 """
 Title: One script on JAX, PyTorch and TensorFlow
+Author: keras-mft
+Date created: 2026/12/04
+Last modified: 2026/12/04
 Description: Run the same Mask Fine-Tuning script on each Keras backend and
 compare the losses and the learned masks.
+Accelerator: None
 
 keras-mft is written against `keras.ops` only, so the backend is a setting,
 not a code change: set `KERAS_BACKEND` before `import keras`. The initial
@@ -26,22 +30,22 @@ import numpy as np
 import keras_mft
 from keras_mft import evaluation
 
-# Smoke tests set KERAS_MFT_FAST=1: a tiny random model, a few steps.
-FAST = os.environ.get("KERAS_MFT_FAST") == "1"
 BACKEND = keras.backend.backend()
+# Training and held-out GSM8K problems, and the tokens in a packed sequence.
+TRAIN, HELD_OUT, SEQUENCE_LENGTH = 64, 32, 256
 
 """
 ## The same code on every backend
 
-Nothing below names a backend.
+Nothing below names a backend. The data is token ids, so the model's
+preprocessor is detached (`model.preprocessor = None`): `fit` would otherwise
+pass the ids to it, and it expects text.
 """
 
-# In fast mode, a tiny random model with the same tokenizer.
-model = keras_mft.tiny_smollm2() if FAST else keras_mft.smollm2_135m_instruct()
+model = keras_mft.smollm2_135m_instruct()
 tokenizer = model.preprocessor.tokenizer
 model.preprocessor = None
 
-TRAIN, HELD_OUT, SEQUENCE_LENGTH = (8, 4, 64) if FAST else (64, 32, 256)
 train = {key: values[:TRAIN] for key, values in keras_mft.gsm8k("train").items()}
 held_out = {key: values[:HELD_OUT] for key, values in keras_mft.gsm8k("held_out").items()}
 x, y, sample_weight = keras_mft.instruction_dataset(tokenizer, train, sequence_length=SEQUENCE_LENGTH)

@@ -1,7 +1,11 @@
 """
 Title: Choosing the band of blocks and the sparse ratio
+Author: keras-mft
+Date created: 2026/12/04
+Last modified: 2026/12/04
 Description: Sweep which four decoder blocks MFT masks and how much of each
 matrix it removes, and plot the held-out loss of each choice.
+Accelerator: None
 
 MFT masks a band of 4 consecutive decoder blocks and removes a fraction r of
 each of their projection matrices. The paper found the best band depends on
@@ -17,43 +21,46 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # or "torch", "tensorflow"
 
-import keras
 from matplotlib.figure import Figure
 
 import keras_mft
 from keras_mft import evaluation
 
-# Smoke tests set KERAS_MFT_FAST=1: a tiny random model, a few steps.
-FAST = os.environ.get("KERAS_MFT_FAST") == "1"
+# Training and held-out GSM8K problems, and the tokens in a packed sequence.
+TRAIN, HELD_OUT, SEQUENCE_LENGTH = 48, 24, 256
+BANDS = ["0:4", "4:8", "26:30"]  # at sparse ratio 0.1
+RATIOS = [0.05, 0.1, 0.2]  # on blocks 4-7
 
 
 def load_model():
-    """A fresh base model, with a token-id interface (no preprocessor)."""
-    # In fast mode, a tiny random model with the same tokenizer.
-    return keras_mft.tiny_smollm2() if FAST else keras_mft.smollm2_135m_instruct()
+    """A fresh base model that takes token ids (no preprocessor), to train."""
+    model = keras_mft.smollm2_135m_instruct()
+    model.preprocessor = None
+    return model
 
 
 """
 ## Data and the unmasked model
+
+The data is tokenized once, with the tokenizer of the model's preprocessor.
+The models that train below take these token ids, so `load_model` sets
+`model.preprocessor = None`: `fit` would otherwise pass the ids to the
+preprocessor, which expects text.
 """
 
-model = load_model()
+model = keras_mft.smollm2_135m_instruct()
 tokenizer = model.preprocessor.tokenizer
-TRAIN, HELD_OUT, SEQUENCE_LENGTH = (8, 4, 64) if FAST else (48, 24, 256)
 train = {key: values[:TRAIN] for key, values in keras_mft.gsm8k("train").items()}
 held_out = {key: values[:HELD_OUT] for key, values in keras_mft.gsm8k("held_out").items()}
 x, y, sample_weight = keras_mft.instruction_dataset(tokenizer, train, sequence_length=SEQUENCE_LENGTH)
 held_out_data = keras_mft.instruction_dataset(tokenizer, held_out, sequence_length=SEQUENCE_LENGTH)
-model.preprocessor = None
 unmasked = evaluation.response_loss(model, held_out_data)["loss"]
 print(f"unmasked model: held-out loss {unmasked:.4f}")
 
 
 def mask_fine_tune(layers, sparsity):
     """Held-out loss with the initial random mask and with the learned one."""
-    model = load_model()
-    model.preprocessor = None
-    model = keras_mft.wrap(model, layers=layers, sparsity=sparsity, seed=0)
+    model = keras_mft.wrap(load_model(), layers=layers, sparsity=sparsity, seed=0)
     random_mask = evaluation.response_loss(model, held_out_data)["loss"]
     initial = keras_mft.masks_of(model)
     steps = keras_mft.protocol.total_steps((x, y, sample_weight), batch_size=8, epochs=1)
@@ -75,7 +82,6 @@ Three bands of the 30 blocks: the first four, the paper's best band for math
 (blocks 4-7), and the last four. Each removes 10% of every projection.
 """
 
-BANDS = ["0:4", "4:8", "26:30"] if not FAST else ["0:4", "4:8"]
 bands = {band: mask_fine_tune(band, 0.1) for band in BANDS}
 
 """
@@ -85,7 +91,6 @@ Blocks 4-7, removing 5% to 20% of each matrix. Removing more costs more at
 first (the random mask); whether learning recovers it is what we measure.
 """
 
-RATIOS = [0.05, 0.1, 0.2] if not FAST else [0.05, 0.1]
 ratios = {ratio: bands["4:8"] if ratio == 0.1 else mask_fine_tune("4:8", ratio) for ratio in RATIOS}
 
 """

@@ -1,7 +1,11 @@
 """
 Title: Mask fine-tuning on several devices
+Author: keras-mft
+Date created: 2026/12/04
+Last modified: 2026/12/04
 Description: Data and model parallel MFT with Keras' distribution API on JAX,
 checked against a single-device run.
+Accelerator: None
 
 Keras' distribution API (`keras.distribution`) shards a model over a mesh of
 devices on the JAX backend. keras-mft adds nothing to it but one helper:

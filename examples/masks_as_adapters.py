@@ -1,7 +1,11 @@
 """
 Title: Masks as adapters
+Author: keras-mft
+Date created: 2026/12/04
+Last modified: 2026/12/04
 Description: Learn a mask, save it as a small file, share it, apply it to a
 freshly loaded model, and bake it into a plain KerasHub model.
+Accelerator: None
 
 A learned MFT mask is to its base model what a LoRA adapter is: a small file
 that turns the shared base model into the fine-tuned one. The file stores one
@@ -21,14 +25,15 @@ import numpy as np
 
 import keras_mft
 
-# Smoke tests set KERAS_MFT_FAST=1: a tiny random model, a few steps.
-FAST = os.environ.get("KERAS_MFT_FAST") == "1"
+# GSM8K training problems, and the tokens in a packed sequence.
+TRAIN, SEQUENCE_LENGTH = 64, 256
 
 
 def load_model():
-    """The base model, with a token-id interface (no preprocessor)."""
-    # In fast mode, a tiny random model with the same tokenizer.
-    return keras_mft.tiny_smollm2() if FAST else keras_mft.smollm2_135m_instruct()
+    """The base model, taking token ids (no preprocessor)."""
+    model = keras_mft.smollm2_135m_instruct()
+    model.preprocessor = None
+    return model
 
 
 def logits(model, batch):
@@ -39,16 +44,18 @@ def logits(model, batch):
 ## Learn a mask
 
 Blocks 4 to 7, 10% of each projection removed, one epoch on GSM8K problems.
+The data is tokenized once, with the tokenizer of the model's preprocessor,
+so every model below takes token ids: `load_model` sets `model.preprocessor =
+None`, as `fit` would otherwise pass the ids to the preprocessor, which
+expects text.
 """
 
-model = load_model()
-preprocessor = model.preprocessor
-model.preprocessor = None  # the data below is already tokenized
-problems = {key: values[: 8 if FAST else 64] for key, values in keras_mft.gsm8k("train").items()}
+preprocessor = keras_mft.smollm2_135m_instruct().preprocessor
+problems = {key: values[:TRAIN] for key, values in keras_mft.gsm8k("train").items()}
 x, y, sample_weight = keras_mft.instruction_dataset(
-    preprocessor.tokenizer, problems, sequence_length=64 if FAST else 256
+    preprocessor.tokenizer, problems, sequence_length=SEQUENCE_LENGTH
 )
-model = keras_mft.wrap(model, layers="4:8", sparsity=0.1, seed=0)
+model = keras_mft.wrap(load_model(), layers="4:8", sparsity=0.1, seed=0)
 steps = keras_mft.protocol.total_steps((x, y, sample_weight), batch_size=8, epochs=1)
 learning_rate = keras_mft.score_budget.learning_rate_for_budget(0.47, steps)
 model.compile(optimizer=keras_mft.protocol.paper_optimizer(steps, learning_rate),
@@ -85,7 +92,6 @@ learned them.
 """
 
 fresh = load_model()
-fresh.preprocessor = None
 keras_mft.apply_masks(fresh, "math.mask")
 print("applied vs learned, largest logit difference:",
       np.max(np.abs(logits(fresh, batch) - learned)))

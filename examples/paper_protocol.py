@@ -1,7 +1,11 @@
 """
 Title: The MFT paper's protocol and its baselines, end to end
+Author: keras-mft
+Date created: 2026/12/04
+Last modified: 2026/12/04
 Description: Fine-tune SmolLM2-135M-Instruct on GSM8K, then compare MFT with
 continued fine-tuning, random and L1-magnitude masks and LoRA.
+Accelerator: None
 
 The paper fully fine-tunes a model (FFT), then learns masks on the fine-tuned
 model with the same data and loss, and compares with the baselines below, each
@@ -17,41 +21,36 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # or "torch", "tensorflow"
 
-import keras
-
 import keras_mft
 from keras_mft import evaluation
 from keras_mft import protocol
 
-# Smoke tests set KERAS_MFT_FAST=1: a tiny random model, a few steps.
-FAST = os.environ.get("KERAS_MFT_FAST") == "1"
+# Training and held-out GSM8K problems, and the tokens in a packed sequence.
+TRAIN, HELD_OUT, SEQUENCE_LENGTH = 32, 16, 256
 
 """
 ## The base model and the data
 
 Each arm loads the model again and sets the weights it starts from: those of
-the base model, or those of the fine-tuned one.
+the base model, or those of the fine-tuned one. The data is tokenized once,
+so each arm's model takes token ids: `model_with` sets `model.preprocessor =
+None`, as `fit` would otherwise pass the ids to the preprocessor, which
+expects text.
 """
 
 
-def load_base():
-    """SmolLM2-135M-Instruct, or in fast mode a tiny random model with its tokenizer."""
-    return keras_mft.tiny_smollm2() if FAST else keras_mft.smollm2_135m_instruct()
-
-
 def model_with(weights):
-    model = load_base()
-    model.preprocessor = None  # the data below is already tokenized
+    """SmolLM2-135M-Instruct with `weights`, taking token ids."""
+    model = keras_mft.smollm2_135m_instruct()
+    model.preprocessor = None
     model.set_weights(weights)
     return model
 
 
-base = load_base()
+base = keras_mft.smollm2_135m_instruct()
 tokenizer = base.preprocessor.tokenizer
-base.preprocessor = None
 base_weights = base.get_weights()
 
-TRAIN, HELD_OUT, SEQUENCE_LENGTH = (8, 4, 64) if FAST else (32, 16, 256)
 train = {key: values[:TRAIN] for key, values in keras_mft.gsm8k("train").items()}
 held_out = {key: values[:HELD_OUT] for key, values in keras_mft.gsm8k("held_out").items()}
 train_data = keras_mft.instruction_dataset(tokenizer, train, sequence_length=SEQUENCE_LENGTH)

@@ -1,7 +1,11 @@
 """
 Title: Mask Fine-Tuning in a few minutes
+Author: keras-mft
+Date created: 2026/12/04
+Last modified: 2026/12/04
 Description: Wrap SmolLM2-135M-Instruct, learn masks over four of its blocks
 on GSM8K, evaluate, bake a plain KerasHub model and generate with it.
+Accelerator: None
 
 Mask Fine-Tuning (MFT) starts from a model that is already fine-tuned, freezes
 every weight, and learns which ~10% of the weights of a few decoder blocks to
@@ -22,9 +26,9 @@ import keras
 import keras_mft
 from keras_mft import evaluation
 
-# Smoke tests set KERAS_MFT_FAST=1: a tiny random model, a few steps.
-FAST = os.environ.get("KERAS_MFT_FAST") == "1"
 keras.utils.set_random_seed(0)
+# Training and held-out GSM8K problems, and the tokens in a packed sequence.
+TRAIN, HELD_OUT, SEQUENCE_LENGTH = 128, 32, 256
 
 """
 ## The model and the data
@@ -32,22 +36,21 @@ keras.utils.set_random_seed(0)
 `smollm2_135m_instruct()` returns a KerasHub `Llama3CausalLM` with 30 decoder
 blocks. `instruction_dataset` tokenizes prompt/response pairs in the model's
 chat format and packs them into sequences, with the loss on the answers only
-(`sample_weight` is 0 on the prompts).
+(`sample_weight` is 0 on the prompts). Since the data is then token ids, the
+guide sets `model.preprocessor = None` (`fit` would otherwise pass them to
+the preprocessor, which expects text) and puts it back to generate text.
 """
 
-# In fast mode, a tiny random model with the same tokenizer.
-model = keras_mft.tiny_smollm2() if FAST else keras_mft.smollm2_135m_instruct()
+model = keras_mft.smollm2_135m_instruct()
 preprocessor = model.preprocessor
 tokenizer = preprocessor.tokenizer
 
-TRAIN, HELD_OUT, SEQUENCE_LENGTH = (8, 4, 64) if FAST else (128, 32, 256)
 train = {key: values[:TRAIN] for key, values in keras_mft.gsm8k("train").items()}
 held_out = {key: values[:HELD_OUT] for key, values in keras_mft.gsm8k("held_out").items()}
 train_data = keras_mft.instruction_dataset(tokenizer, train, sequence_length=SEQUENCE_LENGTH)
 held_out_data = keras_mft.instruction_dataset(tokenizer, held_out, sequence_length=SEQUENCE_LENGTH)
 print("training sequences:", len(train_data[1]))
 
-# The data is already tokenized: while training, the model takes token ids.
 model.preprocessor = None
 before = evaluation.response_loss(model, held_out_data)["loss"]
 
@@ -103,6 +106,6 @@ model.compile(sampler="greedy")
 question = held_out["prompts"][0]
 prompt = f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
 end_of_turn = tokenizer.token_to_id("<|im_end|>")
-output = model.generate(prompt, max_length=64 if FAST else 320, stop_token_ids=[end_of_turn])
+output = model.generate(prompt, max_length=320, stop_token_ids=[end_of_turn])
 print("question:", question)
 print("answer:", output.rsplit("assistant\n", 1)[-1])

@@ -1,7 +1,11 @@
 """
 Title: Inside the straight-through estimator
+Author: keras-mft
+Date created: 2026/12/04
+Last modified: 2026/12/04
 Description: Scores, masks and gradients of one small masked layer, step by
 step, checked against numpy.
+Accelerator: None
 
 A binary mask has no useful gradient: moving a score a little does not change
 which weights are kept. MFT trains the scores anyway with a straight-through

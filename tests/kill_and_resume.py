@@ -1,13 +1,12 @@
-"""
-Title: Kill a training run and resume it to the same masks
-Description: `keras-mft train` killed with SIGKILL in the middle of training,
-then continued with `--resume`, ends with the masks of an uninterrupted run.
+"""Kills `keras-mft train` with SIGKILL, resumes it, and compares the masks.
 
-`keras-mft train` keeps a backup of the whole training state (scores,
-optimizer, step) in `OUT/backup/latest/`, written at the end of every epoch by
+`keras-mft train` killed with SIGKILL in the middle of training, then
+continued with `--resume`, must end with the masks of an uninterrupted run.
+It keeps a backup of the whole training state (scores, optimizer, step) in
+`OUT/backup/latest/`, written at the end of every epoch by
 `keras_mft.CrashSafeBackupAndRestore`, Keras' `BackupAndRestore` made safe
-against a kill while it writes. This script trains three times on the same GSM8K problems
-with the same seed:
+against a kill while it writes. This script trains three times on the same
+GSM8K problems with the same seed:
 
 1. without interruption;
 2. killed with SIGKILL as soon as the first epoch's backup exists, so the
@@ -17,9 +16,10 @@ with the same seed:
 It then checks that runs 1 and 3 wrote identical mask files (the final
 `masks.mask` and the lowest-loss epoch's `best.mask`) and that run 3's
 `history.json` holds all three epochs and every step, and exits with status
-1 if not. Run it from the repository root:
+1 if not. `test_cli.py::test_kill_and_resume_script` runs it on a tiny
+preset; run it by hand from the repository root:
 
-    python examples/kill_and_resume.py [--preset DIR] [--backend jax]
+    python tests/kill_and_resume.py [--preset DIR] [--backend jax] [--work DIR]
 
 Without `--preset` it uses the embedded SmolLM2-135M-Instruct (a few
 minutes on a laptop CPU).

@@ -275,7 +275,7 @@ def test_demo_smoke(capsys, tmp_path):
 
 
 def test_kill_and_resume_script(tmp_path, preset):
-    script = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "kill_and_resume.py")
+    script = os.path.join(os.path.dirname(__file__), "kill_and_resume.py")
     result = subprocess.run(
         [sys.executable, script, "--preset", preset, "--work", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
