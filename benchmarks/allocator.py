@@ -26,9 +26,8 @@ import argparse
 import json
 import statistics
 
-import keras
-
 import arms
+import keras
 
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 HUGE_PAGES = {"THP_MEM_ALLOC_ENABLE": "1"}
@@ -52,8 +51,11 @@ def measure(model_name, arm_names, named_settings, rounds, warmup, steps):
                 )
                 seconds = row["seconds"]
                 runs[setting, arm].append((seconds, peak))
-                print(f"  round {round_index + 1}, {setting}, {arm}: {seconds:.2f} s, "
-                      f"peak {peak / 2**30:.1f} GiB", flush=True)
+                print(
+                    f"  round {round_index + 1}, {setting}, {arm}: {seconds:.2f} s, "
+                    f"peak {peak / 2**30:.1f} GiB",
+                    flush=True,
+                )
     rows = []
     for arm in arm_names:
         row = {"backend": keras.backend.backend(), "model": model_name, "arm": arm}
@@ -75,18 +77,32 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    print(f"{args.model} on {keras.backend.backend()}, {args.rounds} round(s) of "
-          f"{args.steps} steps after {args.warmup}", flush=True)
+    print(
+        f"{args.model} on {keras.backend.backend()}, {args.rounds} round(s) of "
+        f"{args.steps} steps after {args.warmup}",
+        flush=True,
+    )
     named_settings = settings()
-    rows = measure(args.model, args.arms.split(","), named_settings, args.rounds,
-                   args.warmup, args.steps)
-    print(arms.markdown_table(
-        ["backend", "arm", "setting", "step (s)", "speed-up", "peak GiB"],
-        [[row["backend"], row["arm"], setting, f"{row[setting]['seconds']:.2f}",
-          f"{row['default']['seconds'] / row[setting]['seconds']:.2f}x",
-          f"{row[setting]['peak_bytes'] / 2**30:.1f}"]
-         for row in rows for setting in named_settings],
-    ))
+    rows = measure(
+        args.model, args.arms.split(","), named_settings, args.rounds, args.warmup, args.steps
+    )
+    print(
+        arms.markdown_table(
+            ["backend", "arm", "setting", "step (s)", "speed-up", "peak GiB"],
+            [
+                [
+                    row["backend"],
+                    row["arm"],
+                    setting,
+                    f"{row[setting]['seconds']:.2f}",
+                    f"{row['default']['seconds'] / row[setting]['seconds']:.2f}x",
+                    f"{row[setting]['peak_bytes'] / 2**30:.1f}",
+                ]
+                for row in rows
+                for setting in named_settings
+            ],
+        )
+    )
     by_arm = {row["arm"]: row for row in rows}
     if {"mft", "fft_band"} <= set(by_arm):
         for setting in named_settings:

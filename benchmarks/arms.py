@@ -57,12 +57,20 @@ def build_model(name, num_layers=None):
     else:
         shape = {
             "llama7b_slice": dict(
-                vocabulary_size=32000, num_layers=2, hidden_dim=4096,
-                intermediate_dim=11008, num_query_heads=32, num_key_value_heads=32,
+                vocabulary_size=32000,
+                num_layers=2,
+                hidden_dim=4096,
+                intermediate_dim=11008,
+                num_query_heads=32,
+                num_key_value_heads=32,
             ),
             "tiny": dict(
-                vocabulary_size=256, num_layers=4, hidden_dim=64,
-                intermediate_dim=128, num_query_heads=4, num_key_value_heads=2,
+                vocabulary_size=256,
+                num_layers=4,
+                hidden_dim=64,
+                intermediate_dim=128,
+                num_query_heads=4,
+                num_key_value_heads=2,
             ),
         }[name]
         if num_layers is not None:
@@ -116,7 +124,10 @@ def hold_mask(layer):
     keep = layer.keep_mask()
     layer._tracker.unlock()
     held = layer.add_weight(
-        name="held_keep", shape=keep.shape, dtype="bool", trainable=False,
+        name="held_keep",
+        shape=keep.shape,
+        dtype="bool",
+        trainable=False,
         initializer="zeros",
     )
     layer._tracker.lock()
@@ -168,13 +179,28 @@ def train_step_in_child(model_name, arm, warmup, steps, sequence_length=None, ex
     fresh child process (with `extra_env` added to its environment)."""
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "row.json")
-        command = [sys.executable, TRAIN_STEP, "--model", model_name, "--arms", arm,
-                   "--warmup", str(warmup), "--steps", str(steps), "--json", path]
+        command = [
+            sys.executable,
+            TRAIN_STEP,
+            "--model",
+            model_name,
+            "--arms",
+            arm,
+            "--warmup",
+            str(warmup),
+            "--steps",
+            str(steps),
+            "--json",
+            path,
+        ]
         if sequence_length is not None:
             command += ["--sequence-length", str(sequence_length)]
         child = subprocess.Popen(
-            command, env={**os.environ, **(extra_env or {})},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            command,
+            env={**os.environ, **(extra_env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         stderr = child.stderr.read()
         _, status, usage = os.wait4(child.pid, 0)

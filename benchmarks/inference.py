@@ -23,10 +23,10 @@ import json
 import statistics
 import time
 
+import arms
 import keras
 import numpy as np
 
-import arms
 import keras_mft
 
 VARIANTS = ("original", "wrapped", "baked")
@@ -60,7 +60,9 @@ def jobs(model, model_name, prompt_length, new_tokens):
 
 def measure(model_name, prompt_length, new_tokens, repeats):
     models = build_variants(model_name)
-    work = {name: jobs(model, model_name, prompt_length, new_tokens) for name, model in models.items()}
+    work = {
+        name: jobs(model, model_name, prompt_length, new_tokens) for name, model in models.items()
+    }
     times = {(name, job): [] for name in VARIANTS for job in ("logits", "generation")}
     for round_index in range(repeats + 1):  # round 0 warms up (compilation)
         first = round_index % len(VARIANTS)
@@ -76,10 +78,16 @@ def measure(model_name, prompt_length, new_tokens, repeats):
         original = statistics.median(times["original", job])
         for name in VARIANTS:
             seconds = statistics.median(times[name, job])
-            rows.append({
-                "backend": keras.backend.backend(), "model": model_name, "job": job,
-                "variant": name, "seconds": seconds, "vs_original": seconds / original,
-            })
+            rows.append(
+                {
+                    "backend": keras.backend.backend(),
+                    "model": model_name,
+                    "job": job,
+                    "variant": name,
+                    "seconds": seconds,
+                    "vs_original": seconds / original,
+                }
+            )
     return rows
 
 
@@ -93,15 +101,33 @@ def main(argv=None):
     args = parser.parse_args(argv)
     print(f"{args.model} on {keras.backend.backend()}: median of {args.repeats} rounds", flush=True)
     rows = measure(args.model, args.prompt_length, args.new_tokens, args.repeats)
-    print(arms.markdown_table(
-        ["backend", "model", "job", "variant", "seconds", "/ original", "baked target 1.00 +- 0.03"],
-        [
-            [row["backend"], row["model"], row["job"], row["variant"], f"{row['seconds']:.3f}",
-             f"{row['vs_original']:.2f}",
-             ("met" if abs(row["vs_original"] - 1) <= 0.03 else "MISSED") if row["variant"] == "baked" else ""]
-            for row in rows
-        ],
-    ))
+    print(
+        arms.markdown_table(
+            [
+                "backend",
+                "model",
+                "job",
+                "variant",
+                "seconds",
+                "/ original",
+                "baked target 1.00 +- 0.03",
+            ],
+            [
+                [
+                    row["backend"],
+                    row["model"],
+                    row["job"],
+                    row["variant"],
+                    f"{row['seconds']:.3f}",
+                    f"{row['vs_original']:.2f}",
+                    ("met" if abs(row["vs_original"] - 1) <= 0.03 else "MISSED")
+                    if row["variant"] == "baked"
+                    else "",
+                ]
+                for row in rows
+            ],
+        )
+    )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as file:
             json.dump(rows, file, indent=2)

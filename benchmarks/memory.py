@@ -26,9 +26,8 @@ import os
 import subprocess
 import sys
 
-import keras
-
 import arms
+import keras
 
 BUDGET_BYTES = 16
 MEMORY_ARMS = ("norms", "mft", "fft_band")
@@ -63,14 +62,28 @@ def measure(model_name, num_layers, steps):
     for arm in MEMORY_ARMS:
         layers = [] if num_layers is None else ["--num-layers", str(num_layers)]
         child = subprocess.run(
-            [sys.executable, __file__, "--model", model_name, *layers,
-             "--steps", str(steps), "--child", arm],
-            capture_output=True, text=True, env=os.environ,
+            [
+                sys.executable,
+                __file__,
+                "--model",
+                model_name,
+                *layers,
+                "--steps",
+                str(steps),
+                "--child",
+                arm,
+            ],
+            capture_output=True,
+            text=True,
+            env=os.environ,
         )
         if child.returncode != 0:
             raise RuntimeError(f"The {arm} arm failed:\n{child.stderr[-3000:]}")
         results[arm] = json.loads(child.stdout.strip().splitlines()[-1])
-        print(f"  {arm}: {results[arm]['extra_peak_bytes'] / 2**20:,.0f} MiB above the built model", flush=True)
+        print(
+            f"  {arm}: {results[arm]['extra_peak_bytes'] / 2**20:,.0f} MiB above the built model",
+            flush=True,
+        )
     masked = results["mft"]["masked_weights"]
     reference = results["norms"]["extra_peak_bytes"]
     row = {"backend": keras.backend.backend(), "model": model_name, "masked_weights": masked}
@@ -83,9 +96,12 @@ def measure(model_name, num_layers, steps):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(arms.MODELS), default="llama7b_slice")
-    parser.add_argument("--num-layers", type=int,
-                        help="decoder blocks of a random model, all of them masked "
-                             "(default: 1 for llama7b_slice, else the model's band)")
+    parser.add_argument(
+        "--num-layers",
+        type=int,
+        help="decoder blocks of a random model, all of them masked "
+        "(default: 1 for llama7b_slice, else the model's band)",
+    )
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--child", choices=MEMORY_ARMS, help=argparse.SUPPRESS)
@@ -95,14 +111,33 @@ def main(argv=None):
     if args.child:
         print(json.dumps(run_arm(args.model, args.child, args.num_layers, args.steps)))
         return
-    print(f"{args.model} on {keras.backend.backend()}, {args.steps} train steps per arm", flush=True)
+    print(
+        f"{args.model} on {keras.backend.backend()}, {args.steps} train steps per arm", flush=True
+    )
     row = measure(args.model, args.num_layers, args.steps)
     mft = row["mft_bytes_per_weight"]
-    print(arms.markdown_table(
-        ["backend", "model", "masked weights", "MFT bytes / weight", "FFT band bytes / weight", "target <= 16"],
-        [[row["backend"], row["model"], f"{row['masked_weights']:,}", f"{mft:.1f}",
-          f"{row['fft_band_bytes_per_weight']:.1f}", "met" if mft <= BUDGET_BYTES else "MISSED"]],
-    ))
+    print(
+        arms.markdown_table(
+            [
+                "backend",
+                "model",
+                "masked weights",
+                "MFT bytes / weight",
+                "FFT band bytes / weight",
+                "target <= 16",
+            ],
+            [
+                [
+                    row["backend"],
+                    row["model"],
+                    f"{row['masked_weights']:,}",
+                    f"{mft:.1f}",
+                    f"{row['fft_band_bytes_per_weight']:.1f}",
+                    "met" if mft <= BUDGET_BYTES else "MISSED",
+                ]
+            ],
+        )
+    )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as file:
             json.dump(row, file, indent=2)

@@ -65,25 +65,41 @@ def train_step_plot(results, images, checks):
         runs = train_step_runs(results, model)
         values = {b: {row["arm"]: row["vs_fft_band"] for row in rows} for b, rows in runs.items()}
         arms = [row["arm"] for row in next(iter(runs.values()))]
-        grouped_bars(axes, arms, list(runs), values, "step time / FFT of the band",
-                     f"Train step, {model}", line=1.0)
+        grouped_bars(
+            axes,
+            arms,
+            list(runs),
+            values,
+            "step time / FFT of the band",
+            f"Train step, {model}",
+            line=1.0,
+        )
         for backend, rows in runs.items():
             by_arm = {row["arm"]: row for row in rows}
             checks.append(band_check(f"train step {model} {backend}", by_arm["mft"]))
             if by_arm["mft"]["vs_fft"] is not None:
-                checks.append((f"train step {model} {backend}: MFT / full FFT < 1",
-                               by_arm["mft"]["vs_fft"], by_arm["mft"]["vs_fft"] < 1))
+                checks.append(
+                    (
+                        f"train step {model} {backend}: MFT / full FFT < 1",
+                        by_arm["mft"]["vs_fft"],
+                        by_arm["mft"]["vs_fft"] < 1,
+                    )
+                )
     # The same target with more tokens per step (`train_step.py --sequence-length`).
     for backend, rows in load(results, "train_step_llama7b_slice_long").items():
         mft = {row["arm"]: row for row in rows}["mft"]
-        checks.append(band_check(f"train step llama7b_slice, {mft['tokens']} tokens, {backend}", mft))
+        checks.append(
+            band_check(f"train step llama7b_slice, {mft['tokens']} tokens, {backend}", mft)
+        )
     # The same target for MFT with its masks held fixed: what any selection
     # method could reach at best (`train_step.py --arms ...,mft_fixed`).
     for backend, rows in load(results, "train_step_llama7b_slice_fixed").items():
         mft_fixed = {row["arm"]: row for row in rows}["mft_fixed"]
-        checks.append(band_check(
-            f"train step llama7b_slice {backend}, masks held fixed (no selection)", mft_fixed
-        ))
+        checks.append(
+            band_check(
+                f"train step llama7b_slice {backend}, masks held fixed (no selection)", mft_fixed
+            )
+        )
     figure.savefig(images / "bench_train_step.png", dpi=100)
 
 
@@ -104,9 +120,17 @@ def selection_plot(results, images, checks):
         if backend in slices:
             step = {row["arm"]: row["seconds"] for row in slices[backend]}["mft"]
             share = largest["keras-mft"] / step
-            checks.append((f"selection {backend}: share of a 7B-slice MFT step < 0.05", share, share < 0.05))
-    grouped_bars(axes, list(methods), list(values), values, "seconds (log scale)",
-                 "Mask selection, one 4096x11008 matrix")
+            checks.append(
+                (f"selection {backend}: share of a 7B-slice MFT step < 0.05", share, share < 0.05)
+            )
+    grouped_bars(
+        axes,
+        list(methods),
+        list(values),
+        values,
+        "seconds (log scale)",
+        "Mask selection, one 4096x11008 matrix",
+    )
     axes.set_yscale("log")
     figure.savefig(images / "bench_selection.png", dpi=100)
 
@@ -122,10 +146,22 @@ def memory_plot(results, images, checks):
         "FFT of the band": {b: row["fft_band_bytes_per_weight"] for b, row in runs.items()},
     }
     for backend, row in runs.items():
-        checks.append((f"memory {backend}: MFT bytes per masked weight <= 16",
-                       row["mft_bytes_per_weight"], row["mft_bytes_per_weight"] <= 16))
-    grouped_bars(axes, list(runs), list(values), values, "peak bytes per masked weight",
-                 "Training memory above a norms-only reference", line=16)
+        checks.append(
+            (
+                f"memory {backend}: MFT bytes per masked weight <= 16",
+                row["mft_bytes_per_weight"],
+                row["mft_bytes_per_weight"] <= 16,
+            )
+        )
+    grouped_bars(
+        axes,
+        list(runs),
+        list(values),
+        values,
+        "peak bytes per masked weight",
+        "Training memory above a norms-only reference",
+        line=16,
+    )
     figure.savefig(images / "bench_memory.png", dpi=100)
 
 
@@ -139,12 +175,24 @@ def inference_plot(results, images, checks):
             b: {row["variant"]: row["vs_original"] for row in rows if row["job"] == job}
             for b, rows in runs.items()
         }
-        grouped_bars(axes, ["original", "wrapped", "baked"], list(runs), values,
-                     "time / original model", f"Inference: {job}", line=1.0)
+        grouped_bars(
+            axes,
+            ["original", "wrapped", "baked"],
+            list(runs),
+            values,
+            "time / original model",
+            f"Inference: {job}",
+            line=1.0,
+        )
         for backend in runs:
             ratio = values[backend]["baked"]
-            checks.append((f"inference {job} {backend}: baked / original within 1.00 +- 0.03",
-                           ratio, abs(ratio - 1) <= 0.03))
+            checks.append(
+                (
+                    f"inference {job} {backend}: baked / original within 1.00 +- 0.03",
+                    ratio,
+                    abs(ratio - 1) <= 0.03,
+                )
+            )
     figure.savefig(images / "bench_inference.png", dpi=100)
 
 

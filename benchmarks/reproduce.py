@@ -109,13 +109,17 @@ class Experiment:
         self.tokenizer = smollm2.tokenizer_from_gguf(smollm2.gguf_reader())
         problems = keras_mft.gsm8k("train")
         train = part(problems, 0, s["train_problems"])
-        validation = part(problems, s["train_problems"], s["train_problems"] + s["validation_problems"])
+        validation = part(
+            problems, s["train_problems"], s["train_problems"] + s["validation_problems"]
+        )
         held_out = part(keras_mft.gsm8k("held_out"), 0, s["held_out_problems"])
         self.train = keras_mft.instruction_dataset(
-            self.tokenizer, train, sequence_length=s["sequence_length"])
+            self.tokenizer, train, sequence_length=s["sequence_length"]
+        )
         self.scored = {
             name: keras_mft.instruction_dataset(
-                self.tokenizer, data, sequence_length=s["score_length"], pack=False)
+                self.tokenizer, data, sequence_length=s["score_length"], pack=False
+            )
             for name, data in (("validation", validation), ("held_out", held_out))
         }
         for name, (x, _, _) in self.scored.items():
@@ -138,7 +142,11 @@ class Experiment:
         return record
 
     def load_model(self):
-        model = keras_mft.tiny_smollm2() if self.settings["model"] == "tiny" else keras_mft.smollm2_135m_instruct()
+        model = (
+            keras_mft.tiny_smollm2()
+            if self.settings["model"] == "tiny"
+            else keras_mft.smollm2_135m_instruct()
+        )
         model.preprocessor = None  # the data is already tokenized
         return model
 
@@ -188,30 +196,54 @@ class Experiment:
             model = self.fft_model()
             tuner, travel = keras_mft.MaskFineTuner(), ScoreTravel()
             history = protocol.mask_fine_tune(
-                model, self.shuffled_train(seed), seed=seed, callbacks=[tuner, travel],
+                model,
+                self.shuffled_train(seed),
+                seed=seed,
+                callbacks=[tuner, travel],
                 score_init="magnitude" if name == "mft_magnitude" else "random",
-                **band, **rate, **train,
+                **band,
+                **rate,
+                **train,
             )
-            extra = {"mask_changed": history.history["mask_changed"][-1],
-                     "score_budget": history.history["score_budget"][-1],
-                     "median_score_travel": travel.median}
+            extra = {
+                "mask_changed": history.history["mask_changed"][-1],
+                "score_budget": history.history["score_budget"][-1],
+                "median_score_travel": travel.median,
+            }
         elif name == "continued_fft":
             model = self.fft_model()
-            protocol.full_fine_tune(model, self.shuffled_train(int(variant[4:])),
-                                    learning_rate=s["learning_rate"], **train)
+            protocol.full_fine_tune(
+                model,
+                self.shuffled_train(int(variant[4:])),
+                learning_rate=s["learning_rate"],
+                **train,
+            )
         elif arm in ("l1_mask", "random_mask"):
             model = self.fft_model()
-            protocol.untrained_mask(model, "magnitude" if arm == "l1_mask" else "random", seed=0, **band)
+            protocol.untrained_mask(
+                model, "magnitude" if arm == "l1_mask" else "random", seed=0, **band
+            )
         elif name in ("lora_from_fft", "lora_from_base"):
             rate = float(variant[2:]) if variant else self.lora_learning_rate()
             model = self.fft_model() if name == "lora_from_fft" else self.load_model()
-            protocol.lora_fine_tune(model, self.train, rank=s["lora_rank"], alpha=s["lora_alpha"],
-                                    learning_rate=rate, **train)
+            protocol.lora_fine_tune(
+                model,
+                self.train,
+                rank=s["lora_rank"],
+                alpha=s["lora_alpha"],
+                learning_rate=rate,
+                **train,
+            )
             extra = {"learning_rate": rate}
         else:
             raise ValueError(f"Unknown arm {arm!r}.")
-        record = {"arm": arm, "settings_key": self.key, "backend": keras.backend.backend(),
-                  "train_seconds": time.time() - start, **extra}
+        record = {
+            "arm": arm,
+            "settings_key": self.key,
+            "backend": keras.backend.backend(),
+            "train_seconds": time.time() - start,
+            **extra,
+        }
         for part_name, data in self.scored.items():
             metrics = evaluation.per_example_metrics(model, data, s["batch_size"])
             record[part_name] = {key: value.tolist() for key, value in metrics.items()}
@@ -277,8 +309,11 @@ def holm(p_values):
 
 def values(records, prefix, part_name="held_out", metric="loss"):
     """(seeds, problems) of the arms named `prefix` or `prefix/seed*`."""
-    rows = [r[part_name][metric] for arm, r in sorted(records.items())
-            if arm == prefix or arm.startswith(prefix + "/seed")]
+    rows = [
+        r[part_name][metric]
+        for arm, r in sorted(records.items())
+        if arm == prefix or arm.startswith(prefix + "/seed")
+    ]
     return np.array(rows) if rows else None
 
 
@@ -288,19 +323,33 @@ def report(records, images):
 
     pathlib.Path(images).mkdir(parents=True, exist_ok=True)
 
-    print("| arm | held-out loss | token accuracy | validation loss | mask changed | median score travel | minutes |")
+    print(
+        "| arm | held-out loss | token accuracy | validation loss | mask changed | median score travel | minutes |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for arm in arm_names():
         if arm in records:
             r = records[arm]
             changed = f"{r['mask_changed']:.4f}" if "mask_changed" in r else ""
             travel = f"{r['median_score_travel']:.3f}" if "median_score_travel" in r else ""
-            print(f"| {arm} | {np.mean(r['held_out']['loss']):.4f} | {np.mean(r['held_out']['accuracy']):.4f} | "
-                  f"{np.mean(r['validation']['loss']):.4f} | {changed} | {travel} | {r['seconds'] / 60:.1f} |")
+            print(
+                f"| {arm} | {np.mean(r['held_out']['loss']):.4f} | {np.mean(r['held_out']['accuracy']):.4f} | "
+                f"{np.mean(r['validation']['loss']):.4f} | {changed} | {travel} | {r['seconds'] / 60:.1f} |"
+            )
 
     comparisons = [("mft", "fft"), ("mft", "continued_fft")]  # the pre-registered family
-    comparisons += [(arm, "fft") for arm in ("mft_magnitude", "mft_literal", "continued_fft",
-                                              "l1_mask", "random_mask", "lora_from_fft", "lora_from_base")]
+    comparisons += [
+        (arm, "fft")
+        for arm in (
+            "mft_magnitude",
+            "mft_literal",
+            "continued_fft",
+            "l1_mask",
+            "random_mask",
+            "lora_from_fft",
+            "lora_from_base",
+        )
+    ]
     rows = []
     for arm, reference in comparisons:
         a, b = values(records, arm), values(records, reference)
@@ -311,31 +360,50 @@ def report(records, images):
             rows.append((arm, reference, len(a), len(b), *paired_bootstrap(a, b)))
     family = [row for row in rows if (row[0], row[1]) in comparisons[:2]]
     adjusted = dict(zip([(r[0], r[1]) for r in family], holm([r[-1] for r in family])))
-    print("\n| arm - reference (held-out loss) | seeds | difference | 95% interval | one-sided p | Holm p |")
+    print(
+        "\n| arm - reference (held-out loss) | seeds | difference | 95% interval | one-sided p | Holm p |"
+    )
     print("|---|---|---:|---|---:|---:|")
     for arm, reference, n_a, n_b, difference, low, high, p in rows:
         holm_p = adjusted.get((arm, reference))
-        print(f"| {arm} - {reference} | {n_a} vs {n_b} | {difference:+.4f} | [{low:+.4f}, {high:+.4f}] | "
-              f"{p:.4f} | {'' if holm_p is None else f'{holm_p:.4f}'} |")
+        print(
+            f"| {arm} - {reference} | {n_a} vs {n_b} | {difference:+.4f} | [{low:+.4f}, {high:+.4f}] | "
+            f"{p:.4f} | {'' if holm_p is None else f'{holm_p:.4f}'} |"
+        )
 
     if rows:
         figure = Figure(figsize=(6.5, 0.45 * len(rows) + 1.2), layout="constrained")
         axes = figure.subplots()
-        for y, (arm, reference, _, _, difference, low, high, _) in enumerate(reversed(rows)):
-            axes.errorbar(difference, y, xerr=[[difference - low], [high - difference]], fmt="o", capsize=3)
+        for y, (_, _, _, _, difference, low, high, _) in enumerate(reversed(rows)):
+            axes.errorbar(
+                difference, y, xerr=[[difference - low], [high - difference]], fmt="o", capsize=3
+            )
         axes.set_yticks(range(len(rows)), [f"{r[0]} - {r[1]}" for r in reversed(rows)])
         axes.axvline(0.0, color="black", linewidth=0.8)
         axes.set_xlabel("paired difference in held-out response loss (95% interval)")
         figure.savefig(pathlib.Path(images) / "reproduction_forest.png", dpi=100)
 
-    dose = [(budget, f"dose/B{budget}" if budget != SETTINGS["score_budget"] else "mft/seed0")
-            for budget in BUDGETS]
-    dose = [(budget, np.mean(records[arm]["validation"]["loss"])) for budget, arm in dose if arm in records]
+    dose = [
+        (budget, f"dose/B{budget}" if budget != SETTINGS["score_budget"] else "mft/seed0")
+        for budget in BUDGETS
+    ]
+    dose = [
+        (budget, np.mean(records[arm]["validation"]["loss"]))
+        for budget, arm in dose
+        if arm in records
+    ]
     if dose and "fft" in records:
         figure = Figure(figsize=(5, 3.5), layout="constrained")
         axes = figure.subplots()
-        axes.plot([b for b, _ in dose], [loss for _, loss in dose], marker="o", label="FFT + MFT (seed 0)")
-        axes.axhline(np.mean(records["fft"]["validation"]["loss"]), color="black", linestyle="--", label="FFT")
+        axes.plot(
+            [b for b, _ in dose], [loss for _, loss in dose], marker="o", label="FFT + MFT (seed 0)"
+        )
+        axes.axhline(
+            np.mean(records["fft"]["validation"]["loss"]),
+            color="black",
+            linestyle="--",
+            label="FFT",
+        )
         axes.set_xscale("log")
         axes.set_xlabel("score budget B")
         axes.set_ylabel("validation response loss")
@@ -345,18 +413,34 @@ def report(records, images):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arms", help="comma-separated arms to run (default: every arm not yet measured)")
+    parser.add_argument(
+        "--arms", help="comma-separated arms to run (default: every arm not yet measured)"
+    )
     parser.add_argument("--results", default="docs/reproduction", help="one JSON file per arm")
-    parser.add_argument("--weights", default="reproduction-weights", help="where the FFT weights are kept")
+    parser.add_argument(
+        "--weights", default="reproduction-weights", help="where the FFT weights are kept"
+    )
     parser.add_argument("--images", default="docs/images")
-    parser.add_argument("--report", action="store_true", help="only print the tables and draw the plots")
-    parser.add_argument("--fast", action="store_true",
-                        help="a tiny random model, a few problems and tokens, to test the script")
+    parser.add_argument(
+        "--report", action="store_true", help="only print the tables and draw the plots"
+    )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="a tiny random model, a few problems and tokens, to test the script",
+    )
     args = parser.parse_args(argv)
     settings = dict(SETTINGS)
     if args.fast:
-        settings.update(model="tiny", train_problems=8, validation_problems=4, held_out_problems=6,
-                        sequence_length=64, score_length=512, epochs=1)
+        settings.update(
+            model="tiny",
+            train_problems=8,
+            validation_problems=4,
+            held_out_problems=6,
+            sequence_length=64,
+            score_length=512,
+            epochs=1,
+        )
     arms = args.arms.split(",") if args.arms else arm_names()
     unknown = [arm for arm in arms if arm not in arm_names()]
     if unknown:
@@ -367,8 +451,11 @@ def main(argv=None):
             if experiment.cached(arm) is None:
                 print(f"{arm}...", flush=True)
                 record = experiment.run(arm)
-                print(f"{arm}: held-out loss {np.mean(record['held_out']['loss']):.4f} "
-                      f"in {record['seconds'] / 60:.1f} min", flush=True)
+                print(
+                    f"{arm}: held-out loss {np.mean(record['held_out']['loss']):.4f} "
+                    f"in {record['seconds'] / 60:.1f} min",
+                    flush=True,
+                )
     records = {}
     for path in sorted(pathlib.Path(args.results).glob("*.json")):
         record = json.loads(path.read_text(encoding="utf-8"))

@@ -81,9 +81,14 @@ def measure(shape, sparsity, repeats):
     methods = {
         "keras-mft": compiled(lambda s: keep_mask(s, removed)),
         "sort": compiled(lambda s: ops.sort(ops.reshape(ops.abs(s), (-1,)))),
-        "top_k": compiled(lambda s: ops.top_k(-ops.reshape(ops.abs(s), (-1,)), removed, sorted=False)[1]),
+        "top_k": compiled(
+            lambda s: ops.top_k(-ops.reshape(ops.abs(s), (-1,)), removed, sorted=False)[1]
+        ),
     }
-    return {name: seconds(lambda: method(scores), repeats) for name, method in methods.items()}
+    return {
+        name: seconds(lambda method=method: method(scores), repeats)
+        for name, method in methods.items()
+    }
 
 
 def main(argv=None):
@@ -95,15 +100,20 @@ def main(argv=None):
     args = parser.parse_args(argv)
     backend = keras.backend.backend()
     rows = []
-    print(f"| backend | matrix | keras-mft (s) | sort (s) | top_k (s) | sort / keras-mft | top_k / keras-mft |")
+    print(
+        "| backend | matrix | keras-mft (s) | sort (s) | top_k (s) | sort / keras-mft | top_k / keras-mft |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
     for size in args.sizes.split(","):
         shape = tuple(int(n) for n in size.split("x"))
         result = measure(shape, args.sparsity, args.repeats)
         rows.append({"backend": backend, "shape": list(shape), **result})
-        print(f"| {backend} | {size} | {result['keras-mft']:.3f} | {result['sort']:.3f} | "
-              f"{result['top_k']:.3f} | {result['sort'] / result['keras-mft']:.1f}x | "
-              f"{result['top_k'] / result['keras-mft']:.1f}x |", flush=True)
+        print(
+            f"| {backend} | {size} | {result['keras-mft']:.3f} | {result['sort']:.3f} | "
+            f"{result['top_k']:.3f} | {result['sort'] / result['keras-mft']:.1f}x | "
+            f"{result['top_k'] / result['keras-mft']:.1f}x |",
+            flush=True,
+        )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as file:
             json.dump(rows, file, indent=2)

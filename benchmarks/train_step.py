@@ -25,9 +25,8 @@ import json
 import statistics
 import time
 
-import keras
-
 import arms
+import keras
 
 
 def prepared_step(model_name, arm, sequence_length):
@@ -75,8 +74,14 @@ def time_interleaved(model_name, arm_names, warmup, steps, sequence_length):
 
 
 def measure(
-    model_name, arm_names, warmup, steps, sequence_length, json_path=None,
-    process_per_arm=False, interleave=False,
+    model_name,
+    arm_names,
+    warmup,
+    steps,
+    sequence_length,
+    json_path=None,
+    process_per_arm=False,
+    interleave=False,
 ):
     """The arms' rows; with `json_path`, written there after every arm (all
     at once when interleaved), so that the arms already timed survive one
@@ -111,7 +116,9 @@ def save_rows(rows, json_path):
 def add_ratios(rows):
     reference = {row["arm"]: row["seconds"] for row in rows}
     for row in rows:
-        row["vs_fft_band"] = row["seconds"] / reference["fft_band"] if "fft_band" in reference else None
+        row["vs_fft_band"] = (
+            row["seconds"] / reference["fft_band"] if "fft_band" in reference else None
+        )
         row["vs_fft"] = row["seconds"] / reference["fft"] if "fft" in reference else None
 
 
@@ -139,15 +146,18 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument(
-        "--sequence-length", type=int,
+        "--sequence-length",
+        type=int,
         help="tokens per sequence (default: the model's, see arms.py)",
     )
     parser.add_argument(
-        "--process-per-arm", action="store_true",
+        "--process-per-arm",
+        action="store_true",
         help="time each arm in a fresh child process",
     )
     parser.add_argument(
-        "--interleave", action="store_true",
+        "--interleave",
+        action="store_true",
         help="build every arm's model at once and time their steps in turn",
     )
     parser.add_argument("--json", help="also write the results to this JSON file")
@@ -163,20 +173,44 @@ def main(argv=None):
         f"{settings['batch_size']} x {sequence_length} tokens, median of "
         f"{args.steps} steps after {args.warmup}"
         f"{', a process per arm' if args.process_per_arm else ''}"
-        f"{', interleaved' if args.interleave else ''}", flush=True,
+        f"{', interleaved' if args.interleave else ''}",
+        flush=True,
     )
     rows = measure(
-        args.model, args.arms.split(","), args.warmup, args.steps, sequence_length,
-        args.json, args.process_per_arm, args.interleave,
+        args.model,
+        args.arms.split(","),
+        args.warmup,
+        args.steps,
+        sequence_length,
+        args.json,
+        args.process_per_arm,
+        args.interleave,
     )
-    print(arms.markdown_table(
-        ["backend", "model", "arm", "trainable weights", "step (s)", "/ FFT band", "/ full FFT"],
-        [
-            [row["backend"], row["model"], row["arm"], f"{row['trainable']:,}",
-             f"{row['seconds']:.3f}", ratio(row["vs_fft_band"]), ratio(row["vs_fft"])]
-            for row in rows
-        ],
-    ))
+    print(
+        arms.markdown_table(
+            [
+                "backend",
+                "model",
+                "arm",
+                "trainable weights",
+                "step (s)",
+                "/ FFT band",
+                "/ full FFT",
+            ],
+            [
+                [
+                    row["backend"],
+                    row["model"],
+                    row["arm"],
+                    f"{row['trainable']:,}",
+                    f"{row['seconds']:.3f}",
+                    ratio(row["vs_fft_band"]),
+                    ratio(row["vs_fft"]),
+                ]
+                for row in rows
+            ],
+        )
+    )
     if {"mft", "fft", "fft_band"} <= {row["arm"] for row in rows}:
         print(verdict(rows))
 

@@ -19,8 +19,13 @@ from playwright.sync_api import sync_playwright
 # Without the networking flags, Chromium tries to reach Google's services at
 # start and logs each refused connection.
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-quic",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
 ]
 
 
@@ -51,8 +56,14 @@ def check_page(browser, url, screenshot):
     """The problems of one page, after writing its screenshot."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     problems = []
-    page.on("console", lambda message: problems.append(f"console {message.type}: {message.text}")
-            if message.type == "error" else None)
+    page.on(
+        "console",
+        lambda message: (
+            problems.append(f"console {message.type}: {message.text}")
+            if message.type == "error"
+            else None
+        ),
+    )
     page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
     page.goto(url, wait_until="networkidle")
     broken = page.eval_on_selector_all(
@@ -74,8 +85,10 @@ def main():
     if not (site / "index.html").is_file():
         sys.exit(f"No built site in {site}: run `mkdocs build` first.")
     if not pathlib.Path(args.chromium).is_file():
-        sys.exit(f"Chromium not found at {args.chromium}. Install it (Debian: "
-                 "`apt-get install chromium`) or pass --chromium PATH.")
+        sys.exit(
+            f"Chromium not found at {args.chromium}. Install it (Debian: "
+            "`apt-get install chromium`) or pass --chromium PATH."
+        )
     screenshots = pathlib.Path(args.screenshots)
     screenshots.mkdir(parents=True, exist_ok=True)
     base = serve(site)
@@ -92,8 +105,10 @@ def main():
         browser.close()
     for page, problems in failures.items():
         print(f"\n/{page}:\n  " + "\n  ".join(problems))
-    print(f"\n{len(pages) - len(failures)} of {len(pages)} pages without "
-          f"problems; screenshots in {screenshots}/")
+    print(
+        f"\n{len(pages) - len(failures)} of {len(pages)} pages without "
+        f"problems; screenshots in {screenshots}/"
+    )
     sys.exit(1 if failures else 0)
 
 

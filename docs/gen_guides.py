@@ -16,8 +16,13 @@ import mkdocs_gen_files
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GUIDES = [
-    "quickstart", "paper_protocol", "band_and_ratio", "backends",
-    "masks_as_adapters", "straight_through", "distributed",
+    "quickstart",
+    "paper_protocol",
+    "band_and_ratio",
+    "backends",
+    "masks_as_adapters",
+    "straight_through",
+    "distributed",
 ]
 FIELDS = ["Title", "Author", "Date created", "Last modified", "Description", "Accelerator"]
 
@@ -34,8 +39,9 @@ def header_fields(text, name):
         else:
             raise ValueError(f"examples/{name}.py: the header must start with `Title:`.")
     if list(fields) != FIELDS:
-        raise ValueError(f"examples/{name}.py: the header must give {FIELDS} in this order, "
-                         f"not {list(fields)}.")
+        raise ValueError(
+            f"examples/{name}.py: the header must give {FIELDS} in this order, not {list(fields)}."
+        )
     return fields
 
 
@@ -49,13 +55,22 @@ def guide_to_markdown(source, name):
     # As keras.io shows them: one field a line.
     about = "<br>\n".join(f"**{field}:** {value}" for field, value in fields.items())
     # A guide that sets KERAS_BACKEND itself (the distributed one) runs on that backend only.
-    chooses = "`KERAS_BACKEND` chooses the backend." if 'environ["KERAS_BACKEND"] =' not in source else ""
-    parts = [f"# {title}", about, intro,
-             f"Run it from a clone of the repository: `python examples/{name}.py`. {chooses}".strip()]
+    chooses = (
+        "`KERAS_BACKEND` chooses the backend." if 'environ["KERAS_BACKEND"] =' not in source else ""
+    )
+    parts = [
+        f"# {title}",
+        about,
+        intro,
+        f"Run it from a clone of the repository: `python examples/{name}.py`. {chooses}".strip(),
+    ]
     code_from = header.end_lineno
     for node in body:
-        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
-                and isinstance(node.value.value, str):
+        if (
+            isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
             parts += [_code(lines[code_from : node.lineno - 1]), inspect.cleandoc(node.value.value)]
             code_from = node.end_lineno
     parts.append(_code(lines[code_from:]))

@@ -48,15 +48,18 @@ model.preprocessor = None
 
 train = {key: values[:TRAIN] for key, values in keras_mft.gsm8k("train").items()}
 held_out = {key: values[:HELD_OUT] for key, values in keras_mft.gsm8k("held_out").items()}
-x, y, sample_weight = keras_mft.instruction_dataset(tokenizer, train, sequence_length=SEQUENCE_LENGTH)
+x, y, sample_weight = keras_mft.instruction_dataset(
+    tokenizer, train, sequence_length=SEQUENCE_LENGTH
+)
 held_out_data = keras_mft.instruction_dataset(tokenizer, held_out, sequence_length=SEQUENCE_LENGTH)
 
 model = keras_mft.wrap(model, layers="4:8", sparsity=0.1, seed=0)
 initial_loss = evaluation.response_loss(model, held_out_data)["loss"]
 steps = keras_mft.protocol.total_steps((x, y, sample_weight), batch_size=8, epochs=1)
 learning_rate = keras_mft.score_budget.learning_rate_for_budget(0.47, steps)
-model.compile(optimizer=keras_mft.protocol.paper_optimizer(steps, learning_rate),
-              loss=keras_mft.paper_loss())
+model.compile(
+    optimizer=keras_mft.protocol.paper_optimizer(steps, learning_rate), loss=keras_mft.paper_loss()
+)
 model.fit(x, y, sample_weight=sample_weight, batch_size=8, epochs=1, verbose=0)
 learned_loss = evaluation.response_loss(model, held_out_data)["loss"]
 
@@ -64,8 +67,10 @@ masks = keras_mft.masks_of(model)
 np.savez(f"masks_{BACKEND}.npz", **masks)
 with open(f"losses_{BACKEND}.json", "w") as file:
     json.dump({"initial mask": initial_loss, "learned mask": learned_loss}, file)
-print(f"{BACKEND}: held-out loss {initial_loss:.4f} with the initial masks, "
-      f"{learned_loss:.4f} with the learned masks")
+print(
+    f"{BACKEND}: held-out loss {initial_loss:.4f} with the initial masks, "
+    f"{learned_loss:.4f} with the learned masks"
+)
 
 """
 ## Run it again on the other backends
@@ -81,19 +86,25 @@ if os.environ.get("KERAS_MFT_OTHER_BACKEND") is None:
     installed = [b for b in ("jax", "torch", "tensorflow") if importlib.util.find_spec(b)]
     missing = sorted({"jax", "torch", "tensorflow"} - set(installed))
     if missing:
-        print(f"Not installed, so not compared: {missing}. "
-              "Install them with `pip install -e '.[jax,torch]'`.")
+        print(
+            f"Not installed, so not compared: {missing}. "
+            "Install them with `pip install -e '.[jax,torch]'`."
+        )
     for other in installed:
         if other != BACKEND:
             env = {**os.environ, "KERAS_BACKEND": other, "KERAS_MFT_OTHER_BACKEND": "1"}
             subprocess.run([sys.executable, __file__], env=env, check=True)
 
-    print("\n| backend | initial mask loss | learned mask loss | learned mask entries that differ from "
-          f"{BACKEND} |\n|---|---|---|---|")
+    print(
+        "\n| backend | initial mask loss | learned mask loss | learned mask entries that differ from "
+        f"{BACKEND} |\n|---|---|---|---|"
+    )
     for other in installed:
         losses = json.load(open(f"losses_{other}.json"))
         other_masks = np.load(f"masks_{other}.npz")
         differ = sum(int(np.sum(masks[path] != other_masks[path])) for path in masks)
         total = sum(mask.size for mask in masks.values())
-        print(f"| {other} | {losses['initial mask']:.4f} | {losses['learned mask']:.4f} | "
-              f"{differ} of {total:,} |")
+        print(
+            f"| {other} | {losses['initial mask']:.4f} | {losses['learned mask']:.4f} | "
+            f"{differ} of {total:,} |"
+        )

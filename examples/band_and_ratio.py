@@ -52,7 +52,9 @@ model = keras_mft.smollm2_135m_instruct()
 tokenizer = model.preprocessor.tokenizer
 train = {key: values[:TRAIN] for key, values in keras_mft.gsm8k("train").items()}
 held_out = {key: values[:HELD_OUT] for key, values in keras_mft.gsm8k("held_out").items()}
-x, y, sample_weight = keras_mft.instruction_dataset(tokenizer, train, sequence_length=SEQUENCE_LENGTH)
+x, y, sample_weight = keras_mft.instruction_dataset(
+    tokenizer, train, sequence_length=SEQUENCE_LENGTH
+)
 held_out_data = keras_mft.instruction_dataset(tokenizer, held_out, sequence_length=SEQUENCE_LENGTH)
 unmasked = evaluation.response_loss(model, held_out_data)["loss"]
 print(f"unmasked model: held-out loss {unmasked:.4f}")
@@ -65,14 +67,22 @@ def mask_fine_tune(layers, sparsity):
     initial = keras_mft.masks_of(model)
     steps = keras_mft.protocol.total_steps((x, y, sample_weight), batch_size=8, epochs=1)
     learning_rate = keras_mft.score_budget.learning_rate_for_budget(0.47, steps)
-    model.compile(optimizer=keras_mft.protocol.paper_optimizer(steps, learning_rate),
-                  loss=keras_mft.paper_loss())
+    model.compile(
+        optimizer=keras_mft.protocol.paper_optimizer(steps, learning_rate),
+        loss=keras_mft.paper_loss(),
+    )
     model.fit(x, y, sample_weight=sample_weight, batch_size=8, epochs=1, verbose=0)
     learned = evaluation.response_loss(model, held_out_data)["loss"]
-    print(f"blocks {layers:>5}, ratio {sparsity:<4}: random mask {random_mask:.4f}, "
-          f"learned mask {learned:.4f}")
-    return {"random mask": random_mask, "learned mask": learned,
-            "initial masks": initial, "model": model}
+    print(
+        f"blocks {layers:>5}, ratio {sparsity:<4}: random mask {random_mask:.4f}, "
+        f"learned mask {learned:.4f}"
+    )
+    return {
+        "random mask": random_mask,
+        "learned mask": learned,
+        "initial masks": initial,
+        "model": model,
+    }
 
 
 """
@@ -122,10 +132,12 @@ and removed weights compare? `keras_mft.plot` draws both.
 """
 
 default = bands["4:8"]
-keras_mft.plot.mask_change(default["initial masks"], keras_mft.masks_of(default["model"]),
-                           "mask_change.png")
-keras_mft.plot.score_histogram(keras_mft.scores_of(default["model"]),
-                               keras_mft.masks_of(default["model"]), "scores.png")
+keras_mft.plot.mask_change(
+    default["initial masks"], keras_mft.masks_of(default["model"]), "mask_change.png"
+)
+keras_mft.plot.score_histogram(
+    keras_mft.scores_of(default["model"]), keras_mft.masks_of(default["model"]), "scores.png"
+)
 print("wrote mask_change.png, scores.png")
 
 """

@@ -51,12 +51,20 @@ over the mesh.
 
 def build_wrapped_model():
     backbone = keras_hub.models.Llama3Backbone(
-        vocabulary_size=256, num_layers=4, num_query_heads=8, num_key_value_heads=4,
-        hidden_dim=64, intermediate_dim=128,
+        vocabulary_size=256,
+        num_layers=4,
+        num_query_heads=8,
+        num_key_value_heads=4,
+        hidden_dim=64,
+        intermediate_dim=128,
     )
     rng = np.random.default_rng(0)
-    backbone.set_weights([rng.normal(0.0, 0.1, w.shape) if w.ndim > 1 else np.ones(w.shape)
-                          for w in backbone.get_weights()])
+    backbone.set_weights(
+        [
+            rng.normal(0.0, 0.1, w.shape) if w.ndim > 1 else np.ones(w.shape)
+            for w in backbone.get_weights()
+        ]
+    )
     model = keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=None)
     keras_mft.wrap(model, layers="1:3", sparsity=0.1, seed=0)
     # Plain SGD with a large step, so that 3 steps change many mask entries
@@ -101,12 +109,16 @@ pattern, e.g. `transformer_layer.*feedforward_gate_dense.scores`.
 mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"), devices)
 layout_map = keras_hub.models.Llama3Backbone.get_layout_map(mesh)
 layout_map = keras_mft.extend_layout_map(layout_map)
-model_parallel_model = train(keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch"))
+model_parallel_model = train(
+    keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
+)
 model_parallel = keras_mft.masks_of(model_parallel_model)
 
 print(f"{'variable':<58} sharding")
 for variable in model_parallel_model.backbone.get_layer("transformer_layer_1").weights:
-    if variable.path.endswith(("query/kernel", "query/scores", "gate_dense/kernel", "gate_dense/scores")):
+    if variable.path.endswith(
+        ("query/kernel", "query/scores", "gate_dense/kernel", "gate_dense/scores")
+    ):
         print(f"{variable.path:<58} {variable.value.sharding.spec}")
 
 """

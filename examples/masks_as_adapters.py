@@ -58,8 +58,9 @@ x, y, sample_weight = keras_mft.instruction_dataset(
 model = keras_mft.wrap(load_model(), layers="4:8", sparsity=0.1, seed=0)
 steps = keras_mft.protocol.total_steps((x, y, sample_weight), batch_size=8, epochs=1)
 learning_rate = keras_mft.score_budget.learning_rate_for_budget(0.47, steps)
-model.compile(optimizer=keras_mft.protocol.paper_optimizer(steps, learning_rate),
-              loss=keras_mft.paper_loss())
+model.compile(
+    optimizer=keras_mft.protocol.paper_optimizer(steps, learning_rate), loss=keras_mft.paper_loss()
+)
 model.fit(x, y, sample_weight=sample_weight, batch_size=8, epochs=1, verbose=2)
 
 batch = {key: value[:2] for key, value in x.items()}
@@ -79,8 +80,10 @@ for record in records[:3]:
     print(record)
 masked_weights = sum(int(np.prod(record["shape"])) for record in records)
 print(f"{len(records)} masked kernels, {masked_weights:,} weights")
-print(f"mask file: {os.path.getsize('math.mask'):,} bytes; "
-      f"those weights in float32: {4 * masked_weights:,} bytes")
+print(
+    f"mask file: {os.path.getsize('math.mask'):,} bytes; "
+    f"those weights in float32: {4 * masked_weights:,} bytes"
+)
 
 """
 ## Apply it to a freshly loaded model
@@ -93,8 +96,9 @@ learned them.
 
 fresh = load_model()
 keras_mft.apply_masks(fresh, "math.mask")
-print("applied vs learned, largest logit difference:",
-      np.max(np.abs(logits(fresh, batch) - learned)))
+print(
+    "applied vs learned, largest logit difference:", np.max(np.abs(logits(fresh, batch) - learned))
+)
 
 """
 ## Bake it
@@ -105,13 +109,14 @@ keras-mft's layers.
 """
 
 baked = keras_mft.bake(fresh)
-print("baked vs learned, largest logit difference:",
-      np.max(np.abs(logits(baked, batch) - learned)))
+print("baked vs learned, largest logit difference:", np.max(np.abs(logits(baked, batch) - learned)))
 baked.preprocessor = preprocessor
 keras_mft.save_preset(baked, "math_preset")
 reloaded = keras_hub.models.Llama3CausalLM.from_preset("math_preset", preprocessor=None)
-print("reloaded preset vs learned, largest logit difference:",
-      np.max(np.abs(logits(reloaded, batch) - learned)))
+print(
+    "reloaded preset vs learned, largest logit difference:",
+    np.max(np.abs(logits(reloaded, batch) - learned)),
+)
 
 """
 ## A mask only fits its own model

@@ -78,10 +78,18 @@ random_masks = evaluation.response_loss(model, held_out_data)["loss"]
 x, y, sample_weight = train_data
 steps = keras_mft.protocol.total_steps(train_data, batch_size=8, epochs=1)
 learning_rate = keras_mft.score_budget.learning_rate_for_budget(0.47, steps)
-model.compile(optimizer=keras_mft.protocol.paper_optimizer(steps, learning_rate),
-              loss=keras_mft.paper_loss())
-model.fit(x, y, sample_weight=sample_weight, batch_size=8, epochs=1,
-          callbacks=[keras_mft.MaskFineTuner()], verbose=2)
+model.compile(
+    optimizer=keras_mft.protocol.paper_optimizer(steps, learning_rate), loss=keras_mft.paper_loss()
+)
+model.fit(
+    x,
+    y,
+    sample_weight=sample_weight,
+    batch_size=8,
+    epochs=1,
+    callbacks=[keras_mft.MaskFineTuner()],
+    verbose=2,
+)
 after = evaluation.response_loss(model, held_out_data)["loss"]
 
 print(f"held-out answer loss of the model:        {before:.4f}")

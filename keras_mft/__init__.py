@@ -5,11 +5,10 @@ from keras_mft import plot
 from keras_mft import protocol
 from keras_mft import score_budget
 from keras_mft.backup import CrashSafeBackupAndRestore
-from keras_mft.wrapping import bake
-from keras_mft.wrapping import masks_of
-from keras_mft.wrapping import scores_of
 from keras_mft.distribution import extend_layout_map
 from keras_mft.embedded.gsm8k import gsm8k
+from keras_mft.embedded.smollm2 import smollm2_135m_instruct
+from keras_mft.embedded.smollm2 import tiny_smollm2
 from keras_mft.instruction_data import instruction_dataset
 from keras_mft.instruction_data import read_jsonl
 from keras_mft.mask_file import apply_masks
@@ -21,11 +20,12 @@ from keras_mft.masked_layers import MaskedDense
 from keras_mft.masked_layers import MaskedEinsumDense
 from keras_mft.preset import save_preset
 from keras_mft.schedules import LinearWarmupDecay
-from keras_mft.embedded.smollm2 import smollm2_135m_instruct
-from keras_mft.embedded.smollm2 import tiny_smollm2
 from keras_mft.training import PaperAdamW
 from keras_mft.training import paper_loss
 from keras_mft.version import __version__
+from keras_mft.wrapping import bake
+from keras_mft.wrapping import masks_of
+from keras_mft.wrapping import scores_of
 from keras_mft.wrapping import wrap
 
 __all__ = [

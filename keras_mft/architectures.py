@@ -84,9 +84,7 @@ def layer_names_of(backbone):
 
 def projections_of(backbone, block):
     """The projections of one decoder block of `backbone`, as {alias: layer}."""
-    by_name = {
-        layer.name: layer for layer in block._flatten_layers(include_self=False)
-    }
+    by_name = {layer.name: layer for layer in block._flatten_layers(include_self=False)}
     return {alias: by_name[name] for alias, name in layer_names_of(backbone).items()}
 
 

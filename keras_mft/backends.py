@@ -22,7 +22,6 @@ backend, the fastest way measured; every way gives the same result
 import keras
 from keras import ops
 
-
 # A power of two. On a GPU most scores fall in a few bins, whose atomic
 # additions wait for each other; 256 copies measured about as fast as any
 # other count (docs/benchmarks.md).
@@ -78,9 +77,7 @@ def _count(bins, num_bins):
 
         # `tf.math.bincount` computes its size from the data, which XLA
         # refuses. `DenseBincount` ignores values of `size` or more.
-        return tf.raw_ops.DenseBincount(
-            input=bins, size=num_bins, weights=tf.zeros([0], tf.int32)
-        )
+        return tf.raw_ops.DenseBincount(input=bins, size=num_bins, weights=tf.zeros([0], tf.int32))
     import jax  # not `keras.ops`, to name the out-of-range rule: drop
 
     return jax.ops.segment_sum(ops.ones_like(bins), bins, num_bins, mode="drop")

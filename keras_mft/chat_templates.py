@@ -13,8 +13,7 @@ TEMPLATES = {
     "chatml": {
         "specials": ("<|im_start|>", "<|im_end|>"),
         "system": "<|im_start|>system\n{system}<|im_end|>\n",
-        "prompt": "{system}<|im_start|>user\n{prompt}<|im_end|>\n"
-        "<|im_start|>assistant\n",
+        "prompt": "{system}<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n",
         "response": "{response}<|im_end|>",
     },
     "llama2": {

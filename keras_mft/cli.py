@@ -25,11 +25,13 @@ import keras_hub
 from keras_mft import architectures
 from keras_mft import evaluation
 from keras_mft import plot
+from keras_mft import score_budget as budgets
 from keras_mft.backup import CrashSafeBackupAndRestore
-from keras_mft.wrapping import bake
-from keras_mft.wrapping import masks_of
 from keras_mft.chat_templates import TEMPLATES
 from keras_mft.chat_templates import template_for
+from keras_mft.embedded.smollm2 import backbone_config
+from keras_mft.embedded.smollm2 import gguf_reader
+from keras_mft.embedded.smollm2 import smollm2_135m_instruct
 from keras_mft.instruction_data import instruction_dataset
 from keras_mft.instruction_data import read_jsonl
 from keras_mft.mask_file import apply_masks
@@ -37,13 +39,11 @@ from keras_mft.mask_file import describe_masks
 from keras_mft.mask_file import save_masks
 from keras_mft.mask_fine_tuner import MaskFineTuner
 from keras_mft.preset import save_preset
-from keras_mft import score_budget as budgets
 from keras_mft.protocol import compile_mask_fine_tuning
 from keras_mft.protocol import total_steps
-from keras_mft.embedded.smollm2 import backbone_config
-from keras_mft.embedded.smollm2 import gguf_reader
-from keras_mft.embedded.smollm2 import smollm2_135m_instruct
 from keras_mft.version import __version__
+from keras_mft.wrapping import bake
+from keras_mft.wrapping import masks_of
 from keras_mft.wrapping import parse_layers
 from keras_mft.wrapping import parse_targets
 from keras_mft.wrapping import wrap
@@ -88,8 +88,10 @@ def main(argv=None):
         return 1
     except OSError as error:
         where = f" {error.filename}" if error.filename else ""
-        print(f"keras-mft {args.command}: error: cannot use{where}: {error.strerror or error}",
-              file=sys.stderr)
+        print(
+            f"keras-mft {args.command}: error: cannot use{where}: {error.strerror or error}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -119,86 +121,156 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"keras-mft {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    demo = _command(commands, "demo", run_demo,
-                    "MFT of the embedded SmolLM2-135M on GSM8K, offline, with a table and plots.")
-    demo.add_argument("--out", default="keras-mft-demo", help="output directory (default: %(default)s)")
-    demo.add_argument("--train-examples", type=_positive_int, default=224,
-                      help="GSM8K problems to train on (default: %(default)s)")
-    demo.add_argument("--eval-examples", type=_positive_int, default=64,
-                      help="held-out GSM8K problems to evaluate on (default: %(default)s)")
-    demo.add_argument("--layers", type=_layers, default="4:8",
-                      help="band of blocks to mask (default: %(default)s)")
-    demo.add_argument("--sequence-length", type=_positive_int, default=256,
-                      help="tokens per training sequence (default: %(default)s)")
+    demo = _command(
+        commands,
+        "demo",
+        run_demo,
+        "MFT of the embedded SmolLM2-135M on GSM8K, offline, with a table and plots.",
+    )
+    demo.add_argument(
+        "--out", default="keras-mft-demo", help="output directory (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--train-examples",
+        type=_positive_int,
+        default=224,
+        help="GSM8K problems to train on (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--eval-examples",
+        type=_positive_int,
+        default=64,
+        help="held-out GSM8K problems to evaluate on (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--layers",
+        type=_layers,
+        default="4:8",
+        help="band of blocks to mask (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--sequence-length",
+        type=_positive_int,
+        default=256,
+        help="tokens per training sequence (default: %(default)s)",
+    )
     _learning_rate_arguments(demo)
-    demo.add_argument("--seed", type=_seed, default=0, help="seed of the initial scores (default: %(default)s)")
+    demo.add_argument(
+        "--seed", type=_seed, default=0, help="seed of the initial scores (default: %(default)s)"
+    )
 
-    train = _command(commands, "train", run_train, "Learn masks for your model on prompt/response JSONL data.")
+    train = _command(
+        commands, "train", run_train, "Learn masks for your model on prompt/response JSONL data."
+    )
     _model_arguments(train)
     _data_arguments(train, sequence_length=512)
-    train.add_argument("--layers", type=_layers,
-                       help="blocks to mask: a band 'start:stop', indices '1,5,9' or 'all' "
-                            "(default: 0:4, or all blocks if the model has fewer)")
-    train.add_argument("--targets", type=_targets,
-                       help="projections to mask, comma-separated, e.g. 'q,v,down' "
-                            "(default: all of the model's, q,k,v,o,gate,up,down for Llama)")
-    train.add_argument("--sparsity", type=_sparsity, default=0.1,
-                       help="fraction of each matrix removed (default: %(default)s)")
+    train.add_argument(
+        "--layers",
+        type=_layers,
+        help="blocks to mask: a band 'start:stop', indices '1,5,9' or 'all' "
+        "(default: 0:4, or all blocks if the model has fewer)",
+    )
+    train.add_argument(
+        "--targets",
+        type=_targets,
+        help="projections to mask, comma-separated, e.g. 'q,v,down' "
+        "(default: all of the model's, q,k,v,o,gate,up,down for Llama)",
+    )
+    train.add_argument(
+        "--sparsity",
+        type=_sparsity,
+        default=0.1,
+        help="fraction of each matrix removed (default: %(default)s)",
+    )
     train.add_argument("--epochs", type=_positive_int, default=2, help="(default: %(default)s)")
     _learning_rate_arguments(train)
-    train.add_argument("--seed", type=_seed, default=0, help="seed of the initial scores (default: %(default)s)")
-    train.add_argument("--out", default="keras-mft-train", help="output directory (default: %(default)s)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the interrupted run in --out from its last finished epoch")
+    train.add_argument(
+        "--seed", type=_seed, default=0, help="seed of the initial scores (default: %(default)s)"
+    )
+    train.add_argument(
+        "--out", default="keras-mft-train", help="output directory (default: %(default)s)"
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out from its last finished epoch",
+    )
 
-    evaluate = _command(commands, "eval", run_eval, "Held-out response loss of a model, with or without masks.")
+    evaluate = _command(
+        commands, "eval", run_eval, "Held-out response loss of a model, with or without masks."
+    )
     _model_arguments(evaluate)
     _data_arguments(evaluate, sequence_length=512)
     evaluate.add_argument("--masks", help="a mask file to apply before evaluating")
 
-    bake_command = _command(commands, "bake", run_bake, "Multiply a mask file into a model and save a plain preset.")
+    bake_command = _command(
+        commands, "bake", run_bake, "Multiply a mask file into a model and save a plain preset."
+    )
     _model_arguments(bake_command)
     bake_command.add_argument("--masks", required=True, help="the mask file")
     bake_command.add_argument("--out", required=True, help="the preset directory to write")
 
     inspect = _command(commands, "inspect", run_inspect, "Show what a mask file holds.")
-    inspect.add_argument("mask_file", help="a file written by `keras-mft train` or `keras_mft.save_masks`")
+    inspect.add_argument(
+        "mask_file", help="a file written by `keras-mft train` or `keras_mft.save_masks`"
+    )
     return parser
 
 
 def _command(commands, name, run, help_text):
     command = commands.add_parser(name, help=help_text, description=help_text)
-    command.add_argument("--backend", choices=BACKENDS,
-                         help="Keras backend (default: KERAS_BACKEND, else Keras' own default)")
+    command.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="Keras backend (default: KERAS_BACKEND, else Keras' own default)",
+    )
     command.set_defaults(run=run)
     return command
 
 
 def _learning_rate_arguments(command):
     rate = command.add_mutually_exclusive_group()
-    rate.add_argument("--score-budget", type=_positive_float,
-                      help="the score budget B: the sum of the learning rates over all steps, "
-                           "over the std of the initial scores; sets the peak learning rate "
-                           f"(default: {budgets.DEFAULT_BUDGET}, the paper's math run)")
-    rate.add_argument("--learning-rate", type=_positive_float,
-                      help="the peak learning rate, instead of --score-budget "
-                           "(the paper's literal value is 2e-5)")
+    rate.add_argument(
+        "--score-budget",
+        type=_positive_float,
+        help="the score budget B: the sum of the learning rates over all steps, "
+        "over the std of the initial scores; sets the peak learning rate "
+        f"(default: {budgets.DEFAULT_BUDGET}, the paper's math run)",
+    )
+    rate.add_argument(
+        "--learning-rate",
+        type=_positive_float,
+        help="the peak learning rate, instead of --score-budget "
+        "(the paper's literal value is 2e-5)",
+    )
 
 
 def _model_arguments(command):
-    command.add_argument("--preset",
-                         help="a KerasHub preset handle or a local preset directory "
-                              f"(KerasHub or Hugging Face format); default: {EMBEDDED}")
+    command.add_argument(
+        "--preset",
+        help="a KerasHub preset handle or a local preset directory "
+        f"(KerasHub or Hugging Face format); default: {EMBEDDED}",
+    )
 
 
 def _data_arguments(command, sequence_length):
-    command.add_argument("--data", required=True,
-                         help='JSONL file, one {"prompt": ..., "response": ...} per line')
-    command.add_argument("--template", choices=sorted(TEMPLATES),
-                         help="chat template (default: the one whose special tokens the tokenizer has)")
-    command.add_argument("--sequence-length", type=_positive_int, default=sequence_length,
-                         help="tokens per sequence (default: %(default)s)")
-    command.add_argument("--batch-size", type=_positive_int, default=8, help="(default: %(default)s)")
+    command.add_argument(
+        "--data", required=True, help='JSONL file, one {"prompt": ..., "response": ...} per line'
+    )
+    command.add_argument(
+        "--template",
+        choices=sorted(TEMPLATES),
+        help="chat template (default: the one whose special tokens the tokenizer has)",
+    )
+    command.add_argument(
+        "--sequence-length",
+        type=_positive_int,
+        default=sequence_length,
+        help="tokens per sequence (default: %(default)s)",
+    )
+    command.add_argument(
+        "--batch-size", type=_positive_int, default=8, help="(default: %(default)s)"
+    )
 
 
 def _checked(convert, valid, expected):
@@ -218,7 +290,8 @@ def _checked(convert, valid, expected):
 
 _positive_int = _checked(int, lambda value: value >= 1, "a positive integer")
 _positive_float = _checked(
-    float, lambda value: value > 0 and math.isfinite(value), "a positive number")
+    float, lambda value: value > 0 and math.isfinite(value), "a positive number"
+)
 _sparsity = _checked(float, lambda value: 0.0 <= value < 1.0, "a fraction in [0, 1)")
 _seed = _checked(int, lambda value: value >= 0, "a non-negative integer")
 
@@ -257,9 +330,14 @@ def run_demo(args):
     _check_layers(args.layers, backbone_config(gguf_reader())["num_layers"])
     print(f"Writing to {os.path.abspath(args.out)}")
     outcome = demo(
-        args.out, train_examples=args.train_examples, eval_examples=args.eval_examples,
-        layers=args.layers, sequence_length=args.sequence_length, score_budget=args.score_budget,
-        learning_rate=args.learning_rate, seed=args.seed,
+        args.out,
+        train_examples=args.train_examples,
+        eval_examples=args.eval_examples,
+        layers=args.layers,
+        sequence_length=args.sequence_length,
+        score_budget=args.score_budget,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
     )
     print()
     print(outcome["table"])
@@ -277,8 +355,9 @@ def run_train(args):
         )
     if args.resume and not os.path.exists(backup_dir):
         raise CommandError(f"--resume: {args.out} holds no interrupted run to continue.")
-    finished = [name for name in ("masks.mask", "best.mask")
-                if os.path.exists(os.path.join(args.out, name))]
+    finished = [
+        name for name in ("masks.mask", "best.mask") if os.path.exists(os.path.join(args.out, name))
+    ]
     if finished and not args.resume:
         raise CommandError(
             f"{args.out} holds a finished run ({', '.join(finished)}): choose another --out, "
@@ -290,22 +369,30 @@ def run_train(args):
     data = _dataset(_detach_tokenizer(model, args.preset), records, args)
     wrap(model, layers=args.layers, targets=args.targets, sparsity=args.sparsity, seed=args.seed)
     steps = total_steps(data, args.batch_size, args.epochs)
-    learning_rate, budget = compile_mask_fine_tuning(model, steps, args.score_budget, args.learning_rate)
+    learning_rate, budget = compile_mask_fine_tuning(
+        model, steps, args.score_budget, args.learning_rate
+    )
     print(f"{steps} steps, peak learning rate {learning_rate:.3g}: score budget B = {budget:.3g}.")
     os.makedirs(args.out, exist_ok=True)
     initial_masks = masks_of(model)
     progress = _Progress(os.path.join(backup_dir, "progress.json"))
     # A resumed run keeps the best.mask of its earlier epochs unless it does better.
     best_so_far = progress.saved_best("loss") if args.resume else None
-    tuner = MaskFineTuner(snapshot_dir=args.out, monitor="loss", initial_value_threshold=best_so_far)
+    tuner = MaskFineTuner(
+        snapshot_dir=args.out, monitor="loss", initial_value_threshold=best_so_far
+    )
     # The whole training state is backed up at each epoch's end and, after an
     # interruption, training restarts from there: the same steps follow.
     # `progress` saves before `backup`, so it never holds fewer epochs.
     backup = CrashSafeBackupAndRestore(backup_dir)
     x, y, sample_weight = data
     model.fit(
-        x, y, sample_weight=sample_weight, batch_size=args.batch_size,
-        epochs=args.epochs, callbacks=[tuner, progress, backup],
+        x,
+        y,
+        sample_weight=sample_weight,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        callbacks=[tuner, progress, backup],
     )
     losses = progress.step_losses
     if tuner.non_finite_loss_step is not None:
@@ -320,10 +407,14 @@ def run_train(args):
     plot.mask_change(initial_masks, masks_of(model), os.path.join(args.out, "mask_change.png"))
     with open(os.path.join(args.out, "history.json"), "w", encoding="utf-8") as file:
         json.dump({"epochs": progress.epochs, "step_losses": losses}, file, indent=2)
-    print(f"Wrote {masks_path} (the final masks), best.mask (lowest epoch loss), "
-          f"history.json and two plots into {args.out}.")
-    print(f"Bake them into a preset with: keras-mft bake --masks {masks_path} --out DIR"
-          + (f" --preset {args.preset}" if args.preset else ""))
+    print(
+        f"Wrote {masks_path} (the final masks), best.mask (lowest epoch loss), "
+        f"history.json and two plots into {args.out}."
+    )
+    print(
+        f"Bake them into a preset with: keras-mft bake --masks {masks_path} --out DIR"
+        + (f" --preset {args.preset}" if args.preset else "")
+    )
 
 
 class _Progress(keras.callbacks.Callback):
@@ -389,8 +480,10 @@ def run_bake(args):
     apply_masks(model, args.masks)
     bake(model)
     save_preset(model, args.out)
-    print(f"Wrote the baked preset {args.out}. Load it with "
-          f"keras_hub.models.CausalLM.from_preset({args.out!r}) after `import keras_mft`.")
+    print(
+        f"Wrote the baked preset {args.out}. Load it with "
+        f"keras_hub.models.CausalLM.from_preset({args.out!r}) after `import keras_mft`."
+    )
 
 
 def run_inspect(args):
@@ -402,11 +495,17 @@ def run_inspect(args):
     print("|---|---|---:|---:|---:|")
     for record in records:
         count = math.prod(record["shape"])
-        print(f"| {record['path']} | {'x'.join(map(str, record['shape']))} | {count:,} "
-              f"| {record['num_removed']:,} | {record['num_removed'] / count:.4f} |")
-    print(f"\n{len(records)} masked kernels, {weights:,} weights, {removed:,} removed "
-          f"({removed / weights:.4f}).")
-    print(f"{args.mask_file}: {size:,} bytes on disk ({8 * size / weights:.3f} bits per masked weight).")
+        print(
+            f"| {record['path']} | {'x'.join(map(str, record['shape']))} | {count:,} "
+            f"| {record['num_removed']:,} | {record['num_removed'] / count:.4f} |"
+        )
+    print(
+        f"\n{len(records)} masked kernels, {weights:,} weights, {removed:,} removed "
+        f"({removed / weights:.4f})."
+    )
+    print(
+        f"{args.mask_file}: {size:,} bytes on disk ({8 * size / weights:.3f} bits per masked weight)."
+    )
 
 
 def _load_model(preset):
@@ -446,7 +545,9 @@ def _check_layers(layers, num_blocks):
 def _detach_tokenizer(model, preset):
     """Returns the model's tokenizer and detaches its preprocessor: it then takes token ids."""
     if model.preprocessor is None:
-        raise CommandError(f"the preset {preset!r} has no tokenizer; keras-mft needs one to read the data.")
+        raise CommandError(
+            f"the preset {preset!r} has no tokenizer; keras-mft needs one to read the data."
+        )
     tokenizer = model.preprocessor.tokenizer
     model.preprocessor = None
     return tokenizer
@@ -457,4 +558,3 @@ def _dataset(tokenizer, records, args):
     return instruction_dataset(
         tokenizer, records, sequence_length=args.sequence_length, template=template
     )
-

@@ -37,9 +37,7 @@ def response_loss(model, data, batch_size=8, verbose=False):
         rows = slice(start, start + batch_size)
         logits = model({key: value[rows] for key, value in x.items()})
         logits = keras.ops.cast(logits, "float32")
-        losses = keras.losses.sparse_categorical_crossentropy(
-            y[rows], logits, from_logits=True
-        )
+        losses = keras.losses.sparse_categorical_crossentropy(y[rows], logits, from_logits=True)
         predicted = keras.ops.convert_to_numpy(keras.ops.argmax(logits, axis=-1))
         total += float(np.sum(keras.ops.convert_to_numpy(losses) * weights[rows]))
         correct += float(np.sum((predicted == y[rows]) * weights[rows]))
@@ -104,8 +102,9 @@ def final_answer(text):
     return number[:-2] if number.endswith(".0") else number
 
 
-def greedy_generate(model, tokenizer, prompts, *, template, end_token, system=None,
-                    max_new_tokens=128, batch_size=8):
+def greedy_generate(
+    model, tokenizer, prompts, *, template, end_token, system=None, max_new_tokens=128, batch_size=8
+):
     """Greedy continuations of chat-formatted prompts, as text.
 
     The model's own sampler is left untouched: a greedy sampler is used for

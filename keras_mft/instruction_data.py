@@ -33,8 +33,7 @@ def read_jsonl(path):
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
                 raise ValueError(
-                    f"{where} is not valid UTF-8 (byte {error.start}). Save the "
-                    "file as UTF-8."
+                    f"{where} is not valid UTF-8 (byte {error.start}). Save the file as UTF-8."
                 ) from None
             if not line.strip():
                 continue
@@ -113,10 +112,12 @@ def instruction_dataset(
         `preprocessor=None`, or called on token ids.
     """
     check_template(template)
-    if isinstance(sequence_length, bool) or not isinstance(sequence_length, int) or sequence_length < 2:
-        raise ValueError(
-            f"`sequence_length` must be an int >= 2. Received: {sequence_length!r}"
-        )
+    if (
+        isinstance(sequence_length, bool)
+        or not isinstance(sequence_length, int)
+        or sequence_length < 2
+    ):
+        raise ValueError(f"`sequence_length` must be an int >= 2. Received: {sequence_length!r}")
     if not isinstance(data, dict):
         data = read_jsonl(data)
     prompts, responses = data["prompts"], data["responses"]
@@ -153,9 +154,11 @@ def _warn_about_lengths(examples, window, pack):
     """Says when examples do not fit a sequence, or when almost no token carries loss."""
     long = sum(len(ids) > window for ids, _ in examples)
     if long:
-        what = ("packing must split them, so parts of their responses are learned "
-                "without their prompts" if pack else "were cut at the end: their "
-                "response tokens past it are lost")
+        what = (
+            "packing must split them, so parts of their responses are learned without their prompts"
+            if pack
+            else "were cut at the end: their response tokens past it are lost"
+        )
         warnings.warn(
             f"{long} of {len(examples)} examples are longer than sequence_length "
             f"({window - 1} tokens): {what}. Raise `sequence_length` or shorten them.",

@@ -93,9 +93,7 @@ def _remove_ties_in_order(keys, threshold, ties_to_remove):
     ties_before_column = ops.cumsum(tie_counts) - tie_counts
     last_row_keep = ops.logical_or(
         ops.greater(last_row_keys, threshold),
-        ops.logical_and(
-            last_row_tied, ops.greater_equal(ties_before_column, ties_in_last_row)
-        ),
+        ops.logical_and(last_row_tied, ops.greater_equal(ties_before_column, ties_in_last_row)),
     )
     # Every other row keeps what is above its limit: the threshold itself in
     # the rows before the last one, one below it in the rows after.

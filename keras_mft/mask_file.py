@@ -29,11 +29,11 @@ import keras
 import numpy as np
 
 from keras_mft import architectures
-from keras_mft.wrapping import masked_layers_of
 from keras_mft import selection as selections
 from keras_mft.mask import check_sparsity
 from keras_mft.selection import input_axes
 from keras_mft.version import __version__
+from keras_mft.wrapping import masked_layers_of
 from keras_mft.wrapping import wrap
 
 MAGIC = b"KERASMFT"
@@ -202,8 +202,12 @@ def apply_masks(model, path):
     if selections.get(selection).fixed_sparsity is not None:
         only = {"attention": None, "mlp": None}  # N:M fixes the sparsity
     wrap(
-        model, layers=blocks, targets=aliases, selection=selection,
-        attention_sparsity=only["attention"], mlp_sparsity=only["mlp"],
+        model,
+        layers=blocks,
+        targets=aliases,
+        selection=selection,
+        attention_sparsity=only["attention"],
+        mlp_sparsity=only["mlp"],
     )
     load_masks(model, path)
     return model
@@ -251,7 +255,9 @@ def _check_bits(records, layers, group_of, path):
         selection = selections.get(record["selection"])
         selection.check(layer)
         if isinstance(selection, selections.NM):
-            if record["sparsity"] != selection.fixed_sparsity or not _is_n_m(keep, layer, selection):
+            if record["sparsity"] != selection.fixed_sparsity or not _is_n_m(
+                keep, layer, selection
+            ):
                 raise ValueError(
                     f"{kernel_path}: the mask in {path} is not a {selection.name} "
                     "pattern. The file is corrupted."
@@ -401,14 +407,17 @@ def _checked_record(record, refuse):
         }
         valid = (
             isinstance(checked["path"], str)
-            and checked["shape"] and all(natural(n) and n > 0 for n in checked["shape"])
+            and checked["shape"]
+            and all(natural(n) and n > 0 for n in checked["shape"])
             and isinstance(checked["sparsity"], (int, float))
             and not isinstance(checked["sparsity"], bool)
             and 0.0 <= checked["sparsity"] < 1.0
             and isinstance(checked["selection"], str)
             and natural(checked["num_removed"])
-            and isinstance(checked["kernel_sha256"], str) and len(checked["kernel_sha256"]) == 64
-            and natural(checked["offset"]) and natural(checked["nbytes"])
+            and isinstance(checked["kernel_sha256"], str)
+            and len(checked["kernel_sha256"]) == 64
+            and natural(checked["offset"])
+            and natural(checked["nbytes"])
         )
         if valid:
             selections.get(checked["selection"])

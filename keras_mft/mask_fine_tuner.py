@@ -7,12 +7,12 @@ import warnings
 import keras
 import numpy as np
 
-from keras_mft.wrapping import bake
-from keras_mft.wrapping import masked_layers_of
 from keras_mft.mask_file import save_masks
 from keras_mft.score_budget import learning_rate_sum
 from keras_mft.score_budget import score_std
 from keras_mft.score_budget import warn_if_small
+from keras_mft.wrapping import bake
+from keras_mft.wrapping import masked_layers_of
 
 
 class MaskFineTuner(keras.callbacks.Callback):

@@ -24,7 +24,6 @@ from keras_mft.mask import check_sparsity
 from keras_mft.mask import masked_kernel
 from keras_mft.mask import zero_removed
 
-
 # `scores_initializer` that starts the scores at |kernel|: the first mask is the
 # L1-magnitude mask.
 MAGNITUDE = "magnitude"
@@ -128,9 +127,7 @@ class MaskedKernel:
     @property
     def kernel(self):
         if not self.built:
-            raise AttributeError(
-                "You must build the layer before accessing `kernel`."
-            )
+            raise AttributeError("You must build the layer before accessing `kernel`.")
         if getattr(self, "scores", None) is None:
             return self._kernel  # inside `build`, where Keras enables LoRA
         kernel = masked_kernel(self._kernel, self.scores, self.keep_mask())
@@ -197,7 +194,8 @@ class MaskedKernel:
         config["sparsity"] = self.sparsity
         config["selection"] = self.selection.name
         config["scores_initializer"] = (
-            MAGNITUDE if self.scores_initializer == MAGNITUDE
+            MAGNITUDE
+            if self.scores_initializer == MAGNITUDE
             else keras.initializers.serialize(self.scores_initializer)
         )
         return config
@@ -325,9 +323,7 @@ def unmask(masked):
             _drop_variable(layer, name)
         for name in MaskedKernel._ATTRIBUTES:
             delattr(layer, name)
-        layer.__class__ = next(
-            base for base, twin in _MASKED_TWIN.items() if type(layer) is twin
-        )
+        layer.__class__ = next(base for base, twin in _MASKED_TWIN.items() if type(layer) is twin)
         allow_quantize(layer)
         for variable in layer.variables:
             variable.trainable = True

@@ -65,15 +65,24 @@ def mask_change(before, after, path, *, title="Share of each mask that changed")
     for (block, alias), value in cells.items():
         grid[blocks.index(block), aliases.index(alias)] = value
 
-    figure = Figure(figsize=(1.0 + 0.9 * len(aliases), 1.2 + 0.5 * len(blocks)), layout="constrained")
+    figure = Figure(
+        figsize=(1.0 + 0.9 * len(aliases), 1.2 + 0.5 * len(blocks)), layout="constrained"
+    )
     axes = figure.subplots()
     image = axes.imshow(grid, cmap="viridis", aspect="auto")
     axes.set_xticks(range(len(aliases)), aliases)
     axes.set_yticks(range(len(blocks)), [f"block {block}" for block in blocks])
     for row, column in np.ndindex(grid.shape):
         if not np.isnan(grid[row, column]):
-            axes.text(column, row, f"{grid[row, column]:.2f}", ha="center", va="center",
-                      color="white", fontsize=8)
+            axes.text(
+                column,
+                row,
+                f"{grid[row, column]:.2f}",
+                ha="center",
+                va="center",
+                color="white",
+                fontsize=8,
+            )
     figure.colorbar(image, ax=axes, label="% of mask entries changed")
     axes.set_title(title)
     figure.savefig(path, dpi=120)
@@ -100,10 +109,15 @@ def mask_flips(history, path, *, title="How the masks moved"):
     figure = Figure(figsize=(6, 3.5), layout="constrained")
     axes = figure.subplots()
     epochs = np.arange(1, len(logs["mask_flips"]) + 1)
-    axes.plot(epochs, 100 * np.asarray(logs["mask_flips"]), marker="o",
-              label="changed since the last report")
-    axes.plot(epochs, 100 * np.asarray(logs["mask_changed"]), marker="o",
-              label="changed since the start")
+    axes.plot(
+        epochs,
+        100 * np.asarray(logs["mask_flips"]),
+        marker="o",
+        label="changed since the last report",
+    )
+    axes.plot(
+        epochs, 100 * np.asarray(logs["mask_changed"]), marker="o", label="changed since the start"
+    )
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel("% of mask entries")

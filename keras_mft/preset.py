@@ -23,7 +23,11 @@ def save_preset(model, directory):
     if tied is None:  # a model that always or never ties its embeddings
         return
     _set_tied(os.path.join(directory, "config.json"), lambda c: c["config"], bool(tied))
-    _set_tied(os.path.join(directory, "task.json"), lambda c: c["config"]["backbone"]["config"], bool(tied))
+    _set_tied(
+        os.path.join(directory, "task.json"),
+        lambda c: c["config"]["backbone"]["config"],
+        bool(tied),
+    )
 
 
 def _set_tied(path, backbone_config_of, tied):

@@ -25,17 +25,22 @@ import math
 
 from keras_mft import architectures
 from keras_mft import score_budget as budgets
-from keras_mft.wrapping import bake
 from keras_mft.mask_fine_tuner import MaskFineTuner
 from keras_mft.training import LEARNING_RATE
 from keras_mft.training import compile_like_paper
 from keras_mft.training import paper_optimizer
+from keras_mft.wrapping import bake
 from keras_mft.wrapping import parse_targets
 from keras_mft.wrapping import wrap
 
 __all__ = [
-    "compile_mask_fine_tuning", "full_fine_tune", "lora_fine_tune", "mask_fine_tune",
-    "paper_optimizer", "total_steps", "untrained_mask",
+    "compile_mask_fine_tuning",
+    "full_fine_tune",
+    "lora_fine_tune",
+    "mask_fine_tune",
+    "paper_optimizer",
+    "total_steps",
+    "untrained_mask",
 ]
 
 
@@ -64,23 +69,32 @@ def compile_mask_fine_tuning(model, steps, score_budget=None, learning_rate=None
 
 def _fit(model, data, epochs, batch_size, learning_rate, callbacks, verbose):
     """Compiles with the paper's optimiser at `learning_rate`, then trains."""
-    compile_like_paper(
-        model, paper_optimizer(total_steps(data, batch_size, epochs), learning_rate)
-    )
+    compile_like_paper(model, paper_optimizer(total_steps(data, batch_size, epochs), learning_rate))
     return _train(model, data, epochs, batch_size, callbacks, verbose)
 
 
 def _train(model, data, epochs, batch_size, callbacks, verbose):
     x, y, sample_weight = data
     return model.fit(
-        x, y, sample_weight=sample_weight, batch_size=batch_size, epochs=epochs,
-        callbacks=callbacks, verbose=verbose,
+        x,
+        y,
+        sample_weight=sample_weight,
+        batch_size=batch_size,
+        epochs=epochs,
+        callbacks=callbacks,
+        verbose=verbose,
     )
 
 
 def full_fine_tune(
-    model, data, *, epochs=2, batch_size=8, learning_rate=LEARNING_RATE,
-    callbacks=None, verbose="auto",
+    model,
+    data,
+    *,
+    epochs=2,
+    batch_size=8,
+    learning_rate=LEARNING_RATE,
+    callbacks=None,
+    verbose="auto",
 ):
     """Trains every weight of a `CausalLM` (the FFT arm, and continued FFT)."""
     budgets.check_rate_arguments(learning_rate=learning_rate)
@@ -90,9 +104,21 @@ def full_fine_tune(
 
 
 def mask_fine_tune(
-    model, data, *, layers=None, targets=None, sparsity=0.1, score_init="random",
-    seed=None, epochs=2, batch_size=8, score_budget=None, learning_rate=None,
-    callbacks=None, verbose="auto", bake_after=True,
+    model,
+    data,
+    *,
+    layers=None,
+    targets=None,
+    sparsity=0.1,
+    score_init="random",
+    seed=None,
+    epochs=2,
+    batch_size=8,
+    score_budget=None,
+    learning_rate=None,
+    callbacks=None,
+    verbose="auto",
+    bake_after=True,
 ):
     """Wraps, learns the masks, and (by default) bakes: the MFT arm.
 
@@ -106,8 +132,7 @@ def mask_fine_tune(
         learning_rate: the peak learning rate, instead of `score_budget`.
     """
     budgets.check_rate_arguments(score_budget, learning_rate)  # before `wrap` changes the model
-    wrap(model, layers=layers, targets=targets, sparsity=sparsity,
-         score_init=score_init, seed=seed)
+    wrap(model, layers=layers, targets=targets, sparsity=sparsity, score_init=score_init, seed=seed)
     _, budget = compile_mask_fine_tuning(
         model, total_steps(data, batch_size, epochs), score_budget, learning_rate
     )
@@ -121,14 +146,22 @@ def mask_fine_tune(
 
 def untrained_mask(model, score_init, *, layers=None, targets=None, sparsity=0.1, seed=None):
     """Applies a mask that is not trained: `"random"` or `"magnitude"` (L1)."""
-    wrap(model, layers=layers, targets=targets, sparsity=sparsity,
-         score_init=score_init, seed=seed)
+    wrap(model, layers=layers, targets=targets, sparsity=sparsity, score_init=score_init, seed=seed)
     return bake(model)
 
 
 def lora_fine_tune(
-    model, data, *, rank=64, alpha=16, targets=("q", "v"), epochs=2,
-    batch_size=8, learning_rate=LEARNING_RATE, callbacks=None, verbose="auto",
+    model,
+    data,
+    *,
+    rank=64,
+    alpha=16,
+    targets=("q", "v"),
+    epochs=2,
+    batch_size=8,
+    learning_rate=LEARNING_RATE,
+    callbacks=None,
+    verbose="auto",
 ):
     """LoRA through KerasHub's `enable_lora` on every decoder block.
 

@@ -71,8 +71,9 @@ def budget(learning_rate, steps, score_std=INITIAL_SCORE_STD):
     return learning_rate_sum(learning_rate, steps) / score_std
 
 
-def learning_rate_for_budget(budget, total_steps, warmup_fraction=0.03,
-                             score_std=INITIAL_SCORE_STD):
+def learning_rate_for_budget(
+    budget, total_steps, warmup_fraction=0.03, score_std=INITIAL_SCORE_STD
+):
     """The peak learning rate of `LinearWarmupDecay` that gives the budget `budget`.
 
     Example:
@@ -92,8 +93,7 @@ def check_rate_arguments(score_budget=None, learning_rate=None):
     """Refuses both given, or either one not a positive finite number."""
     if score_budget is not None and learning_rate is not None:
         raise ValueError(
-            "Give a score budget or a learning rate, not both: each one sets the "
-            "learning rate."
+            "Give a score budget or a learning rate, not both: each one sets the learning rate."
         )
     for name, value in (("score_budget", score_budget), ("learning_rate", learning_rate)):
         if value is None:
@@ -101,7 +101,9 @@ def check_rate_arguments(score_budget=None, learning_rate=None):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"`{name}` must be a positive number. Received: {name}={value!r}")
         if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"`{name}` must be a positive, finite number. Received: {name}={value!r}")
+            raise ValueError(
+                f"`{name}` must be a positive, finite number. Received: {name}={value!r}"
+            )
 
 
 def peak_learning_rate(total_steps, score_std, score_budget=None, learning_rate=None):
@@ -121,7 +123,9 @@ def peak_learning_rate(total_steps, score_std, score_budget=None, learning_rate=
     if learning_rate is None:
         if score_budget is None:
             score_budget = DEFAULT_BUDGET
-        return learning_rate_for_budget(score_budget, total_steps, score_std=score_std), score_budget
+        return learning_rate_for_budget(
+            score_budget, total_steps, score_std=score_std
+        ), score_budget
     schedule = LinearWarmupDecay(learning_rate, total_steps)
     return learning_rate, budget(schedule, total_steps, score_std)
 

@@ -66,8 +66,13 @@ class PaperAdamW(keras.optimizers.AdamW):
         if kwargs.pop("amsgrad", False):
             raise ValueError("PaperAdamW does not implement AMSGrad. Remove `amsgrad=True`.")
         super().__init__(
-            learning_rate=learning_rate, weight_decay=weight_decay, beta_1=beta_1,
-            beta_2=beta_2, epsilon=epsilon, name=name, **kwargs,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            name=name,
+            **kwargs,
         )
 
     def update_step(self, gradient, variable, learning_rate):
@@ -77,9 +82,15 @@ class PaperAdamW(keras.optimizers.AdamW):
         step = ops.cast(self.iterations + 1, dtype)
         index = self._get_variable_index(variable)
         m, v = self._momentums[index], self._velocities[index]
-        self.assign(m, ops.add(ops.multiply(m, self.beta_1), ops.multiply(gradient, 1 - self.beta_1)))
-        self.assign(v, ops.add(ops.multiply(v, self.beta_2),
-                               ops.multiply(ops.square(gradient), 1 - self.beta_2)))
+        self.assign(
+            m, ops.add(ops.multiply(m, self.beta_1), ops.multiply(gradient, 1 - self.beta_1))
+        )
+        self.assign(
+            v,
+            ops.add(
+                ops.multiply(v, self.beta_2), ops.multiply(ops.square(gradient), 1 - self.beta_2)
+            ),
+        )
         bias_correction_1 = 1 - ops.power(ops.cast(self.beta_1, dtype), step)
         bias_correction_2 = 1 - ops.power(ops.cast(self.beta_2, dtype), step)
         denominator = ops.add(ops.divide(ops.sqrt(v), ops.sqrt(bias_correction_2)), self.epsilon)
@@ -88,7 +99,9 @@ class PaperAdamW(keras.optimizers.AdamW):
 
 
 def paper_optimizer(
-    total_steps, learning_rate=LEARNING_RATE, warmup_fraction=0.03,
+    total_steps,
+    learning_rate=LEARNING_RATE,
+    warmup_fraction=0.03,
     global_clipnorm=GLOBAL_CLIPNORM,
 ):
     """The paper's optimiser: `PaperAdamW` with `LinearWarmupDecay`, clipped.

@@ -114,8 +114,11 @@ def wrap(
     aliases = parse_targets(targets, layer_names)
     chosen_selection = selections.get(selection)
     if chosen_selection.fixed_sparsity is not None:
-        given = {"sparsity": sparsity, "attention_sparsity": attention_sparsity,
-                 "mlp_sparsity": mlp_sparsity}
+        given = {
+            "sparsity": sparsity,
+            "attention_sparsity": attention_sparsity,
+            "mlp_sparsity": mlp_sparsity,
+        }
         given = {name: value for name, value in given.items() if value is not None}
         if given:
             raise ValueError(
@@ -127,14 +130,11 @@ def wrap(
         "attention": sparsity
         if attention_sparsity is None
         else check_sparsity(attention_sparsity, "attention_sparsity"),
-        "mlp": sparsity
-        if mlp_sparsity is None
-        else check_sparsity(mlp_sparsity, "mlp_sparsity"),
+        "mlp": sparsity if mlp_sparsity is None else check_sparsity(mlp_sparsity, "mlp_sparsity"),
     }
     if score_init not in SCORE_INITS:
         raise ValueError(
-            f"`score_init` must be one of {SCORE_INITS}. "
-            f"Received: score_init={score_init!r}"
+            f"`score_init` must be one of {SCORE_INITS}. Received: score_init={score_init!r}"
         )
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"`seed` must be an int or None. Received: seed={seed!r}")
@@ -163,8 +163,13 @@ def wrap(
         layer.trainable = False
     for alias, layer, layer_sparsity in selected:
         scores = initial_scores(layer, score_init, seed)
-        mask_layer(layer, layer_sparsity, scores, selection_of[alias],
-                   MAGNITUDE if score_init == "magnitude" else None)
+        mask_layer(
+            layer,
+            layer_sparsity,
+            scores,
+            selection_of[alias],
+            MAGNITUDE if score_init == "magnitude" else None,
+        )
         if isinstance(layer.selection, selections.Global):
             layer.selection.layers.append(layer)
     for refusing in {id(model): model, id(backbone): backbone}.values():
@@ -174,9 +179,7 @@ def wrap(
             train_only_lora_factors(layer)
 
     if isinstance(model, keras_hub.models.CausalLM):
-        compile_like_paper(
-            model, PaperAdamW(LEARNING_RATE, global_clipnorm=GLOBAL_CLIPNORM)
-        )
+        compile_like_paper(model, PaperAdamW(LEARNING_RATE, global_clipnorm=GLOBAL_CLIPNORM))
     return model
 
 
@@ -197,18 +200,14 @@ def parse_layers(layers, num_blocks):
         raise ValueError("`layers` is empty: name at least one decoder block.")
     for index in layers:
         if isinstance(index, bool) or not isinstance(index, int):
-            raise TypeError(
-                f"`layers` must contain ints. Received: layers={layers!r}"
-            )
+            raise TypeError(f"`layers` must contain ints. Received: layers={layers!r}")
         if not 0 <= index < num_blocks:
             raise ValueError(
                 f"Block {index} does not exist: this model has {num_blocks} "
                 f"decoder blocks, numbered 0 to {num_blocks - 1}."
             )
     if len(set(layers)) != len(layers):
-        raise ValueError(
-            f"`layers` lists a block twice. Received: layers={layers!r}"
-        )
+        raise ValueError(f"`layers` lists a block twice. Received: layers={layers!r}")
     return sorted(layers)
 
 
@@ -292,9 +291,7 @@ def masked_layers_of(model):
     """The masked layers of `model`, in model order; raises if there are none."""
     layers = [layer for layer in model._flatten_layers() if is_masked(layer)]
     if not layers:
-        raise ValueError(
-            "This model has no masks: call `keras_mft.wrap(model)` first."
-        )
+        raise ValueError("This model has no masks: call `keras_mft.wrap(model)` first.")
     return layers
 
 
@@ -349,7 +346,9 @@ def bake(model):
     # every sublayer that `wrap` froze.
     for layer in model._flatten_layers():
         layer.trainable = True
-    lora_layers = [l for l in model._flatten_layers() if getattr(l, "lora_enabled", False)]
+    lora_layers = [
+        layer for layer in model._flatten_layers() if getattr(layer, "lora_enabled", False)
+    ]
     if lora_layers:  # as after KerasHub's `enable_lora`: only LoRA trains
         for layer in model._flatten_layers(include_self=False):
             layer.trainable = False

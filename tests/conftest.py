@@ -66,11 +66,7 @@ def logits_of(model, batch):
 
 def frozen_values(model):
     """{path: numpy value} of every variable that is not a score."""
-    return {
-        v.path: to_numpy(v).copy()
-        for v in model.weights
-        if not v.path.endswith("/scores")
-    }
+    return {v.path: to_numpy(v).copy() for v in model.weights if not v.path.endswith("/scores")}
 
 
 @pytest.fixture
@@ -84,8 +80,15 @@ def batch():
 
 
 SPECIAL_TOKENS = [
-    "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-    "<|end_header_id|>", "<|eot_id|>", "<|im_start|>", "<|im_end|>", "<s>", "</s>",
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<s>",
+    "</s>",
 ]
 
 

@@ -39,9 +39,26 @@ import keras_mft
 
 def train(out, preset, backend, data, resume=False):
     command = [
-        sys.executable, "-m", "keras_mft", "train", "--data", data, "--out", out,
-        "--layers", "0:2", "--epochs", "3", "--sequence-length", "32", "--batch-size", "2",
-        "--learning-rate", "0.001", "--seed", "7",
+        sys.executable,
+        "-m",
+        "keras_mft",
+        "train",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--layers",
+        "0:2",
+        "--epochs",
+        "3",
+        "--sequence-length",
+        "32",
+        "--batch-size",
+        "2",
+        "--learning-rate",
+        "0.001",
+        "--seed",
+        "7",
     ]
     command += ["--preset", preset] if preset else []
     command += ["--backend", backend] if backend else []
@@ -83,8 +100,10 @@ def main():
     killed_mid_run = not os.path.exists(os.path.join(interrupted, "masks.mask"))
     with open(metadata, encoding="utf-8") as file:
         epoch = json.load(file)["epoch"]
-    print(f"Killed with SIGKILL after epoch {epoch} of 3 was backed up "
-          f"(training unfinished: {killed_mid_run}).")
+    print(
+        f"Killed with SIGKILL after epoch {epoch} of 3 was backed up "
+        f"(training unfinished: {killed_mid_run})."
+    )
     if not killed_mid_run:
         raise SystemExit("The kill came after training ended; nothing was checked.")
 
@@ -101,8 +120,9 @@ def main():
     for run in (uninterrupted, interrupted):
         with open(os.path.join(run, "history.json"), encoding="utf-8") as file:
             histories.append(json.load(file))
-    whole = all(len(history["epochs"]["loss"]) == 3 for history in histories) and \
-        len(histories[0]["step_losses"]) == len(histories[1]["step_losses"])
+    whole = all(len(history["epochs"]["loss"]) == 3 for history in histories) and len(
+        histories[0]["step_losses"]
+    ) == len(histories[1]["step_losses"])
     print(f"Resumed run's history.json holds all 3 epochs and every step: {whole}")
     same = same and whole
     print(f"Files in {work}")

@@ -36,8 +36,11 @@ def llama_logits(weights, token_ids, config):
     seq = token_ids.shape[1]
     causal = np.tril(np.ones((seq, seq), bool))
     for i in range(config["num_layers"]):
-        w = {k.split("/", 1)[1]: v for k, v in weights.items()
-             if k.startswith(f"transformer_layer_{i}/")}
+        w = {
+            k.split("/", 1)[1]: v
+            for k, v in weights.items()
+            if k.startswith(f"transformer_layer_{i}/")
+        }
         h = rms_norm(x, w["self_attention_layernorm/scale"], epsilon)
         q = np.einsum("btm,muh->btuh", h, w["self_attention/query/kernel"])
         k = np.einsum("btm,mvh->btvh", h, w["self_attention/key/kernel"])
@@ -50,9 +53,7 @@ def llama_logits(weights, token_ids, config):
         probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
         probs /= probs.sum(axis=-1, keepdims=True)
         attended = np.einsum("buqk,bkuh->bquh", probs, v)
-        x = x + np.einsum(
-            "bquh,uhm->bqm", attended, w["self_attention/attention_output/kernel"]
-        )
+        x = x + np.einsum("bquh,uhm->bqm", attended, w["self_attention/attention_output/kernel"])
         h = rms_norm(x, w["feedforward_layernorm/scale"], epsilon)
         gate = h @ w["feedforward_gate_dense/kernel"]
         up = h @ w["feedforward_intermediate_dense/kernel"]

@@ -21,8 +21,11 @@ MODELS = {
     "llama3": ("Llama3CausalLM", "Llama3Backbone", {**SMALL, **GQA}),
     "mistral": ("MistralCausalLM", "MistralBackbone", {**SMALL, **GQA}),
     "gemma": ("GemmaCausalLM", "GemmaBackbone", {**SMALL, **GQA, "head_dim": 4}),
-    "gemma3": ("Gemma3CausalLM", "Gemma3Backbone",
-               {**SMALL, **GQA, "head_dim": 4, "image_size": 16, "vision_encoder": None}),
+    "gemma3": (
+        "Gemma3CausalLM",
+        "Gemma3Backbone",
+        {**SMALL, **GQA, "head_dim": 4, "image_size": 16, "vision_encoder": None},
+    ),
     "qwen": ("QwenCausalLM", "QwenBackbone", {**SMALL, **GQA}),
     "qwen3": ("Qwen3CausalLM", "Qwen3Backbone", {**SMALL, **GQA, "head_dim": 4}),
     "phi3": ("Phi3CausalLM", "Phi3Backbone", {**SMALL, **GQA}),
@@ -55,7 +58,9 @@ def test_wrap_fit_bake_keeps_the_logits(name):
     model = small_causal_lm(name)
     keras_mft.wrap(model, layers="all", sparsity=0.25, seed=0)
     aliases = list(architectures.layer_names_of(model.backbone))
-    assert aliases == (["q", "k", "v", "o", "up", "down"] if name == "gpt2" else list(architectures.ALIASES))
+    assert aliases == (
+        ["q", "k", "v", "o", "up", "down"] if name == "gpt2" else list(architectures.ALIASES)
+    )
     assert len(model.trainable_variables) == 2 * len(aliases)
     assert all(v.path.endswith("/scores") for v in model.trainable_variables)
 
@@ -82,11 +87,31 @@ def test_wrap_fit_bake_keeps_the_logits(name):
 # The attribute each family's block keeps its MLP projections in: gate is the
 # one its call() passes through the activation, up the one multiplied in.
 MLP_ATTRIBUTES = {
-    "llama": ("_feedforward_gate_dense", "_feedforward_intermediate_dense", "_feedforward_output_dense"),
-    "mistral": ("_feedforward_gate_dense", "_feedforward_intermediate_dense", "_feedforward_output_dense"),
-    "qwen": ("_feedforward_gate_dense", "_feedforward_intermediate_dense", "_feedforward_output_dense"),
-    "qwen3": ("_feedforward_gate_dense", "_feedforward_intermediate_dense", "_feedforward_output_dense"),
-    "phi3": ("feedforward_gate_dense", "feedforward_intermediate_dense", "feedforward_output_dense"),
+    "llama": (
+        "_feedforward_gate_dense",
+        "_feedforward_intermediate_dense",
+        "_feedforward_output_dense",
+    ),
+    "mistral": (
+        "_feedforward_gate_dense",
+        "_feedforward_intermediate_dense",
+        "_feedforward_output_dense",
+    ),
+    "qwen": (
+        "_feedforward_gate_dense",
+        "_feedforward_intermediate_dense",
+        "_feedforward_output_dense",
+    ),
+    "qwen3": (
+        "_feedforward_gate_dense",
+        "_feedforward_intermediate_dense",
+        "_feedforward_output_dense",
+    ),
+    "phi3": (
+        "feedforward_gate_dense",
+        "feedforward_intermediate_dense",
+        "feedforward_output_dense",
+    ),
     "gemma": ("gating_ffw", "gating_ffw_2", "ffw_linear"),
     "gemma3": ("gating_ffw", "gating_ffw_2", "ffw_linear"),
     "gpt2": (None, "_feedforward_intermediate_dense", "_feedforward_output_dense"),
@@ -103,7 +128,12 @@ def test_aliases_name_the_right_layers(name):
             assert alias not in projections
         else:
             assert projections[alias] is getattr(block, attribute), alias
-    assert [projections[a].name for a in ("q", "k", "v", "o")] == ["query", "key", "value", "attention_output"]
+    assert [projections[a].name for a in ("q", "k", "v", "o")] == [
+        "query",
+        "key",
+        "value",
+        "attention_output",
+    ]
 
 
 @pytest.mark.parametrize("name", ["gemma", "gpt2"])

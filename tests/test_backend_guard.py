@@ -20,7 +20,8 @@ USES = {
     "asked for the backend": lambda: keras.backend.backend(),
     # KerasHub's tokenizers are layers.
     "built a Keras layer or model ": lambda: keras_hub.tokenizers.BytePairTokenizer(
-        vocabulary={"a": 0, "b": 1, "ab": 2}, merges=["a b"]),
+        vocabulary={"a": 0, "b": 1, "ab": 2}, merges=["a b"]
+    ),
 }
 
 
@@ -35,8 +36,9 @@ def test_every_use_of_a_backend_is_refused_and_recorded(what):
 
 def test_a_child_process_cannot_inherit_the_backend():
     with refuse_backend_use():
-        child = subprocess.run([sys.executable, "-c", "import keras"],
-                               capture_output=True, text=True, timeout=300)
+        child = subprocess.run(
+            [sys.executable, "-c", "import keras"], capture_output=True, text=True, timeout=300
+        )
     assert child.returncode != 0 and NO_BACKEND in child.stderr
 
 

@@ -21,7 +21,9 @@ def fit(epochs, callbacks=(), kernel=KERNEL):
     dense = keras.layers.Dense(4, kernel_initializer=keras.initializers.Constant(kernel))
     model = keras.Model(inputs, dense(inputs))
     model.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
-    model.fit(X, Y, batch_size=4, epochs=epochs, shuffle=False, verbose=0, callbacks=list(callbacks))
+    model.fit(
+        X, Y, batch_size=4, epochs=epochs, shuffle=False, verbose=0, callbacks=list(callbacks)
+    )
     return [to_numpy(weight) for weight in model.weights]
 
 

@@ -74,8 +74,11 @@ def test_baked_preset_loads_with_keras_hub_alone(model, batch, tmp_path):
     np.savez(tmp_path / "batch.npz", **batch)
     subprocess.run(
         [
-            sys.executable, "-c", LOAD_WITH_KERAS_HUB_ONLY,
-            str(tmp_path / "preset"), str(tmp_path / "batch.npz"),
+            sys.executable,
+            "-c",
+            LOAD_WITH_KERAS_HUB_ONLY,
+            str(tmp_path / "preset"),
+            str(tmp_path / "batch.npz"),
             str(tmp_path / "logits.npy"),
         ],
         check=True,

@@ -28,25 +28,82 @@ def results(tmp_path_factory):
     directory = tmp_path_factory.mktemp("benchmarks")
     tiny = ["--model", "tiny"]
     outputs = {
-        "selection": run_benchmark("selection", "--sizes", "64x48,32x8", "--repeats", "1",
-                                "--json", str(directory / f"selection_{BACKEND}.json")),
-        "train_step": run_benchmark("train_step", *tiny, "--warmup", "1", "--steps", "1",
-                                 "--json", str(directory / f"train_step_llama7b_slice_{BACKEND}.json")),
+        "selection": run_benchmark(
+            "selection",
+            "--sizes",
+            "64x48,32x8",
+            "--repeats",
+            "1",
+            "--json",
+            str(directory / f"selection_{BACKEND}.json"),
+        ),
+        "train_step": run_benchmark(
+            "train_step",
+            *tiny,
+            "--warmup",
+            "1",
+            "--steps",
+            "1",
+            "--json",
+            str(directory / f"train_step_llama7b_slice_{BACKEND}.json"),
+        ),
         "train_step_long": run_benchmark(
-            "train_step", *tiny, "--arms", "fft_band,mft", "--sequence-length", "32",
-            "--warmup", "1", "--steps", "1", "--process-per-arm",
-            "--json", str(directory / f"train_step_llama7b_slice_long_{BACKEND}.json")),
+            "train_step",
+            *tiny,
+            "--arms",
+            "fft_band,mft",
+            "--sequence-length",
+            "32",
+            "--warmup",
+            "1",
+            "--steps",
+            "1",
+            "--process-per-arm",
+            "--json",
+            str(directory / f"train_step_llama7b_slice_long_{BACKEND}.json"),
+        ),
         "train_step_fixed": run_benchmark(
-            "train_step", *tiny, "--arms", "fft_band,mft_fixed,mft", "--interleave",
-            "--warmup", "1", "--steps", "2", "--json", str(directory / f"train_step_llama7b_slice_fixed_{BACKEND}.json")),
-        "memory": run_benchmark("memory", *tiny, "--steps", "1",
-                             "--json", str(directory / f"memory_{BACKEND}.json")),
-        "inference": run_benchmark("inference", *tiny, "--repeats", "1", "--prompt-length", "4",
-                                "--new-tokens", "3", "--json", str(directory / f"inference_{BACKEND}.json")),
-        "allocator": run_benchmark("allocator", *tiny, "--warmup", "1", "--steps", "1",
-                                "--json", str(directory / f"allocator_{BACKEND}.json")),
+            "train_step",
+            *tiny,
+            "--arms",
+            "fft_band,mft_fixed,mft",
+            "--interleave",
+            "--warmup",
+            "1",
+            "--steps",
+            "2",
+            "--json",
+            str(directory / f"train_step_llama7b_slice_fixed_{BACKEND}.json"),
+        ),
+        "memory": run_benchmark(
+            "memory", *tiny, "--steps", "1", "--json", str(directory / f"memory_{BACKEND}.json")
+        ),
+        "inference": run_benchmark(
+            "inference",
+            *tiny,
+            "--repeats",
+            "1",
+            "--prompt-length",
+            "4",
+            "--new-tokens",
+            "3",
+            "--json",
+            str(directory / f"inference_{BACKEND}.json"),
+        ),
+        "allocator": run_benchmark(
+            "allocator",
+            *tiny,
+            "--warmup",
+            "1",
+            "--steps",
+            "1",
+            "--json",
+            str(directory / f"allocator_{BACKEND}.json"),
+        ),
     }
-    outputs["report"] = run_benchmark("report", "--results", str(directory), "--images", str(directory))
+    outputs["report"] = run_benchmark(
+        "report", "--results", str(directory), "--images", str(directory)
+    )
     return directory, outputs
 
 
@@ -107,8 +164,10 @@ def test_train_step_benchmark_takes_longer_sequences_in_a_process_per_arm(result
     assert mft["vs_fft_band"] == mft["seconds"] / fft_band["seconds"]
     assert "batch 2 x 32 tokens" in outputs["train_step_long"]
     assert "a process per arm" in outputs["train_step_long"]
-    assert (f"train step llama7b_slice, 64 tokens, {BACKEND}: MFT / FFT band <= 1.05"
-            in outputs["report"])
+    assert (
+        f"train step llama7b_slice, 64 tokens, {BACKEND}: MFT / FFT band <= 1.05"
+        in outputs["report"]
+    )
 
 
 def test_train_step_benchmark_times_mft_with_its_masks_held_fixed(results):
@@ -119,8 +178,10 @@ def test_train_step_benchmark_times_mft_with_its_masks_held_fixed(results):
     assert mft_fixed["trainable"] == mft["trainable"] == TINY_BAND_KERNELS
     assert mft_fixed["vs_fft_band"] == mft_fixed["seconds"] / fft_band["seconds"]
     assert "interleaved" in outputs["train_step_fixed"]
-    assert (f"train step llama7b_slice {BACKEND}, masks held fixed (no selection): "
-            "MFT / FFT band <= 1.05" in outputs["report"])
+    assert (
+        f"train step llama7b_slice {BACKEND}, masks held fixed (no selection): "
+        "MFT / FFT band <= 1.05" in outputs["report"]
+    )
 
 
 def test_interleaved_timing_runs_one_step_of_each_arm_per_round(monkeypatch):
@@ -132,8 +193,9 @@ def test_interleaved_timing_runs_one_step_of_each_arm_per_round(monkeypatch):
 
     monkeypatch.setattr(train_step, "prepared_step", prepared_step)
     monkeypatch.setattr(train_step.arms, "trainable_count", lambda model: 0)
-    rows = train_step.time_interleaved("tiny", ["fft_band", "mft"], warmup=1, steps=2,
-                                       sequence_length=16)
+    rows = train_step.time_interleaved(
+        "tiny", ["fft_band", "mft"], warmup=1, steps=2, sequence_length=16
+    )
     assert calls == ["fft_band", "mft"] * 3
     assert [row["arm"] for row in rows] == ["fft_band", "mft"]
 
@@ -158,7 +220,9 @@ def test_inference_benchmark_compares_three_variants(results):
     directory, _ = results
     rows = read(directory, "inference")
     assert [(row["job"], row["variant"]) for row in rows] == [
-        (job, variant) for job in ("logits", "generation") for variant in ("original", "wrapped", "baked")
+        (job, variant)
+        for job in ("logits", "generation")
+        for variant in ("original", "wrapped", "baked")
     ]
     assert all(row["vs_original"] == 1.0 for row in rows if row["variant"] == "original")
 
@@ -204,8 +268,10 @@ def test_report_adds_the_arms_timed_in_a_second_process(tmp_path):
         return [{"arm": arm, "seconds": seconds} for arm, seconds in arm_seconds]
 
     (tmp_path / f"train_step_llama7b_slice_{BACKEND}.json").write_text(
-        json.dumps(rows(("fft", 3.0), ("mft", 2.0), ("fft_band", 1.0))))
+        json.dumps(rows(("fft", 3.0), ("mft", 2.0), ("fft_band", 1.0)))
+    )
     (tmp_path / f"train_step_llama7b_slice_lora_{BACKEND}.json").write_text(
-        json.dumps(rows(("fft_band", 1.5), ("lora8", 0.5))))
+        json.dumps(rows(("fft_band", 1.5), ("lora8", 0.5)))
+    )
     merged = report.train_step_runs(tmp_path, "llama7b_slice")[BACKEND]
     assert merged == rows(("fft", 3.0), ("mft", 2.0), ("fft_band", 1.0), ("lora8", 0.5))

@@ -14,8 +14,8 @@ import keras_mft
 from keras_mft import cli
 from keras_mft.embedded import smollm2
 from tests.conftest import logits_of
-from tests.conftest import token_batch
 from tests.conftest import to_numpy
+from tests.conftest import token_batch
 
 RECORDS = [
     {"prompt": "What is 2 + 3?", "response": "2 + 3 = 5.\n#### 5"},
@@ -29,8 +29,12 @@ RECORDS = [
 def preset(tmp_path_factory, byte_tokenizer):
     """A tiny random Llama 3 with tied embeddings, saved as a KerasHub preset."""
     backbone = keras_hub.models.Llama3Backbone(
-        vocabulary_size=byte_tokenizer.vocabulary_size(), num_layers=3,
-        num_query_heads=2, num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
+        vocabulary_size=byte_tokenizer.vocabulary_size(),
+        num_layers=3,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=16,
+        intermediate_dim=32,
         tie_word_embeddings=True,
     )
     preprocessor = keras_hub.models.Llama3CausalLMPreprocessor(byte_tokenizer)
@@ -77,10 +81,30 @@ def error_line(capsys, *argv, status=1):
 
 def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file):
     out = str(tmp_path / "run")
-    status, stdout, err = run(capsys, "train", "--preset", preset, "--data", data_file,
-                            "--layers", "1:3", "--targets", "q,down", "--sparsity", "0.25",
-                            "--epochs", "2", "--sequence-length", "16", "--batch-size", "2",
-                            "--learning-rate", "0.01", "--out", out)
+    status, stdout, err = run(
+        capsys,
+        "train",
+        "--preset",
+        preset,
+        "--data",
+        data_file,
+        "--layers",
+        "1:3",
+        "--targets",
+        "q,down",
+        "--sparsity",
+        "0.25",
+        "--epochs",
+        "2",
+        "--sequence-length",
+        "16",
+        "--batch-size",
+        "2",
+        "--learning-rate",
+        "0.01",
+        "--out",
+        out,
+    )
     assert status == 0, err
     # 6 sequences of 16 tokens, batches of 2, 2 epochs: 12 steps.
     assert "12 steps, peak learning rate 0.01: score budget B = " in stdout
@@ -109,11 +133,22 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
     # The masked model, rebuilt here from the preset and the mask file.
     reference = keras_hub.models.CausalLM.from_preset(preset)
     keras_mft.apply_masks(reference, masks)
-    status, stdout, _ = run(capsys, "eval", "--preset", preset, "--data", data_file,
-                            "--masks", masks, "--sequence-length", "16")
+    status, stdout, _ = run(
+        capsys,
+        "eval",
+        "--preset",
+        preset,
+        "--data",
+        data_file,
+        "--masks",
+        masks,
+        "--sequence-length",
+        "16",
+    )
     assert status == 0
     x, y, weights = keras_mft.instruction_dataset(
-        reference.preprocessor.tokenizer, data_file, sequence_length=16)
+        reference.preprocessor.tokenizer, data_file, sequence_length=16
+    )
     reference.preprocessor = None
     expected = keras_mft.evaluation.response_loss(reference, (x, y, weights))
     assert f"{expected['loss']:.4f}" in stdout
@@ -132,33 +167,66 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
     # The baked preset keeps its tokenizer: it reads text and generates.
     assert reloaded.preprocessor is not None
     original = keras_hub.models.CausalLM.from_preset(preset).preprocessor.tokenizer
-    np.testing.assert_array_equal(to_numpy(reloaded.preprocessor.tokenizer("2 + 3")),
-                                  to_numpy(original("2 + 3")))
+    np.testing.assert_array_equal(
+        to_numpy(reloaded.preprocessor.tokenizer("2 + 3")), to_numpy(original("2 + 3"))
+    )
     # An output never replaces an input, nor an earlier output.
-    preset_files = {name: open(os.path.join(preset, name), "rb").read() for name in os.listdir(preset)
-                    if os.path.isfile(os.path.join(preset, name))}
+    preset_files = {
+        name: open(os.path.join(preset, name), "rb").read()
+        for name in os.listdir(preset)
+        if os.path.isfile(os.path.join(preset, name))
+    }
     for existing in (preset, baked):
         line = error_line(capsys, "bake", "--preset", preset, "--masks", masks, "--out", existing)
         assert f"--out {existing} already exists and is not empty" in line
-    assert preset_files == {name: open(os.path.join(preset, name), "rb").read() for name in preset_files}
+    assert preset_files == {
+        name: open(os.path.join(preset, name), "rb").read() for name in preset_files
+    }
     batch = token_batch(sequence_length=6)
     np.testing.assert_allclose(
-        logits_of(reloaded, batch), logits_of(reference, batch), rtol=1e-5, atol=1e-5)
+        logits_of(reloaded, batch), logits_of(reference, batch), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_train_and_eval_a_hugging_face_checkpoint(
     capsys, tmp_path, preset, hugging_face_checkpoint, data_file
 ):
-    assert json.load(open(os.path.join(hugging_face_checkpoint, "config.json")))["model_type"] == "llama"
+    assert (
+        json.load(open(os.path.join(hugging_face_checkpoint, "config.json")))["model_type"]
+        == "llama"
+    )
     out = str(tmp_path / "run")
-    status, _, err = run(capsys, "train", "--preset", hugging_face_checkpoint, "--data", data_file,
-                         "--epochs", "1", "--sequence-length", "16", "--out", out)
+    status, _, err = run(
+        capsys,
+        "train",
+        "--preset",
+        hugging_face_checkpoint,
+        "--data",
+        data_file,
+        "--epochs",
+        "1",
+        "--sequence-length",
+        "16",
+        "--out",
+        out,
+    )
     assert status == 0, err
     masks = os.path.join(out, "masks.mask")
     assert len(keras_mft.describe_masks(masks)) == 3 * 7
     # The same weights as the KerasHub preset, so the same mask file applies to both.
     evaluated = [
-        run(capsys, "eval", "--preset", source, "--data", data_file, "--masks", masks, "--sequence-length", "16")
+        run(
+            capsys,
+            "eval",
+            "--preset",
+            source,
+            "--data",
+            data_file,
+            "--masks",
+            masks,
+            "--sequence-length",
+            "16",
+        )
         for source in (preset, hugging_face_checkpoint)
     ]
     assert [status for status, _, _ in evaluated] == [0, 0]
@@ -172,26 +240,42 @@ def test_argument_errors_are_one_line(capsys, tmp_path):
     data_file = str(tmp_path / "train.jsonl")
     assert "required: --data" in error_line(capsys, "train", status=2)
     assert "--sequence-length: expected a positive integer, got '0'" in error_line(
-        capsys, "demo", "--sequence-length", "0", status=2)
+        capsys, "demo", "--sequence-length", "0", status=2
+    )
     assert "invalid choice: 'numpy'" in error_line(
-        capsys, "eval", "--data", data_file, "--backend", "numpy", status=2)
+        capsys, "eval", "--data", data_file, "--backend", "numpy", status=2
+    )
     assert "invalid choice: 'fly'" in error_line(capsys, "fly", status=2)
     assert "--learning-rate: not allowed with argument --score-budget" in error_line(
-        capsys, "train", "--data", data_file, "--score-budget", "0.4", "--learning-rate", "1e-3",
-        status=2)
+        capsys,
+        "train",
+        "--data",
+        data_file,
+        "--score-budget",
+        "0.4",
+        "--learning-rate",
+        "1e-3",
+        status=2,
+    )
     assert "--score-budget: expected a positive number, got '0'" in error_line(
-        capsys, "demo", "--score-budget", "0", status=2)
+        capsys, "demo", "--score-budget", "0", status=2
+    )
     for bad in ("nan", "inf", "-1"):
         assert f"--learning-rate: expected a positive number, got '{bad}'" in error_line(
-            capsys, "train", "--data", data_file, f"--learning-rate={bad}", status=2)
+            capsys, "train", "--data", data_file, f"--learning-rate={bad}", status=2
+        )
     assert "--sparsity: expected a fraction in [0, 1), got '1'" in error_line(
-        capsys, "train", "--data", data_file, "--sparsity", "1", status=2)
+        capsys, "train", "--data", data_file, "--sparsity", "1", status=2
+    )
     assert "--seed: expected a non-negative integer, got '-1'" in error_line(
-        capsys, "train", "--data", data_file, "--seed=-1", status=2)
+        capsys, "train", "--data", data_file, "--seed=-1", status=2
+    )
     assert "--layers: write a band 'start:stop'" in error_line(
-        capsys, "train", "--data", data_file, "--layers", "x", status=2)
+        capsys, "train", "--data", data_file, "--layers", "x", status=2
+    )
     assert "--targets: unknown projections ['mlp']" in error_line(
-        capsys, "train", "--data", data_file, "--targets", "q,mlp", status=2)
+        capsys, "train", "--data", data_file, "--targets", "q,mlp", status=2
+    )
 
 
 @pytest.mark.backend_independent
@@ -208,22 +292,35 @@ def test_renamed_flags_still_work_with_a_warning(capsys):
 def test_input_errors_are_one_line(capsys, tmp_path, preset, data_file):
     missing = str(tmp_path / "missing.jsonl")
     assert f"cannot use {missing}: No such file or directory" in error_line(
-        capsys, "train", "--preset", preset, "--data", missing)
+        capsys, "train", "--preset", preset, "--data", missing
+    )
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n', "utf-8")
     assert "broken.jsonl, line 2" in error_line(
-        capsys, "eval", "--preset", preset, "--data", str(broken))
+        capsys, "eval", "--preset", preset, "--data", str(broken)
+    )
     # Arguments that only the model can check: exit status 2 all the same. The
     # embedded model's depth (30 blocks) is read from its file's metadata.
     assert "--layers: The band '28:31' selects no valid blocks: this model has 30" in error_line(
-        capsys, "demo", "--layers", "28:31", status=2)
+        capsys, "demo", "--layers", "28:31", status=2
+    )
     assert "--layers: The band '2:9' selects no valid blocks" in error_line(
-        capsys, "train", "--preset", preset, "--data", data_file, "--layers", "2:9", status=2)
+        capsys, "train", "--preset", preset, "--data", data_file, "--layers", "2:9", status=2
+    )
     assert "--targets: Unknown targets ['ffw_gating']" in error_line(  # Gemma's, not Llama's
-        capsys, "train", "--preset", preset, "--data", data_file, "--targets", "q,ffw_gating",
-        status=2)
+        capsys,
+        "train",
+        "--preset",
+        preset,
+        "--data",
+        data_file,
+        "--targets",
+        "q,ffw_gating",
+        status=2,
+    )
     assert "cannot load the preset" in error_line(
-        capsys, "eval", "--preset", str(tmp_path), "--data", data_file)
+        capsys, "eval", "--preset", str(tmp_path), "--data", data_file
+    )
     not_a_mask = tmp_path / "x.mask"
     not_a_mask.write_bytes(b"hello")
     assert "not a valid keras-mft mask file" in error_line(capsys, "inspect", str(not_a_mask))
@@ -244,7 +341,10 @@ def test_backend_flag_restarts_on_that_backend(tmp_path):
     broken.write_text("not json\n", "utf-8")
     result = subprocess.run(
         [sys.executable, "-m", "keras_mft", "eval", "--backend", other, "--data", str(broken)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "KERAS_BACKEND": "jax"},
     )
     assert f"keras-mft eval on {other}" in result.stdout
     assert result.returncode == 1
@@ -255,8 +355,18 @@ def test_backend_flag_restarts_on_that_backend(tmp_path):
 
 def test_demo_smoke(capsys, tmp_path):
     out = str(tmp_path / "demo")
-    status, stdout, _ = run(capsys, "demo", "--out", out, "--train-examples", "6",
-                            "--eval-examples", "2", "--sequence-length", "48")
+    status, stdout, _ = run(
+        capsys,
+        "demo",
+        "--out",
+        out,
+        "--train-examples",
+        "6",
+        "--eval-examples",
+        "2",
+        "--sequence-length",
+        "48",
+    )
     assert status == 0
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["settings"]["backend"] == keras.backend.backend()
@@ -267,7 +377,9 @@ def test_demo_smoke(capsys, tmp_path):
     assert open(os.path.join(out, "results.md")).read().strip() in stdout
     masked = [r["path"] for r in keras_mft.describe_masks(os.path.join(out, "masks.mask"))]
     assert len(masked) == 28
-    assert {path.split("/")[0] for path in masked} == {f"transformer_layer_{i}" for i in range(4, 8)}
+    assert {path.split("/")[0] for path in masked} == {
+        f"transformer_layer_{i}" for i in range(4, 8)
+    }
     config = json.load(open(os.path.join(out, "baked_preset", "config.json")))
     assert config["config"]["tie_word_embeddings"] is True
     for name in ("training_curve.png", "mask_change.png"):
@@ -278,7 +390,9 @@ def test_kill_and_resume_script(tmp_path, preset):
     script = os.path.join(os.path.dirname(__file__), "kill_and_resume.py")
     result = subprocess.run(
         [sys.executable, script, "--preset", preset, "--work", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "training unfinished: True" in result.stdout
@@ -293,14 +407,26 @@ def test_a_resumed_run_starts_from_the_best_loss_saved(tmp_path):
     progress = cli._Progress(str(tmp_path / "progress.json"))
     assert progress.saved_best("loss") is None
     (tmp_path / "progress.json").write_text(
-        json.dumps({"epochs": {"loss": [2.5, 1.5, 1.75]}, "step_losses": []}), "utf-8")
+        json.dumps({"epochs": {"loss": [2.5, 1.5, 1.75]}, "step_losses": []}), "utf-8"
+    )
     assert progress.saved_best("loss") == 1.5
 
 
 def test_train_refuses_to_overwrite_an_interrupted_run(capsys, tmp_path, preset, data_file):
     (tmp_path / "backup").mkdir()
-    line = error_line(capsys, "train", "--preset", preset, "--data", data_file, "--out", str(tmp_path))
+    line = error_line(
+        capsys, "train", "--preset", preset, "--data", data_file, "--out", str(tmp_path)
+    )
     assert "holds an interrupted run: pass --resume" in line
-    line = error_line(capsys, "train", "--preset", preset, "--data", data_file,
-                      "--out", str(tmp_path / "new"), "--resume")
+    line = error_line(
+        capsys,
+        "train",
+        "--preset",
+        preset,
+        "--data",
+        data_file,
+        "--out",
+        str(tmp_path / "new"),
+        "--resume",
+    )
     assert "holds no interrupted run" in line

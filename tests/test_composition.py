@@ -34,7 +34,11 @@ def test_kernel_is_masked_kernel_plus_lora_delta():
     a, b = to_numpy(layer.lora_kernel_a), to_numpy(layer.lora_kernel_b)
     expected = kernel * numpy_keep_mask(scores, layer.num_removed) + (4 / 2) * a @ b
     np.testing.assert_allclose(to_numpy(layer.kernel), expected, rtol=1e-5, atol=1e-5)
-    assert sorted(v.name for v in layer.trainable_variables) == ["lora_kernel_a", "lora_kernel_b", "scores"]
+    assert sorted(v.name for v in layer.trainable_variables) == [
+        "lora_kernel_a",
+        "lora_kernel_b",
+        "scores",
+    ]
 
 
 def test_gradients_of_scores_and_lora_factors_match_numpy():
@@ -49,12 +53,24 @@ def test_gradients_of_scores_and_lora_factors_match_numpy():
 
     kernel, scores = to_numpy(layer._kernel), to_numpy(layer.scores)
     a, b = to_numpy(layer.lora_kernel_a), to_numpy(layer.lora_kernel_b)
-    np.testing.assert_allclose(to_numpy(gradient(loss, layer.scores)),
-                               np.sign(scores) * kernel * grad_effective, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(to_numpy(gradient(loss, layer.lora_kernel_a)),
-                               2.0 * grad_effective @ b.T, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(to_numpy(gradient(loss, layer.lora_kernel_b)),
-                               2.0 * a.T @ grad_effective, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        to_numpy(gradient(loss, layer.scores)),
+        np.sign(scores) * kernel * grad_effective,
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    np.testing.assert_allclose(
+        to_numpy(gradient(loss, layer.lora_kernel_a)),
+        2.0 * grad_effective @ b.T,
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    np.testing.assert_allclose(
+        to_numpy(gradient(loss, layer.lora_kernel_b)),
+        2.0 * a.T @ grad_effective,
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_wrap_a_lora_model_fit_save_and_bake(tmp_path):
@@ -91,7 +107,10 @@ def test_a_masked_layer_refuses_lora_afterwards():
     model = keras_mft.wrap(tiny_llama(), layers=[1], seed=0)
     # KerasHub enables LoRA on block 0 before block 1's masked layer refuses,
     # so the error says to reload the model.
-    with pytest.raises(NotImplementedError, match=r"enable LoRA first .*then call `keras_mft.wrap.*reload the model"):
+    with pytest.raises(
+        NotImplementedError,
+        match=r"enable LoRA first .*then call `keras_mft.wrap.*reload the model",
+    ):
         model.backbone.enable_lora(2)
 
 
@@ -100,14 +119,21 @@ def test_int8_models_are_refused_before_any_change():
     keras_mft.wrap(model, layers="1:2", seed=0)
     masked = [layer for layer in model._flatten_layers() if is_masked(layer)]
     for quantizing in (model, model.backbone, masked[0]):
-        with pytest.raises(ValueError, match=r"holds masks and cannot be quantized\. Call `keras_mft\.bake"):
+        with pytest.raises(
+            ValueError, match=r"holds masks and cannot be quantized\. Call `keras_mft\.bake"
+        ):
             quantizing.quantize("int8")
     # Refused before any layer changed, the unmasked blocks and embedding too.
     assert not any(getattr(layer, "quantization_mode", None) for layer in model._flatten_layers())
     keras_mft.bake(model)
     model.quantize("int8")  # a baked model is a plain one
-    assert model.backbone.transformer_layers[1]._self_attention_layer._query_dense.quantization_mode == "int8"
-    with pytest.raises(ValueError, match=r"is quantized \(int8\)\. Wrap the float model, then bake and quantize"):
+    assert (
+        model.backbone.transformer_layers[1]._self_attention_layer._query_dense.quantization_mode
+        == "int8"
+    )
+    with pytest.raises(
+        ValueError, match=r"is quantized \(int8\)\. Wrap the float model, then bake and quantize"
+    ):
         keras_mft.wrap(model)
     assert not any(v.path.endswith("/scores") for v in model.weights)
 

@@ -107,6 +107,11 @@ def test_readme_usage_block(tmp_path):
 
 def test_paper_protocol(tmp_path):
     output = run_guide("paper_protocol.py", tmp_path)
-    for arm in ("| FFT + MFT |", "| FFT + continued FFT |", "| FFT + L1 mask |", "| LoRA from base |"):
+    for arm in (
+        "| FFT + MFT |",
+        "| FFT + continued FFT |",
+        "| FFT + L1 mask |",
+        "| LoRA from base |",
+    ):
         assert arm in output
     assert (tmp_path / "protocol_results.json").is_file()

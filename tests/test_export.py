@@ -14,8 +14,13 @@ from tests.conftest import token_batch
 @pytest.mark.parametrize("tied", [False, True])  # SmolLM2 ties its embeddings
 def test_baked_llama3_round_trips_through_hugging_face_format(tied, tmp_path):
     backbone = keras_hub.models.Llama3Backbone(
-        vocabulary_size=64, num_layers=2, num_query_heads=4, num_key_value_heads=2,
-        hidden_dim=16, intermediate_dim=32, tie_word_embeddings=tied,
+        vocabulary_size=64,
+        num_layers=2,
+        num_query_heads=4,
+        num_key_value_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        tie_word_embeddings=tied,
     )
     rng = np.random.default_rng(0)
     backbone.set_weights([0.2 * rng.standard_normal(w.shape) for w in backbone.get_weights()])

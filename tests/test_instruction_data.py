@@ -26,13 +26,21 @@ def tokenizer(byte_tokenizer):
 
 def decode(tokenizer, ids):
     text = tokenizer.detokenize(np.asarray(ids, "int32"))
-    return keras.ops.convert_to_numpy(text).item().decode("utf-8") if not isinstance(text, str) else text
+    return (
+        keras.ops.convert_to_numpy(text).item().decode("utf-8")
+        if not isinstance(text, str)
+        else text
+    )
 
 
-@pytest.mark.parametrize("template, end", [("chatml", "<|im_end|>"), ("llama3", "<|eot_id|>"), ("llama2", " </s>")])
+@pytest.mark.parametrize(
+    "template, end", [("chatml", "<|im_end|>"), ("llama3", "<|eot_id|>"), ("llama2", " </s>")]
+)
 @pytest.mark.parametrize("pack", [True, False])
 def test_weights_select_exactly_the_responses(tokenizer, template, end, pack):
-    x, y, weights = instruction_dataset(tokenizer, DATA, sequence_length=64, template=template, pack=pack)
+    x, y, weights = instruction_dataset(
+        tokenizer, DATA, sequence_length=64, template=template, pack=pack
+    )
     assert x["token_ids"].shape == y.shape == weights.shape
     assert set(np.unique(weights)) <= {0.0, 1.0}
     learned = decode(tokenizer, y[weights == 1.0])
@@ -59,12 +67,16 @@ def test_packing_fills_sequences(tokenizer):
 
 
 def test_warns_about_long_examples_and_little_loss(tokenizer):
-    with pytest.warns(UserWarning, match=r"examples are longer than sequence_length \(8 tokens\): were cut"):
+    with pytest.warns(
+        UserWarning, match=r"examples are longer than sequence_length \(8 tokens\): were cut"
+    ):
         instruction_dataset(tokenizer, DATA, sequence_length=8, pack=False)
     with pytest.warns(UserWarning, match="packing must split them"):
         instruction_dataset(tokenizer, DATA, sequence_length=8)
     with pytest.warns(UserWarning, match="are response tokens that carry loss"):
-        instruction_dataset(tokenizer, {"prompts": ["x" * 3000], "responses": ["y"]}, sequence_length=4096)
+        instruction_dataset(
+            tokenizer, {"prompts": ["x" * 3000], "responses": ["y"]}, sequence_length=4096
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         instruction_dataset(tokenizer, DATA, sequence_length=512)
@@ -86,8 +98,12 @@ def test_loss_is_the_mean_over_response_tokens(tokenizer):
     """The CausalLM's weighted loss equals numpy cross-entropy on responses."""
     x, y, weights = instruction_dataset(tokenizer, DATA, sequence_length=32)
     backbone = keras_hub.models.LlamaBackbone(
-        vocabulary_size=tokenizer.vocabulary_size(), num_layers=1,
-        num_query_heads=2, num_key_value_heads=1, hidden_dim=8, intermediate_dim=16,
+        vocabulary_size=tokenizer.vocabulary_size(),
+        num_layers=1,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=8,
+        intermediate_dim=16,
     )
     model = keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
     loss = model.evaluate(x, y, sample_weight=weights, batch_size=len(y), verbose=0)[0]
@@ -102,7 +118,9 @@ def test_loss_is_the_mean_over_response_tokens(tokenizer):
 @pytest.mark.backend_independent
 def test_read_jsonl(tmp_path):
     path = tmp_path / "data.jsonl"
-    lines = [json.dumps({"prompt": p, "response": r}) for p, r in zip(DATA["prompts"], DATA["responses"])]
+    lines = [
+        json.dumps({"prompt": p, "response": r}) for p, r in zip(DATA["prompts"], DATA["responses"])
+    ]
     path.write_text("\n".join(lines) + "\n\n")
     assert read_jsonl(path) == DATA
 
@@ -119,7 +137,10 @@ def test_read_jsonl(tmp_path):
         (b'["a", "b"]\n', "expected an object"),
         (b"\n", "holds no records"),
         (b"[" * 100_000 + b"]" * 100_000 + b"\n", "line 1 is nested too deeply"),
-        (b'{"prompt": "\\ud800", "response": "b"}\n', r"line 1: the prompt holds '\\ud800', half of a surrogate pair"),
+        (
+            b'{"prompt": "\\ud800", "response": "b"}\n',
+            r"line 1: the prompt holds '\\ud800', half of a surrogate pair",
+        ),
     ],
 )
 def test_read_jsonl_errors(tmp_path, content, message):

@@ -11,8 +11,8 @@ from keras_mft.backends import histogram
 from keras_mft.backends import histogram_of_bin
 from keras_mft.mask import check_sparsity
 from keras_mft.mask import keep_mask
-from keras_mft.mask import num_removed
 from keras_mft.mask import masked_kernel
+from keras_mft.mask import num_removed
 from tests.conftest import to_numpy
 from tests.gradients import gradient
 
@@ -32,7 +32,9 @@ def assert_every_removed_count_matches_numpy(scores):
 
 
 @pytest.mark.backend_independent
-@pytest.mark.parametrize("size, sparsity", [(100, 0.29), (10, 0.1), (7, 0.5), (4096, 0.1), (5, 0.0), (3, 0.99)])
+@pytest.mark.parametrize(
+    "size, sparsity", [(100, 0.29), (10, 0.1), (7, 0.5), (4096, 0.1), (5, 0.0), (3, 0.99)]
+)
 def test_num_removed_is_floor_of_the_written_ratio(size, sparsity):
     assert num_removed(size, sparsity) == int(Decimal(str(sparsity)) * size)
 
@@ -97,8 +99,10 @@ def test_histogram_of_bin_counts_the_low_bits_of_that_bin_only(high_bin):
     keys = np.array([35, 3, 51, 32, 35, 47, 99, 2**30 + 35, 0, 46], "int32")
     high = keys >> 4
     counts = histogram_of_bin(
-        keras.ops.convert_to_tensor(keys), keras.ops.convert_to_tensor(high),
-        keras.ops.convert_to_tensor(high_bin, "int32"), 4,
+        keras.ops.convert_to_tensor(keys),
+        keras.ops.convert_to_tensor(high),
+        keras.ops.convert_to_tensor(high_bin, "int32"),
+        4,
     )
     assert keras.backend.standardize_dtype(counts.dtype) == "int32"
     expected = np.bincount(keys[high == high_bin] & 15, minlength=16)
@@ -141,7 +145,9 @@ def test_straight_through_gradient_matches_analytic(shape):
 
     def loss():
         hard = keep_mask(keras.ops.stop_gradient(scores.value), removed)
-        return keras.ops.sum(keras.ops.multiply(upstream, masked_kernel(kernel, scores.value, hard)))
+        return keras.ops.sum(
+            keras.ops.multiply(upstream, masked_kernel(kernel, scores.value, hard))
+        )
 
     np.testing.assert_allclose(
         to_numpy(loss()),

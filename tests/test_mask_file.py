@@ -101,7 +101,13 @@ def corrupt(data, how):
 
 @pytest.mark.parametrize(
     "how",
-    ["truncated", "empty", "bit flipped in the masks", "bit flipped in the header", "not a mask file"],
+    [
+        "truncated",
+        "empty",
+        "bit flipped in the masks",
+        "bit flipped in the header",
+        "not a mask file",
+    ],
 )
 def test_refuses_damaged_files(saved, tmp_path, how):
     _, path = saved
@@ -144,7 +150,9 @@ def rewrite_header(path, change):
     header = json.loads(data[prefix : prefix + length])
     change(header)
     encoded = json.dumps(header).encode("utf-8")
-    body = mask_file.MAGIC + mask_file._LENGTH.pack(len(encoded)) + encoded + data[prefix + length :]
+    body = (
+        mask_file.MAGIC + mask_file._LENGTH.pack(len(encoded)) + encoded + data[prefix + length :]
+    )
     path.write_bytes(body + hashlib.sha256(body).digest())
 
 
@@ -183,7 +191,9 @@ def test_refuses_hostile_headers_before_allocating(saved, change, message, monke
     _, path = saved
     rewrite_header(path, change)
     unpacked = []
-    monkeypatch.setattr(mask_file.np, "unpackbits", lambda *a, **k: unpacked.append(1) or np.unpackbits(*a, **k))
+    monkeypatch.setattr(
+        mask_file.np, "unpackbits", lambda *a, **k: unpacked.append(1) or np.unpackbits(*a, **k)
+    )
     model = wrapped(seed=5)
     before = scores_of(model)
     with pytest.raises(ValueError, match=message):
@@ -240,7 +250,9 @@ def test_sigkill_during_saves_leaves_a_valid_file(saved, tmp_path):
     _, path = saved
     child = subprocess.Popen(
         [sys.executable, "-c", KEEP_SAVING, str(path)],
-        stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
     )
     assert child.stdout.readline().strip() == "ready"
     for delay in (0.3, 0.05, 0.2):

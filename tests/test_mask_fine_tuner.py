@@ -35,24 +35,26 @@ class Recorder(keras.callbacks.Callback):
         self.step_removed.append([layer.num_removed for layer in masked(self.model)])
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epoch_scores.append([to_numpy(l.scores).copy() for l in masked(self.model)])
+        self.epoch_scores.append([to_numpy(layer.scores).copy() for layer in masked(self.model)])
         self.epoch_logits.append(logits_of(self.model, token_batch()))
 
 
 def fit(model, callbacks, epochs=3, batch_size=2, sequences=4):
     batch = token_batch(batch_size=sequences)
     labels = np.roll(batch["token_ids"], -1, axis=1)
-    return model.fit(batch, labels, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=callbacks)
+    return model.fit(
+        batch, labels, batch_size=batch_size, epochs=epochs, verbose=0, callbacks=callbacks
+    )
 
 
 def test_logged_figures_match_numpy():
     model = wrapped()
-    initial = [to_numpy(l.scores).copy() for l in masked(model)]
+    initial = [to_numpy(layer.scores).copy() for layer in masked(model)]
     recorder = Recorder()
     history = fit(model, [keras_mft.MaskFineTuner(per_matrix=True), recorder]).history
 
     def masks(scores):
-        return [numpy_keep_mask(s, l.num_removed) for s, l in zip(scores, masked(model))]
+        return [numpy_keep_mask(s, layer.num_removed) for s, layer in zip(scores, masked(model))]
 
     total = sum(s.size for s in initial)
     previous = first = masks(initial)
@@ -85,8 +87,8 @@ def test_step_reports_and_a_missing_monitor(tmp_path):
 
 def test_ramp_reaches_the_target_at_the_promised_step():
     model = wrapped()
-    targets = [l.num_removed for l in masked(model)]
-    sizes = [int(np.prod(l.scores.shape)) for l in masked(model)]
+    targets = [layer.num_removed for layer in masked(model)]
+    sizes = [int(np.prod(layer.scores.shape)) for layer in masked(model)]
     recorder = Recorder()
     fit(model, [keras_mft.MaskFineTuner(ramp_steps=4), recorder], epochs=3)
     steps = recorder.step_removed
@@ -111,16 +113,21 @@ def test_an_unfinished_ramp_is_what_training_used():
 def test_snapshots_reload_to_identical_logits(tmp_path):
     model = wrapped()
     recorder = Recorder()
-    tuner = keras_mft.MaskFineTuner(snapshot_dir=tmp_path / "run", monitor="loss",
-                                    save_best_only=False)
+    tuner = keras_mft.MaskFineTuner(
+        snapshot_dir=tmp_path / "run", monitor="loss", save_best_only=False
+    )
     # As a resumed run whose earlier epochs reached a loss of 0: no epoch beats it.
-    resumed = keras_mft.MaskFineTuner(snapshot_dir=tmp_path / "resumed", monitor="loss",
-                                      initial_value_threshold=0.0)
+    resumed = keras_mft.MaskFineTuner(
+        snapshot_dir=tmp_path / "resumed", monitor="loss", initial_value_threshold=0.0
+    )
     history = fit(model, [tuner, resumed, recorder]).history
     assert not list((tmp_path / "resumed").iterdir())
     tmp_path = tmp_path / "run"
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "best.mask", "epoch-001.mask", "epoch-002.mask", "epoch-003.mask",
+        "best.mask",
+        "epoch-001.mask",
+        "epoch-002.mask",
+        "epoch-003.mask",
     ]
     fresh = wrapped(seed=42)
     keras_mft.load_masks(fresh, tmp_path / "epoch-002.mask")
@@ -160,8 +167,9 @@ class PoisonFinalNorm(keras.callbacks.Callback):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_snapshot(tmp_path):
     model = wrapped()
-    tuner = keras_mft.MaskFineTuner(snapshot_dir=str(tmp_path), monitor="loss",
-                                    save_best_only=False, bake_on_train_end=True)
+    tuner = keras_mft.MaskFineTuner(
+        snapshot_dir=str(tmp_path), monitor="loss", save_best_only=False, bake_on_train_end=True
+    )
     with pytest.warns(UserWarning, match="loss became nan at step 3"):
         history = fit(model, [tuner, PoisonFinalNorm(epoch=1)], epochs=3)
     assert tuner.non_finite_loss_step == 3

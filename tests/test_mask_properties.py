@@ -55,8 +55,11 @@ def test_ties_go_by_position_as_a_stable_sort(scores, ratio):
 
 @SETTINGS
 @given(
-    scores=hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6)),
-                      elements=st.floats(-1.0, 1.0, width=32)),
+    scores=hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6)),
+        elements=st.floats(-1.0, 1.0, width=32),
+    ),
     ratio=ratios,
 )
 def test_the_kernel_layout_does_not_matter(scores, ratio):

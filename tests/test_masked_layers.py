@@ -19,9 +19,7 @@ def dense(sparsity=0.25, **kwargs):
 
 
 def einsum_dense(sparsity=0.25, **kwargs):
-    layer = keras_mft.MaskedEinsumDense(
-        "bqm,muh->bquh", (None, 3, 4), sparsity=sparsity, **kwargs
-    )
+    layer = keras_mft.MaskedEinsumDense("bqm,muh->bquh", (None, 3, 4), sparsity=sparsity, **kwargs)
     layer.build((None, None, 10))
     return layer
 
@@ -38,7 +36,11 @@ def randomize(layer, seed=0):
 def test_only_the_scores_are_trainable():
     layer = dense(use_bias=True)
     assert [v.name for v in layer.trainable_variables] == ["scores"]
-    assert sorted(v.name for v in layer.non_trainable_variables) == ["bias", "kernel", "num_removed"]
+    assert sorted(v.name for v in layer.non_trainable_variables) == [
+        "bias",
+        "kernel",
+        "num_removed",
+    ]
     assert layer.scores.dtype == "float32"
     assert layer.scores.path.endswith("scores")
 
@@ -47,9 +49,11 @@ def test_only_the_scores_are_trainable():
 def test_forward_is_kernel_times_mask(make):
     layer = make()
     randomize(layer)
-    x = np.random.default_rng(1).standard_normal(
-        (2, 10) if make is dense else (2, 5, 10)
-    ).astype("float32")
+    x = (
+        np.random.default_rng(1)
+        .standard_normal((2, 10) if make is dense else (2, 5, 10))
+        .astype("float32")
+    )
     kernel, scores = to_numpy(layer._kernel), to_numpy(layer.scores)
     effective = kernel * numpy_keep_mask(scores, layer.num_removed)
     equation = "bm,mn->bn" if make is dense else "bqm,muh->bquh"
@@ -157,8 +161,11 @@ def test_config_of_layers_masked_in_place_rebuilds_them(model):
     initializer = up.get_config()["scores_initializer"]
     assert initializer["class_name"] == "RandomNormal" and initializer["config"]["stddev"] == 0.02
     assert up_magnitude.get_config()["scores_initializer"] == "magnitude"
-    for layer, x in [(lora, np.ones((2, 5, 32), "float32")), (up, np.ones((2, 32), "float32")),
-                     (up_magnitude, np.ones((2, 32), "float32"))]:
+    for layer, x in [
+        (lora, np.ones((2, 5, 32), "float32")),
+        (up, np.ones((2, 32), "float32")),
+        (up_magnitude, np.ones((2, 32), "float32")),
+    ]:
         clone = type(layer).from_config(layer.get_config())
         clone.build(x.shape)
         assert [v.name for v in clone.weights] == [v.name for v in layer.weights]

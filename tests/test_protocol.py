@@ -21,8 +21,12 @@ DATA = {
 
 def tiny_model(tokenizer, num_layers=2):
     backbone = keras_hub.models.LlamaBackbone(
-        vocabulary_size=tokenizer.vocabulary_size(), num_layers=num_layers,
-        num_query_heads=2, num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
+        vocabulary_size=tokenizer.vocabulary_size(),
+        num_layers=num_layers,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=16,
+        intermediate_dim=32,
     )
     return keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
 
@@ -35,7 +39,9 @@ def data(byte_tokenizer):
 def test_full_fine_tune_trains_every_weight(byte_tokenizer, data):
     model = tiny_model(byte_tokenizer)
     before = [to_numpy(v).copy() for v in model.weights]
-    history = protocol.full_fine_tune(model, data, epochs=2, batch_size=2, learning_rate=1e-2, verbose=0)
+    history = protocol.full_fine_tune(
+        model, data, epochs=2, batch_size=2, learning_rate=1e-2, verbose=0
+    )
     assert len(model.trainable_variables) == len(model.weights)
     assert all(np.any(to_numpy(v) != b) for v, b in zip(model.weights, before))
     assert history.history["loss"][-1] < history.history["loss"][0]
@@ -46,8 +52,15 @@ def test_full_fine_tune_trains_every_weight(byte_tokenizer, data):
 def test_mask_fine_tune_bakes_a_trained_mask(byte_tokenizer, data):
     model = tiny_model(byte_tokenizer)
     history = protocol.mask_fine_tune(
-        model, data, layers="all", sparsity=0.2, seed=0, epochs=2,
-        batch_size=2, learning_rate=1e-2, verbose=0,
+        model,
+        data,
+        layers="all",
+        sparsity=0.2,
+        seed=0,
+        epochs=2,
+        batch_size=2,
+        learning_rate=1e-2,
+        verbose=0,
         callbacks=[keras_mft.MaskFineTuner()],
     )
     assert history.history["mask_changed"][-1] > 0
@@ -68,16 +81,30 @@ def test_mask_fine_tune_spends_the_score_budget(byte_tokenizer, data):
             protocol.mask_fine_tune(model, data, **bad)
     assert not any(is_masked(layer) for layer in model._flatten_layers())
     history = protocol.mask_fine_tune(
-        model, data, layers="all", seed=0, epochs=2, batch_size=2, verbose=0,
-        bake_after=False, callbacks=[keras_mft.MaskFineTuner()],
+        model,
+        data,
+        layers="all",
+        seed=0,
+        epochs=2,
+        batch_size=2,
+        verbose=0,
+        bake_after=False,
+        callbacks=[keras_mft.MaskFineTuner()],
     )
     # The default budget, the paper's math run, is spent to the last step.
     assert history.history["score_budget"][-1] == pytest.approx(0.47, rel=1e-4)
     steps = protocol.total_steps(data, batch_size=2, epochs=2)
     assert int(to_numpy(model.optimizer.iterations)) == steps
     with pytest.warns(UserWarning, match="score budget is B = "):
-        protocol.mask_fine_tune(tiny_model(byte_tokenizer), data, layers="all", epochs=1,
-                                batch_size=2, learning_rate=2e-5, verbose=0)
+        protocol.mask_fine_tune(
+            tiny_model(byte_tokenizer),
+            data,
+            layers="all",
+            epochs=1,
+            batch_size=2,
+            learning_rate=2e-5,
+            verbose=0,
+        )
 
 
 @pytest.mark.parametrize("score_init", ["random", "magnitude"])
@@ -89,16 +116,22 @@ def test_untrained_masks(byte_tokenizer, score_init):
     baked = to_numpy(layer.kernel)
     assert int(np.sum(baked == 0)) == int(0.25 * kernel.size)
     if score_init == "magnitude":
-        np.testing.assert_array_equal(baked, kernel * numpy_keep_mask(kernel, int(0.25 * kernel.size)))
+        np.testing.assert_array_equal(
+            baked, kernel * numpy_keep_mask(kernel, int(0.25 * kernel.size))
+        )
 
 
 def test_lora_fine_tune(byte_tokenizer, data):
     model = tiny_model(byte_tokenizer)
-    protocol.lora_fine_tune(model, data, rank=4, alpha=2, epochs=1, batch_size=2, learning_rate=1e-2, verbose=0)
+    protocol.lora_fine_tune(
+        model, data, rank=4, alpha=2, epochs=1, batch_size=2, learning_rate=1e-2, verbose=0
+    )
     names = sorted({v.path.split("/")[-2] + "/" + v.name for v in model.trainable_variables})
     assert names == [
-        "query/lora_kernel_a", "query/lora_kernel_b",
-        "value/lora_kernel_a", "value/lora_kernel_b",
+        "query/lora_kernel_a",
+        "query/lora_kernel_b",
+        "value/lora_kernel_a",
+        "value/lora_kernel_b",
     ]
     query = model.backbone.transformer_layers[0]._self_attention_layer._query_dense
     assert query.lora_rank == 4 and query.lora_alpha == 2
@@ -130,7 +163,7 @@ def reference_greedy(model, prompt_ids, steps, end_id):
         if next_id == end_id:
             break
         ids.append(next_id)
-    return ids[len(prompt_ids):]
+    return ids[len(prompt_ids) :]
 
 
 def test_greedy_generate_matches_a_plain_greedy_loop(byte_tokenizer):
@@ -138,8 +171,13 @@ def test_greedy_generate_matches_a_plain_greedy_loop(byte_tokenizer):
     model.sampler = keras_hub.samplers.TopKSampler(k=5)
     prompts = ["What is 2 + 3?", "Hi"]
     texts = evaluation.greedy_generate(
-        model, byte_tokenizer, prompts, template="chatml", end_token="<|im_end|>",
-        max_new_tokens=6, batch_size=2,
+        model,
+        byte_tokenizer,
+        prompts,
+        template="chatml",
+        end_token="<|im_end|>",
+        max_new_tokens=6,
+        batch_size=2,
     )
     end_id = byte_tokenizer.token_to_id("<|im_end|>")
     all_prompt_ids = evaluation._prompt_ids(byte_tokenizer, "chatml", prompts, None)
@@ -155,8 +193,13 @@ def test_greedy_generate_matches_a_plain_greedy_loop(byte_tokenizer):
 @pytest.mark.backend_independent
 @pytest.mark.parametrize(
     "text, answer",
-    [("so 5 apples.\n#### 5", "5"), ("#### 1,234", "1234"), ("#### -3.5", "-3.5"),
-     ("#### 7.0", "7"), ("no answer", None)],
+    [
+        ("so 5 apples.\n#### 5", "5"),
+        ("#### 1,234", "1234"),
+        ("#### -3.5", "-3.5"),
+        ("#### 7.0", "7"),
+        ("no answer", None),
+    ],
 )
 def test_final_answer(text, answer):
     assert evaluation.final_answer(text) == answer
@@ -174,8 +217,10 @@ def test_results_table(tmp_path):
     results = {"base": {"loss": 1.5, "exact_match": 0.25}, "mft": {"loss": 1.25}}
     table = evaluation.results_table(results)
     assert table.splitlines() == [
-        "| arm | exact_match | loss |", "|---|---|---|",
-        "| base | 0.2500 | 1.5000 |", "| mft |  | 1.2500 |",
+        "| arm | exact_match | loss |",
+        "|---|---|---|",
+        "| base | 0.2500 | 1.5000 |",
+        "| mft |  | 1.2500 |",
     ]
     evaluation.save_results(results, tmp_path / "results.json")
     assert json.loads((tmp_path / "results.json").read_text()) == results

@@ -17,8 +17,15 @@ pytestmark = pytest.mark.xdist_group("reproduce")
 
 def reproduce(tmp_path, *arguments):
     return run_benchmark(
-        "reproduce", "--fast", "--results", str(tmp_path / "results"),
-        "--weights", str(tmp_path / "weights"), "--images", str(tmp_path), *arguments,
+        "reproduce",
+        "--fast",
+        "--results",
+        str(tmp_path / "results"),
+        "--weights",
+        str(tmp_path / "weights"),
+        "--images",
+        str(tmp_path),
+        *arguments,
     )
 
 
@@ -36,7 +43,9 @@ def test_each_arm_is_scored_problem_by_problem(run):
     tmp_path, output = run
     names = sorted(path.name for path in (tmp_path / "results").glob("*.json"))
     # FFT was trained once, for the first arm that needed it, and scored too.
-    assert names == sorted(["fft.json"] + [arm.replace("/", "_") + ".json" for arm in ARMS.split(",")])
+    assert names == sorted(
+        ["fft.json"] + [arm.replace("/", "_") + ".json" for arm in ARMS.split(",")]
+    )
     assert output.count("training FFT first") == 1
     assert (tmp_path / "weights" / "fft_backbone.weights.h5").exists()
     mft = record(tmp_path, "mft/seed0")

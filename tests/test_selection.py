@@ -38,11 +38,14 @@ def masked_dense(**kwargs):
 
 
 # Every kernel has 8 inputs, so every m below divides them.
-@pytest.mark.parametrize("equation, kernel_shape, axes", [
-    ("bm,mn->bn", (8, 6), (0,)),  # Dense
-    ("btd,ndh->btnh", (3, 8, 2), (1,)),  # Gemma's query: the input axis in the middle
-    ("btnh,nhd->btd", (2, 4, 5), (0, 1)),  # attention output: two input axes
-])
+@pytest.mark.parametrize(
+    "equation, kernel_shape, axes",
+    [
+        ("bm,mn->bn", (8, 6), (0,)),  # Dense
+        ("btd,ndh->btnh", (3, 8, 2), (1,)),  # Gemma's query: the input axis in the middle
+        ("btnh,nhd->btd", (2, 4, 5), (0, 1)),  # attention output: two input axes
+    ],
+)
 @pytest.mark.parametrize("n, m", [(2, 4), (1, 2), (3, 8)])
 def test_n_m_mask_matches_numpy(equation, kernel_shape, axes, n, m):
     class Layer:
@@ -61,13 +64,16 @@ def test_n_m_mask_matches_numpy(equation, kernel_shape, axes, n, m):
 
 def test_global_group_matches_numpy():
     model = tiny_llama(num_layers=3)
-    keras_mft.wrap(model, layers="all", targets=["q", "down"], sparsity=0.3,
-                   selection="global", seed=0)
+    keras_mft.wrap(
+        model, layers="all", targets=["q", "down"], sparsity=0.3, selection="global", seed=0
+    )
     layers = [layer for layer in model._flatten_layers() if is_masked(layer)]
     for name in ("query", "feedforward_output_dense"):
         members = [layer for layer in layers if layer.name == name]
         group = members[0].selection.layers  # in block order
-        assert len(group) == 3 and {id(layer) for layer in group} == {id(layer) for layer in members}
+        assert len(group) == 3 and {id(layer) for layer in group} == {
+            id(layer) for layer in members
+        }
         assert [layer.kernel_path.split("/")[0] for layer in group] == [
             f"transformer_layer_{block}" for block in range(3)
         ]
@@ -78,7 +84,9 @@ def test_global_group_matches_numpy():
         stacked = np.concatenate([to_numpy(layer.scores).reshape(-1, columns) for layer in group])
         removed = sum(num_removed(int(np.prod(layer._kernel.shape)), 0.3) for layer in group)
         expected = numpy_keep_mask(stacked, removed)
-        actual = np.concatenate([to_numpy(layer.hard_mask()).reshape(-1, columns) for layer in group])
+        actual = np.concatenate(
+            [to_numpy(layer.hard_mask()).reshape(-1, columns) for layer in group]
+        )
         np.testing.assert_array_equal(actual, expected)
         counts = [layer.num_removed for layer in group]
         assert sum(counts) == removed
@@ -89,17 +97,31 @@ def test_global_group_matches_numpy():
 def test_score_gradient_is_straight_through(mode):
     """dL/ds = sign(s) * W * dL/dW_eff, for kept and removed entries alike."""
     model = tiny_llama(num_layers=2)
-    keras_mft.wrap(model, layers="all", targets=["down"], selection=mode, seed=0,
-                   **({"sparsity": 0.3} if mode == "global" else {}))
+    keras_mft.wrap(
+        model,
+        layers="all",
+        targets=["down"],
+        selection=mode,
+        seed=0,
+        **({"sparsity": 0.3} if mode == "global" else {}),
+    )
     layer = model.backbone.transformer_layers[1]._feedforward_output_dense
     x = np.random.default_rng(3).standard_normal((3, layer._kernel.shape[0])).astype("float32")
-    upstream = np.random.default_rng(4).standard_normal((3, layer._kernel.shape[1])).astype("float32")
+    upstream = (
+        np.random.default_rng(4).standard_normal((3, layer._kernel.shape[1])).astype("float32")
+    )
 
     def loss():
         return keras.ops.sum(keras.ops.multiply(layer(x), upstream))
 
-    expected = np.sign(to_numpy(layer.scores)) * to_numpy(layer._kernel) * np.einsum("bm,bn->mn", x, upstream)
-    np.testing.assert_allclose(to_numpy(gradient(loss, layer.scores)), expected, rtol=1e-4, atol=1e-5)
+    expected = (
+        np.sign(to_numpy(layer.scores))
+        * to_numpy(layer._kernel)
+        * np.einsum("bm,bn->mn", x, upstream)
+    )
+    np.testing.assert_allclose(
+        to_numpy(gradient(loss, layer.scores)), expected, rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("mode", ["global", "2:4"])
@@ -111,10 +133,15 @@ def test_wrap_fit_bake_and_mask_files(mode, tmp_path):
     before, after = fit_a_little(model, batch)
     assert any(np.any(before[path] != after[path]) for path in before)
     if mode == "global":  # each projection's group still removes its total
-        for alias_layers in {id(l.selection): l.selection.layers
-                             for l in model._flatten_layers() if is_masked(l)}.values():
-            removed = sum(int(np.sum(~after[l.kernel_path])) for l in alias_layers)
-            assert removed == sum(num_removed(int(np.prod(l._kernel.shape)), 0.2) for l in alias_layers)
+        for alias_layers in {
+            id(layer.selection): layer.selection.layers
+            for layer in model._flatten_layers()
+            if is_masked(layer)
+        }.values():
+            removed = sum(int(np.sum(~after[layer.kernel_path])) for layer in alias_layers)
+            assert removed == sum(
+                num_removed(int(np.prod(layer._kernel.shape)), 0.2) for layer in alias_layers
+            )
     for layer in model._flatten_layers():
         if is_masked(layer):
             mask = after[layer.kernel_path]
@@ -159,8 +186,13 @@ def test_bad_selections_are_refused():
     batch = token_batch()
     scores_before = {path: value.copy() for path, value in keras_mft.scores_of(model).items()}
     with pytest.raises(ValueError, match="cannot ramp N:M masks"):
-        model.fit(batch, batch["token_ids"], epochs=1, verbose=0,
-                  callbacks=[keras_mft.MaskFineTuner(ramp_steps=4)])
+        model.fit(
+            batch,
+            batch["token_ids"],
+            epochs=1,
+            verbose=0,
+            callbacks=[keras_mft.MaskFineTuner(ramp_steps=4)],
+        )
     for path, value in keras_mft.scores_of(model).items():  # refused before any step
         np.testing.assert_array_equal(value, scores_before[path])
     with pytest.raises(ValueError, match="has 10 inputs, which do not split into runs of 4"):

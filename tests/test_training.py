@@ -100,7 +100,9 @@ def keras_masks(kernel, scores, x, target, scale, optimizer=None):
     """The same run with keras-mft: a `MaskedDense` and `paper_optimizer`."""
     inputs = keras.Input((IN,))
     layer = keras_mft.MaskedDense(
-        OUT, use_bias=False, sparsity=0.1,
+        OUT,
+        use_bias=False,
+        sparsity=0.1,
         kernel_initializer=keras.initializers.Constant(kernel),
         scores_initializer=keras.initializers.Constant(scores),
     )
@@ -110,8 +112,9 @@ def keras_masks(kernel, scores, x, target, scale, optimizer=None):
         loss=lambda y, y_pred: scale * 0.5 * keras.ops.sum(keras.ops.square(y_pred - y)),
     )
     recorder = RecordMasks()
-    model.fit(x, target, batch_size=ROWS, epochs=STEPS, shuffle=False, verbose=0,
-              callbacks=[recorder])
+    model.fit(
+        x, target, batch_size=ROWS, epochs=STEPS, shuffle=False, verbose=0, callbacks=[recorder]
+    )
     return recorder.masks
 
 
@@ -174,7 +177,9 @@ def test_wrapped_model_reports_the_mean_over_response_tokens():
     token_losses = -np.take_along_axis(log_probs, y[..., None], -1)[..., 0]
     expected = np.sum(token_losses * weights) / np.sum(weights)
 
-    evaluated = model.evaluate(x, y, sample_weight=weights, batch_size=4, verbose=0, return_dict=True)
+    evaluated = model.evaluate(
+        x, y, sample_weight=weights, batch_size=4, verbose=0, return_dict=True
+    )
     assert evaluated["loss"] == pytest.approx(expected, rel=1e-5)
     held_out = keras_mft.evaluation.response_loss(model, (x, y, weights), batch_size=4)
     assert held_out["loss"] == pytest.approx(expected, rel=1e-5)
@@ -194,7 +199,9 @@ def test_score_budget_of_the_paper_runs():
         assert budgets.budget(schedule, steps) == pytest.approx(2e-5 * steps / 2 / 0.02, rel=1e-6)
     assert budgets.budget(1e-3, 10, score_std=0.5) == pytest.approx(0.02)
     # Without warm-up, the first step already has the peak: (N + 1) / 2.
-    assert budgets.learning_rate_sum(keras_mft.LinearWarmupDecay(1.0, 19), 19) == pytest.approx(10.0)
+    assert budgets.learning_rate_sum(keras_mft.LinearWarmupDecay(1.0, 19), 19) == pytest.approx(
+        10.0
+    )
 
 
 def test_learning_rate_for_budget_inverts_score_budget():

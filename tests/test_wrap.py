@@ -12,7 +12,6 @@ from tests.conftest import frozen_values
 from tests.conftest import logits_of
 from tests.conftest import tiny_llama
 from tests.conftest import to_numpy
-from tests.conftest import token_batch
 from tests.llama_reference import llama_logits
 from tests.test_mask import numpy_keep_mask
 
@@ -48,8 +47,12 @@ def test_trainable_variables_are_exactly_the_scores(model):
 
 def test_wraps_llama3_and_backbones():
     backbone = keras_hub.models.Llama3Backbone(
-        vocabulary_size=32, num_layers=2, num_query_heads=2,
-        num_key_value_heads=1, hidden_dim=8, intermediate_dim=16,
+        vocabulary_size=32,
+        num_layers=2,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=8,
+        intermediate_dim=16,
     )
     keras_mft.wrap(backbone, layers="all", targets=["q", "down"], seed=0)
     assert sorted(masked_paths(backbone)) == sorted(
@@ -65,10 +68,16 @@ def test_wraps_llama3_and_backbones():
 
 def test_refuses_other_models():
     opt = keras_hub.models.OPTBackbone(
-        vocabulary_size=32, num_layers=1, num_heads=2, hidden_dim=8,
-        intermediate_dim=16, max_sequence_length=16,
+        vocabulary_size=32,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=16,
     )
-    with pytest.raises(TypeError, match="cannot wrap a OPTBackbone.*LlamaBackbone.*MistralBackbone.*GPT2Backbone"):
+    with pytest.raises(
+        TypeError, match="cannot wrap a OPTBackbone.*LlamaBackbone.*MistralBackbone.*GPT2Backbone"
+    ):
         keras_mft.wrap(opt)
     with pytest.raises(TypeError, match="cannot wrap a Sequential"):
         keras_mft.wrap(keras.Sequential([keras.layers.Dense(2)]))
@@ -156,14 +165,14 @@ def test_targets_aliases_and_names_are_the_same(model):
 
 def test_group_sparsities(model):
     keras_mft.wrap(model, layers=[0], sparsity=0.2, attention_sparsity=0.05, mlp_sparsity=0.5)
-    by_name = {
-        layer.name: layer.sparsity
-        for layer in model._flatten_layers()
-        if is_masked(layer)
-    }
+    by_name = {layer.name: layer.sparsity for layer in model._flatten_layers() if is_masked(layer)}
     assert by_name == {
-        "query": 0.05, "key": 0.05, "value": 0.05, "attention_output": 0.05,
-        "feedforward_gate_dense": 0.5, "feedforward_intermediate_dense": 0.5,
+        "query": 0.05,
+        "key": 0.05,
+        "value": 0.05,
+        "attention_output": 0.05,
+        "feedforward_gate_dense": 0.5,
+        "feedforward_intermediate_dense": 0.5,
         "feedforward_output_dense": 0.5,
     }
 
@@ -173,7 +182,8 @@ def test_random_scores_are_seeded_numpy_normals(model):
     for variable in model.trainable_variables:
         values = to_numpy(variable)
         layer = next(
-            layer for layer in model._flatten_layers()
+            layer
+            for layer in model._flatten_layers()
             if is_masked(layer) and layer.scores is variable
         )
         np.testing.assert_array_equal(values, initial_scores(layer, "random", 7))
@@ -227,7 +237,9 @@ def test_fit_lowers_the_loss_changes_the_mask_and_freezes_the_rest(model, batch)
     # A larger step than the paper's 2e-5, so that a few steps show an effect.
     model.compile(optimizer=keras.optimizers.Adam(0.01))
     before = frozen_values(model)
-    masks_before = [to_numpy(layer.hard_mask()) for layer in model._flatten_layers() if is_masked(layer)]
+    masks_before = [
+        to_numpy(layer.hard_mask()) for layer in model._flatten_layers() if is_masked(layer)
+    ]
     history = fit_to_batch(model, batch, steps=15)
     assert history[-1] < history[0] - 0.05
     masked = [layer for layer in model._flatten_layers() if is_masked(layer)]
@@ -250,9 +262,7 @@ def test_fit_in_low_precision(batch, policy):
     history = fit_to_batch(model, batch, steps=2)
     assert np.all(np.isfinite(history))
     assert all(v.dtype == "float32" for v in model.trainable_variables)
-    assert any(
-        np.any(to_numpy(v) != old) for v, old in zip(model.trainable_variables, before)
-    )
+    assert any(np.any(to_numpy(v) != old) for v, old in zip(model.trainable_variables, before))
 
 
 def test_save_weights_round_trip(model, batch, tmp_path):

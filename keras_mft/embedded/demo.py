@@ -17,16 +17,16 @@ import keras
 
 from keras_mft import evaluation
 from keras_mft import plot
-from keras_mft.wrapping import bake
-from keras_mft.wrapping import masks_of
 from keras_mft.embedded.gsm8k import gsm8k
+from keras_mft.embedded.smollm2 import smollm2_135m_instruct
 from keras_mft.instruction_data import instruction_dataset
 from keras_mft.mask_file import save_masks
 from keras_mft.mask_fine_tuner import MaskFineTuner
 from keras_mft.preset import save_preset
 from keras_mft.protocol import compile_mask_fine_tuning
 from keras_mft.protocol import total_steps
-from keras_mft.embedded.smollm2 import smollm2_135m_instruct
+from keras_mft.wrapping import bake
+from keras_mft.wrapping import masks_of
 from keras_mft.wrapping import wrap
 
 
@@ -89,18 +89,27 @@ def run_demo(
     print("Held-out loss with the initial, random masks:")
     random_masks = evaluation.response_loss(model, held_out_data, batch_size, verbose=True)
     steps = total_steps(train_data, batch_size, epochs)
-    learning_rate, score_budget = compile_mask_fine_tuning(model, steps, score_budget, learning_rate)
+    learning_rate, score_budget = compile_mask_fine_tuning(
+        model, steps, score_budget, learning_rate
+    )
     initial_masks = masks_of(model)
     losses = []
     record_loss = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: losses.append(float(logs["loss"]))
     )
     x, y, sample_weight = train_data
-    print(f"Mask fine-tuning blocks {layers} on {train_examples} GSM8K problems ({steps} steps, "
-          f"peak learning rate {learning_rate:.3g}, score budget B = {score_budget:.3g}):")
+    print(
+        f"Mask fine-tuning blocks {layers} on {train_examples} GSM8K problems ({steps} steps, "
+        f"peak learning rate {learning_rate:.3g}, score budget B = {score_budget:.3g}):"
+    )
     model.fit(
-        x, y, sample_weight=sample_weight, batch_size=batch_size, epochs=epochs,
-        callbacks=[MaskFineTuner(), record_loss], verbose=1,
+        x,
+        y,
+        sample_weight=sample_weight,
+        batch_size=batch_size,
+        epochs=epochs,
+        callbacks=[MaskFineTuner(), record_loss],
+        verbose=1,
     )
 
     print("Held-out loss after MFT:")
@@ -121,10 +130,18 @@ def run_demo(
     with open(files["table"], "w", encoding="utf-8") as file:
         file.write(table + "\n")
     settings = {
-        "train_examples": train_examples, "eval_examples": eval_examples,
-        "layers": layers, "sparsity": sparsity, "sequence_length": sequence_length,
-        "batch_size": batch_size, "epochs": epochs, "steps": steps,
-        "learning_rate": learning_rate, "score_budget": score_budget, "seed": seed, "backend": keras.backend.backend(),
+        "train_examples": train_examples,
+        "eval_examples": eval_examples,
+        "layers": layers,
+        "sparsity": sparsity,
+        "sequence_length": sequence_length,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "steps": steps,
+        "learning_rate": learning_rate,
+        "score_budget": score_budget,
+        "seed": seed,
+        "backend": keras.backend.backend(),
     }
     with open(files["results"], "w", encoding="utf-8") as file:
         json.dump({"settings": settings, "results": results, "losses": losses}, file, indent=2)

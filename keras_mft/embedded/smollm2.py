@@ -73,9 +73,7 @@ def smollm2_135m_instruct(dtype=None):
     ```
     """
     reader = gguf_reader()
-    backbone = keras_hub.models.Llama3Backbone(
-        **backbone_config(reader), dtype=dtype
-    )
+    backbone = keras_hub.models.Llama3Backbone(**backbone_config(reader), dtype=dtype)
     load_weights(backbone, reader)
     return keras_hub.models.Llama3CausalLM(
         backbone=backbone, preprocessor=preprocessor_from_gguf(reader)
@@ -110,14 +108,19 @@ def tiny_smollm2(seed=0):
     reader = gguf_reader()
     backbone = keras_hub.models.Llama3Backbone(
         vocabulary_size=len(_field(reader, "tokenizer.ggml.tokens")),
-        num_layers=8, num_query_heads=2, num_key_value_heads=1,
-        hidden_dim=16, intermediate_dim=32,
+        num_layers=8,
+        num_query_heads=2,
+        num_key_value_heads=1,
+        hidden_dim=16,
+        intermediate_dim=32,
     )
     rng = np.random.default_rng(seed)
-    backbone.set_weights([
-        rng.normal(0.0, 0.1, w.shape) if w.ndim > 1 else np.ones(w.shape)
-        for w in backbone.get_weights()
-    ])
+    backbone.set_weights(
+        [
+            rng.normal(0.0, 0.1, w.shape) if w.ndim > 1 else np.ones(w.shape)
+            for w in backbone.get_weights()
+        ]
+    )
     return keras_hub.models.Llama3CausalLM(
         backbone=backbone, preprocessor=preprocessor_from_gguf(reader)
     )
@@ -193,9 +196,7 @@ def backbone_config(reader):
     """`Llama3Backbone` arguments from the GGUF metadata."""
     architecture = _field(reader, "general.architecture")
     if architecture != "llama":
-        raise ValueError(
-            f"Expected a GGUF file of a Llama model, got `{architecture}`."
-        )
+        raise ValueError(f"Expected a GGUF file of a Llama model, got `{architecture}`.")
     tensor_names = {tensor.name for tensor in reader.tensors}
     return {
         "vocabulary_size": len(_field(reader, "tokenizer.ggml.tokens")),
@@ -205,9 +206,7 @@ def backbone_config(reader):
         "hidden_dim": _field(reader, "llama.embedding_length"),
         "intermediate_dim": _field(reader, "llama.feed_forward_length"),
         "rope_max_wavelength": _float(_field(reader, "llama.rope.freq_base")),
-        "layer_norm_epsilon": _float(
-            _field(reader, "llama.attention.layer_norm_rms_epsilon")
-        ),
+        "layer_norm_epsilon": _float(_field(reader, "llama.attention.layer_norm_rms_epsilon")),
         "tie_word_embeddings": "output.weight" not in tensor_names,
     }
 
@@ -233,9 +232,7 @@ def weight_names(backbone):
         names["token_embedding/reverse_embeddings"] = "output.weight"
     for i in range(backbone.num_layers):
         for keras_name, gguf_name in BLOCK_WEIGHTS.items():
-            names[f"transformer_layer_{i}/{keras_name}"] = (
-                f"blk.{i}.{gguf_name}.weight"
-            )
+            names[f"transformer_layer_{i}/{keras_name}"] = f"blk.{i}.{gguf_name}.weight"
     return names
 
 
@@ -306,8 +303,6 @@ def _tokenizer_arguments(reader):
         "bos_token": tokens[_field(reader, "tokenizer.ggml.bos_token_id")],
         "eos_token": tokens[_field(reader, "tokenizer.ggml.eos_token_id")],
         "misc_special_tokens": [
-            token
-            for token, token_type in zip(tokens, token_types)
-            if token_type == CONTROL_TOKEN
+            token for token, token_type in zip(tokens, token_types) if token_type == CONTROL_TOKEN
         ],
     }

@@ -93,9 +93,7 @@ class SmolLM2Tokenizer(Llama3Tokenizer):
         misc_special_tokens=(),
         **kwargs,
     ):
-        self._misc_special_tokens = sorted(
-            set(misc_special_tokens) - {bos_token, eos_token}
-        )
+        self._misc_special_tokens = sorted(set(misc_special_tokens) - {bos_token, eos_token})
         super().__init__(
             vocabulary=vocabulary,
             merges=merges,
@@ -110,9 +108,7 @@ class SmolLM2Tokenizer(Llama3Tokenizer):
         self._tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
             [
                 pre_tokenizers.Digits(individual_digits=True),
-                pre_tokenizers.ByteLevel(
-                    add_prefix_space=self.add_prefix_space, use_regex=True
-                ),
+                pre_tokenizers.ByteLevel(add_prefix_space=self.add_prefix_space, use_regex=True),
             ]
         )
 
@@ -142,9 +138,7 @@ class SmolLM2Tokenizer(Llama3Tokenizer):
         has_unseen_words = tf.reduce_any((cached == "") & (words != ""))
 
         def encode_unseen_words():
-            self._bpe_merge_and_update_cache_tf(
-                tf.boolean_mask(words, cached == "")
-            )
+            self._bpe_merge_and_update_cache_tf(tf.boolean_mask(words, cached == ""))
             return self.cache.lookup(words)
 
         merged = tf.cond(has_unseen_words, encode_unseen_words, lambda: cached)

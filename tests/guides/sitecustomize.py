@@ -41,14 +41,20 @@ def shrink(keras_mft):
         preprocessor = keras_mft.tiny_smollm2().preprocessor
         backbone = keras_hub.models.Llama3Backbone(
             vocabulary_size=preprocessor.tokenizer.vocabulary_size(),
-            num_layers=NUM_BLOCKS, num_query_heads=2, num_key_value_heads=1,
-            hidden_dim=16, intermediate_dim=32, dtype=dtype,
+            num_layers=NUM_BLOCKS,
+            num_query_heads=2,
+            num_key_value_heads=1,
+            hidden_dim=16,
+            intermediate_dim=32,
+            dtype=dtype,
         )
         rng = np.random.default_rng(0)
-        backbone.set_weights([
-            rng.normal(0.0, 0.1, w.shape) if w.ndim > 1 else np.ones(w.shape)
-            for w in backbone.get_weights()
-        ])
+        backbone.set_weights(
+            [
+                rng.normal(0.0, 0.1, w.shape) if w.ndim > 1 else np.ones(w.shape)
+                for w in backbone.get_weights()
+            ]
+        )
         return keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=preprocessor)
 
     keras_mft.gsm8k = first_problems
