@@ -24,7 +24,6 @@ import keras_hub
 
 from keras_mft import architectures
 from keras_mft import evaluation
-from keras_mft import plot
 from keras_mft import score_budget as budgets
 from keras_mft.backup import CrashSafeBackupAndRestore
 from keras_mft.chat_templates import TEMPLATES
@@ -36,10 +35,10 @@ from keras_mft.instruction_data import instruction_dataset
 from keras_mft.instruction_data import read_jsonl
 from keras_mft.mask_file import apply_masks
 from keras_mft.mask_file import describe_masks
-from keras_mft.mask_file import save_masks
 from keras_mft.mask_fine_tuner import MaskFineTuner
 from keras_mft.preset import save_preset
 from keras_mft.protocol import compile_mask_fine_tuning
+from keras_mft.protocol import save_mask_fine_tuning
 from keras_mft.protocol import total_steps
 from keras_mft.version import __version__
 from keras_mft.wrapping import bake
@@ -401,10 +400,7 @@ def run_train(args):
             f"training stopped. The masks of the best epoch before it are in "
             f"{os.path.join(args.out, 'best.mask')} if one finished."
         )
-    masks_path = os.path.join(args.out, "masks.mask")
-    save_masks(model, masks_path)
-    plot.training_curve(losses, os.path.join(args.out, "training_curve.png"))
-    plot.mask_change(initial_masks, masks_of(model), os.path.join(args.out, "mask_change.png"))
+    masks_path = save_mask_fine_tuning(model, args.out, initial_masks, losses)["masks"]
     with open(os.path.join(args.out, "history.json"), "w", encoding="utf-8") as file:
         json.dump({"epochs": progress.epochs, "step_losses": losses}, file, indent=2)
     print(

@@ -22,14 +22,18 @@ by default B = 0.47, the paper's math run, whatever the number of steps. Pass
 """
 
 import math
+import os
 
 from keras_mft import architectures
+from keras_mft import plot
 from keras_mft import score_budget as budgets
+from keras_mft.mask_file import save_masks
 from keras_mft.mask_fine_tuner import MaskFineTuner
 from keras_mft.training import LEARNING_RATE
 from keras_mft.training import compile_like_paper
 from keras_mft.training import paper_optimizer
 from keras_mft.wrapping import bake
+from keras_mft.wrapping import masks_of
 from keras_mft.wrapping import parse_targets
 from keras_mft.wrapping import wrap
 
@@ -38,6 +42,7 @@ __all__ = [
     "full_fine_tune",
     "lora_fine_tune",
     "mask_fine_tune",
+    "save_mask_fine_tuning",
     "paper_optimizer",
     "total_steps",
     "untrained_mask",
@@ -65,6 +70,28 @@ def compile_mask_fine_tuning(model, steps, score_budget=None, learning_rate=None
     )
     compile_like_paper(model, paper_optimizer(steps, learning_rate))
     return learning_rate, budget
+
+
+def save_mask_fine_tuning(model, out_dir, initial_masks, step_losses):
+    """Writes what a run of MFT leaves: its masks and two plots.
+
+    `out_dir/masks.mask` (the model's masks now, `save_masks`),
+    `out_dir/training_curve.png` (`step_losses`, one per step) and
+    `out_dir/mask_change.png` (how far each matrix's mask moved from
+    `initial_masks`, taken with `masks_of(model)` before training).
+
+    Returns:
+        `{"masks": path, "training curve": path, "mask change": path}`.
+    """
+    paths = {
+        "masks": os.path.join(out_dir, "masks.mask"),
+        "training curve": os.path.join(out_dir, "training_curve.png"),
+        "mask change": os.path.join(out_dir, "mask_change.png"),
+    }
+    save_masks(model, paths["masks"])
+    plot.training_curve(step_losses, paths["training curve"])
+    plot.mask_change(initial_masks, masks_of(model), paths["mask change"])
+    return paths
 
 
 def _fit(model, data, epochs, batch_size, learning_rate, callbacks, verbose):

