@@ -25,7 +25,7 @@ def numpy_keep_mask(scores, removed):
     return keep.reshape(scores.shape)
 
 
-def assert_every_removed_count_matches_numpy(scores):
+def assert_every_num_removed_matches_numpy(scores):
     for removed in range(scores.size):
         mask = to_numpy(keep_mask(keras.ops.convert_to_tensor(scores), removed))
         np.testing.assert_array_equal(mask, numpy_keep_mask(scores, removed))
@@ -53,7 +53,7 @@ def test_keep_mask_matches_numpy(shape, sparsity):
 def test_ties_are_broken_by_position():
     # Many equal |scores|, including -0.0 and signs: the lower index goes first.
     scores = np.array([[0.5, -0.5, 0.0, -0.0], [0.5, 0.25, -0.25, 0.0]], "float32")
-    assert_every_removed_count_matches_numpy(scores)
+    assert_every_num_removed_matches_numpy(scores)
 
 
 def test_entries_of_other_high_bins_do_not_count_in_the_second_histogram():
@@ -61,7 +61,7 @@ def test_entries_of_other_high_bins_do_not_count_in_the_second_histogram():
     # low 16; 0.5, 2.0, 4.0 and 8.0 have the same low bits as 1.0 (all zero)
     # in other high bins, so counting them there would move the threshold.
     scores = np.array([[2.0, 1.0000002, 0.5, 4.0], [1.0000001, 8.0, 1.0, -2.0]], "float32")
-    assert_every_removed_count_matches_numpy(scores)
+    assert_every_num_removed_matches_numpy(scores)
 
 
 def test_histogram_matches_numpy():
