@@ -15,6 +15,7 @@ name, its variables and their paths.
 
 import gc
 import math
+import warnings
 
 import keras
 from keras import ops
@@ -110,6 +111,16 @@ class MaskedKernel:
             keep = ops.convert_to_numpy(self.keep_mask())
             return int(keep.size - keep.sum())
         return int(self.num_removed_variable)
+
+    @property
+    def removed_count(self):
+        """Deprecated name of `num_removed_variable`, kept for one release."""
+        warnings.warn(
+            "`removed_count` is deprecated: use `num_removed_variable` (or the int `num_removed`).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.num_removed_variable
 
     def set_sparsity(self, sparsity):
         """Changes the fraction of the kernel that the mask removes."""

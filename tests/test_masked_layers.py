@@ -177,6 +177,12 @@ def test_config_of_layers_masked_in_place_rebuilds_them(model):
     np.testing.assert_array_equal(to_numpy(fresh.scores), np.abs(to_numpy(fresh._kernel)))
 
 
+def test_removed_count_is_a_deprecated_name():
+    layer = dense()
+    with pytest.warns(DeprecationWarning, match="num_removed_variable"):
+        assert layer.removed_count is layer.num_removed_variable
+
+
 def test_refuses_lora_afterwards_and_quantization():
     layer = dense()
     with pytest.raises(ValueError, match="bake"):
