@@ -14,6 +14,10 @@ names as well:
 | `gate` | `feedforward_gate_dense`         | `ffw_gating`   | (none: GPT-2's MLP has no gate)  | mlp       |
 | `up`   | `feedforward_intermediate_dense` | `ffw_gating_2` | `feedforward_intermediate_dense` | mlp       |
 | `down` | `feedforward_output_dense`       | `ffw_linear`   | `feedforward_output_dense`       | mlp       |
+
+The Hugging Face names of the same projections (`q_proj`, `k_proj`, `v_proj`,
+`o_proj`, `gate_proj`, `up_proj`, `down_proj`), which PEFT's `target_modules`
+uses, are accepted for every model that has the projection.
 """
 
 import keras_hub
@@ -29,6 +33,18 @@ GROUP_OF = {
     "down": "mlp",
 }
 ALIASES = tuple(GROUP_OF)
+
+# The projections' names in Hugging Face checkpoints of Llama, Mistral, Qwen,
+# Gemma (and in PEFT's `target_modules`), accepted wherever an alias is.
+HF_NAMES = {
+    "q_proj": "q",
+    "k_proj": "k",
+    "v_proj": "v",
+    "o_proj": "o",
+    "gate_proj": "gate",
+    "up_proj": "up",
+    "down_proj": "down",
+}
 
 _ATTENTION = {"q": "query", "k": "key", "v": "value", "o": "attention_output"}
 _GATED_MLP = {

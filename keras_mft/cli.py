@@ -25,6 +25,7 @@ import keras_hub
 from keras_mft import architectures
 from keras_mft import evaluation
 from keras_mft import score_budget as budgets
+from keras_mft import selection as selections
 from keras_mft.backup import CrashSafeBackupAndRestore
 from keras_mft.chat_templates import TEMPLATES
 from keras_mft.chat_templates import template_for
@@ -41,6 +42,7 @@ from keras_mft.protocol import compile_mask_fine_tuning
 from keras_mft.protocol import save_mask_fine_tuning
 from keras_mft.protocol import total_steps
 from keras_mft.version import __version__
+from keras_mft.wrapping import SCORE_INITS
 from keras_mft.wrapping import bake
 from keras_mft.wrapping import masks_of
 from keras_mft.wrapping import parse_layers
@@ -172,14 +174,34 @@ def build_parser():
     train.add_argument(
         "--targets",
         type=_targets,
-        help="projections to mask, comma-separated, e.g. 'q,v,down' "
-        "(default: all of the model's, q,k,v,o,gate,up,down for Llama)",
+        help="projections to mask, comma-separated: aliases 'q,v,down', KerasHub layer "
+        "names or Hugging Face names 'q_proj,v_proj' (default: all of the model's, "
+        "q,k,v,o,gate,up,down for Llama)",
     )
     train.add_argument(
         "--sparsity",
         type=_sparsity,
-        default=0.1,
-        help="fraction of each matrix removed (default: %(default)s)",
+        help="fraction of each matrix removed (default: 0.1)",
+    )
+    train.add_argument(
+        "--attention-sparsity", type=_sparsity, help="overrides --sparsity for q, k, v, o"
+    )
+    train.add_argument(
+        "--mlp-sparsity", type=_sparsity, help="overrides --sparsity for gate, up, down"
+    )
+    train.add_argument(
+        "--selection",
+        type=_selection,
+        default="per_matrix",
+        help="how the removed weights are chosen: 'per_matrix' (the paper), 'global' or "
+        "'N:M' such as '2:4' (default: %(default)s)",
+    )
+    train.add_argument(
+        "--score-init",
+        choices=SCORE_INITS,
+        default="random",
+        help="initial scores: 'random' (the paper) or 'magnitude' (the first mask is the "
+        "L1-magnitude mask) (default: %(default)s)",
     )
     train.add_argument("--epochs", type=_positive_int, default=2, help="(default: %(default)s)")
     _learning_rate_arguments(train)
@@ -310,16 +332,24 @@ def _layers(text):
 def _targets(text):
     """Projection names, comma-separated (checked against the model later)."""
     targets = text.split(",")
-    known = set(architectures.ALIASES)
+    known = set(architectures.ALIASES) | set(architectures.HF_NAMES)
     for names in architectures.LAYER_NAMES.values():
         known.update(names.values())
     unknown = [target for target in targets if target not in known]
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown projections {unknown}: use the aliases {','.join(architectures.ALIASES)} "
-            "or the model's KerasHub layer names, comma-separated"
+            f"unknown projections {unknown}: use the aliases {','.join(architectures.ALIASES)}, "
+            "the model's KerasHub layer names or Hugging Face names (q_proj, ...), comma-separated"
         )
     return targets
+
+
+def _selection(text):
+    try:
+        selections.get(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def run_demo(args):
@@ -366,7 +396,17 @@ def run_train(args):
     model = _load_model(args.preset)
     _check_blocks_and_targets(model, args)
     data = _dataset(_detach_tokenizer(model, args.preset), records, args)
-    wrap(model, layers=args.layers, targets=args.targets, sparsity=args.sparsity, seed=args.seed)
+    wrap(
+        model,
+        layers=args.layers,
+        targets=args.targets,
+        sparsity=args.sparsity,
+        attention_sparsity=args.attention_sparsity,
+        mlp_sparsity=args.mlp_sparsity,
+        selection=args.selection,
+        score_init=args.score_init,
+        seed=args.seed,
+    )
     steps = total_steps(data, args.batch_size, args.epochs)
     learning_rate, budget = compile_mask_fine_tuning(
         model, steps, args.score_budget, args.learning_rate
@@ -522,18 +562,40 @@ def _load_model(preset):
 
 
 def _check_blocks_and_targets(model, args):
-    """--layers and --targets against the loaded model: its depth and its projections."""
+    """--layers, --targets and --selection against the loaded model."""
     backbone = architectures.backbone_of(model)
-    _check_layers(args.layers, len(backbone.transformer_layers))
+    blocks = _check_layers(args.layers, len(backbone.transformer_layers))
     try:
-        parse_targets(args.targets, architectures.layer_names_of(backbone))
+        aliases = parse_targets(args.targets, architectures.layer_names_of(backbone))
     except ValueError as error:
         raise ArgumentError(f"argument --targets: {error}") from None
+    selection = selections.get(args.selection)
+    given = [
+        flag
+        for flag, value in (
+            ("--sparsity", args.sparsity),
+            ("--attention-sparsity", args.attention_sparsity),
+            ("--mlp-sparsity", args.mlp_sparsity),
+        )
+        if value is not None
+    ]
+    if selection.fixed_sparsity is not None and given:
+        raise ArgumentError(
+            f"argument --selection: {args.selection} fixes the sparsity at "
+            f"{selection.fixed_sparsity}; leave out {', '.join(given)}"
+        )
+    for block in blocks:
+        projections = architectures.projections_of(backbone, backbone.transformer_layers[block])
+        for alias in aliases:
+            try:
+                selection.check(projections[alias])
+            except ValueError as error:
+                raise ArgumentError(f"argument --selection: {error}") from None
 
 
 def _check_layers(layers, num_blocks):
     try:
-        parse_layers(layers, num_blocks)
+        return parse_layers(layers, num_blocks)
     except ValueError as error:
         raise ArgumentError(f"argument --layers: {error}") from None
 

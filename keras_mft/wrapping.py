@@ -66,8 +66,9 @@ def wrap(
             list of block indices, or `"all"`. Defaults to `"0:4"`, the first
             four blocks (the paper's best band for instruction following).
         targets: the projections to mask in each block, by alias (`q, k, v, o,
-            gate, up, down`) or by the model's KerasHub layer name (`query`,
-            ..., `feedforward_output_dense` in Llama). Defaults to all of the
+            gate, up, down`), by the model's KerasHub layer name (`query`,
+            ..., `feedforward_output_dense` in Llama) or by the Hugging Face
+            name that PEFT's `target_modules` uses (`q_proj`, ..., `down_proj`). Defaults to all of the
             model's projections (seven; six in GPT-2, whose MLP has no gate).
         sparsity: the fraction of weights removed from each masked matrix,
             in [0, 1). Exactly `floor(sparsity * size)` entries are removed.
@@ -247,6 +248,9 @@ def parse_targets(targets, layer_names):
         targets = [targets]
     alias_of = {alias: alias for alias in layer_names}
     alias_of.update({name: alias for alias, name in layer_names.items()})
+    alias_of.update(
+        {name: alias for name, alias in architectures.HF_NAMES.items() if alias in layer_names}
+    )
     if not targets:
         raise ValueError(
             f"`targets` is empty: name at least one projection, from the aliases "

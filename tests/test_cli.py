@@ -91,9 +91,15 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
         "--layers",
         "1:3",
         "--targets",
-        "q,down",
+        "q_proj,down",  # a Hugging Face name and an alias
         "--sparsity",
         "0.25",
+        "--mlp-sparsity",
+        "0.5",
+        "--selection",
+        "per_matrix",
+        "--score-init",
+        "magnitude",
         "--epochs",
         "2",
         "--sequence-length",
@@ -127,7 +133,8 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
     ]
     for record in described:
         assert record["path"] in stdout
-        assert record["num_removed"] == int(0.25 * np.prod(record["shape"]))
+        sparsity = 0.5 if "feedforward" in record["path"] else 0.25
+        assert record["num_removed"] == int(sparsity * np.prod(record["shape"]))
     assert f"{os.path.getsize(masks):,} bytes on disk" in stdout
 
     # The masked model, rebuilt here from the preset and the mask file.
@@ -276,6 +283,12 @@ def test_argument_errors_are_one_line(capsys, tmp_path):
     assert "--targets: unknown projections ['mlp']" in error_line(
         capsys, "train", "--data", data_file, "--targets", "q,mlp", status=2
     )
+    assert "--selection: `selection` must be 'per_matrix'" in error_line(
+        capsys, "train", "--data", data_file, "--selection", "4:2", status=2
+    )
+    assert "--score-init: invalid choice: 'zeros'" in error_line(
+        capsys, "train", "--data", data_file, "--score-init", "zeros", status=2
+    )
 
 
 @pytest.mark.backend_independent
@@ -317,6 +330,13 @@ def test_input_errors_are_one_line(capsys, tmp_path, preset, data_file):
         "--targets",
         "q,ffw_gating",
         status=2,
+    )
+    train = ("train", "--preset", preset, "--data", data_file)
+    assert "--selection: 2:4 fixes the sparsity at 0.5; leave out --mlp-sparsity" in error_line(
+        capsys, *train, "--selection", "2:4", "--mlp-sparsity", "0.3", status=2
+    )
+    assert "--selection: Layer 'query' has 16 inputs, which do not split into runs of 5" in (
+        error_line(capsys, *train, "--selection", "2:5", status=2)
     )
     assert "cannot load the preset" in error_line(
         capsys, "eval", "--preset", str(tmp_path), "--data", data_file

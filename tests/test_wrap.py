@@ -157,10 +157,13 @@ def test_refuses_to_wrap_twice(model):
 
 
 def test_targets_aliases_and_names_are_the_same(model):
-    other = tiny_llama()
+    other, hugging_face = tiny_llama(), tiny_llama()
     keras_mft.wrap(model, targets=["q", "k", "v", "o", "gate", "up", "down"], seed=0)
     keras_mft.wrap(other, targets=ALL_TARGETS, seed=0)
-    assert masked_paths(model) == masked_paths(other)
+    # The names of Hugging Face checkpoints, as in PEFT's `target_modules`.
+    hf_names = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    keras_mft.wrap(hugging_face, targets=hf_names, seed=0)
+    assert masked_paths(model) == masked_paths(other) == masked_paths(hugging_face)
 
 
 def test_group_sparsities(model):
