@@ -276,7 +276,9 @@ def _model_arguments(command):
 
 def _data_arguments(command, sequence_length):
     command.add_argument(
-        "--data", required=True, help='JSONL file, one {"prompt": ..., "response": ...} per line'
+        "--data",
+        required=True,
+        help='JSONL file, one {"prompt": ..., "response": ...} (or "completion") per line',
     )
     command.add_argument(
         "--template",

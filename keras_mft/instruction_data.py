@@ -8,6 +8,7 @@ template, tokenizes, packs and returns `(x, y, sample_weight)` arrays for
 """
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -19,8 +20,9 @@ from keras_mft.chat_templates import render
 def read_jsonl(path):
     """Reads prompt/response records, one JSON object per line.
 
-    Each line is `{"prompt": "...", "response": "..."}` (other fields are
-    ignored); blank lines are skipped.
+    Each line is `{"prompt": "...", "response": "..."}`, or
+    `{"prompt": "...", "completion": "..."}` as TRL writes it (other fields
+    are ignored); blank lines are skipped.
 
     Returns:
         `{"prompts": [...], "responses": [...]}`.
@@ -51,16 +53,30 @@ def read_jsonl(path):
     return {"prompts": prompts, "responses": responses}
 
 
+def _records(records):
+    """`{"prompts", "responses"}` of an iterable of records (dicts), such as a
+    `datasets.Dataset` or a list."""
+    prompts, responses = [], []
+    for number, record in enumerate(records):
+        prompt, response = _fields(record, f"record {number}")
+        prompts.append(prompt)
+        responses.append(response)
+    return {"prompts": prompts, "responses": responses}
+
+
 def _fields(record, where):
     if not isinstance(record, dict):
         raise ValueError(f"{where}: expected an object with 'prompt' and 'response'.")
-    missing = [key for key in ("prompt", "response") if key not in record]
+    # TRL's prompt-completion datasets name the response "completion".
+    answer = "response" if "response" in record or "completion" not in record else "completion"
+    missing = [key for key in ("prompt", answer) if key not in record]
     if missing:
         raise ValueError(
             f"{where} has no {' or '.join(repr(k) for k in missing)} field. "
-            'Each line must look like {"prompt": "...", "response": "..."}.'
+            'Each line must look like {"prompt": "...", "response": "..."} '
+            '(or "completion" instead of "response").'
         )
-    prompt, response = record["prompt"], record["response"]
+    prompt, response = record["prompt"], record[answer]
     if not isinstance(prompt, str) or not isinstance(response, str):
         raise ValueError(f"{where}: 'prompt' and 'response' must be strings.")
     for name, text in (("prompt", prompt), ("response", response)):
@@ -94,8 +110,10 @@ def instruction_dataset(
         tokenizer: the model's KerasHub tokenizer
             (`model.preprocessor.tokenizer`); it must know the template's
             special tokens.
-        data: `{"prompts": [...], "responses": [...]}`, or a path to a JSONL
-            file of `{"prompt": ..., "response": ...}` records.
+        data: `{"prompts": [...], "responses": [...]}`; a path to a JSONL
+            file of `{"prompt": ..., "response": ...}` records (or
+            `"completion"` for `"response"`, as TRL names it); or an iterable
+            of such records, e.g. a list of dicts or a `datasets.Dataset`.
         sequence_length: tokens per training sequence.
         template: `"chatml"` (SmolLM2), `"llama2"` or `"llama3"`.
         system: an optional system prompt, put in every example.
@@ -118,8 +136,10 @@ def instruction_dataset(
         or sequence_length < 2
     ):
         raise ValueError(f"`sequence_length` must be an int >= 2. Received: {sequence_length!r}")
-    if not isinstance(data, dict):
+    if isinstance(data, (str, os.PathLike)):
         data = read_jsonl(data)
+    elif not isinstance(data, dict):
+        data = _records(data)
     prompts, responses = data["prompts"], data["responses"]
     if len(prompts) != len(responses) or not prompts:
         raise ValueError(

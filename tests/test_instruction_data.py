@@ -123,6 +123,30 @@ def test_read_jsonl(tmp_path):
     ]
     path.write_text("\n".join(lines) + "\n\n")
     assert read_jsonl(path) == DATA
+    # TRL's prompt-completion records.
+    lines = [
+        json.dumps({"prompt": p, "completion": r})
+        for p, r in zip(DATA["prompts"], DATA["responses"])
+    ]
+    path.write_text("\n".join(lines))
+    assert read_jsonl(path) == DATA
+
+
+def test_records_lists_and_datasets_give_the_same_data(tokenizer):
+    # A list of records, as a `datasets.Dataset` iterates (without importing datasets).
+    records = [
+        {"prompt": p, "completion": r, "id": i}
+        for i, (p, r) in enumerate(zip(DATA["prompts"], DATA["responses"]))
+    ]
+    expected = instruction_dataset(tokenizer, DATA, sequence_length=16)
+    for given, wanted in zip(instruction_dataset(tokenizer, records, sequence_length=16), expected):
+        if isinstance(wanted, dict):
+            for key in wanted:
+                np.testing.assert_array_equal(given[key], wanted[key])
+        else:
+            np.testing.assert_array_equal(given, wanted)
+    with pytest.raises(ValueError, match="record 1 has no 'prompt' field"):
+        instruction_dataset(tokenizer, [records[0], {"completion": "x"}], sequence_length=16)
 
 
 @pytest.mark.backend_independent
