@@ -14,6 +14,7 @@ the loaded model) or 1 (everything else).
 """
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -211,6 +212,19 @@ def build_parser():
     train.add_argument(
         "--out", default="keras-mft-train", help="output directory (default: %(default)s)"
     )
+    validation = train.add_mutually_exclusive_group()
+    validation.add_argument(
+        "--val-data", help="JSONL file of validation records, scored at each epoch's end"
+    )
+    validation.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        help="score the last fraction of --data's records instead of training on them",
+    )
+    train.add_argument(
+        "--log-dir",
+        help="write TensorBoard logs and training.csv here: the losses and MaskFineTuner's figures",
+    )
     train.add_argument(
         "--resume",
         action="store_true",
@@ -317,6 +331,7 @@ _positive_float = _checked(
 )
 _sparsity = _checked(float, lambda value: 0.0 <= value < 1.0, "a fraction in [0, 1)")
 _seed = _checked(int, lambda value: value >= 0, "a non-negative integer")
+_fraction = _checked(float, lambda value: 0.0 < value < 1.0, "a fraction in (0, 1)")
 
 
 def _layers(text):
@@ -394,10 +409,20 @@ def run_train(args):
             f"{args.out} holds a finished run ({', '.join(finished)}): choose another --out, "
             "or move those files away to train there again."
         )
+    if args.log_dir and importlib.util.find_spec("tensorboard") is None:
+        raise CommandError(
+            "--log-dir writes TensorBoard logs, which need the tensorboard package: "
+            "pip install tensorboard (or keras-mft[tensorboard])."
+        )
     records = read_jsonl(args.data)
+    validation_records = read_jsonl(args.val_data) if args.val_data else None
+    if args.val_fraction:
+        records, validation_records = _split(records, args.val_fraction)
     model = _load_model(args.preset)
     _check_blocks_and_targets(model, args)
-    data = _dataset(_detach_tokenizer(model, args.preset), records, args)
+    tokenizer = _detach_tokenizer(model, args.preset)
+    data = _dataset(tokenizer, records, args)
+    validation = _dataset(tokenizer, validation_records, args) if validation_records else None
     wrap(
         model,
         layers=args.layers,
@@ -417,11 +442,22 @@ def run_train(args):
     os.makedirs(args.out, exist_ok=True)
     initial_masks = masks_of(model)
     progress = _Progress(os.path.join(backup_dir, "progress.json"))
+    monitor = "val_loss" if validation else "loss"
     # A resumed run keeps the best.mask of its earlier epochs unless it does better.
-    best_so_far = progress.saved_best("loss") if args.resume else None
+    best_so_far = progress.saved_best(monitor) if args.resume else None
     tuner = MaskFineTuner(
-        snapshot_dir=args.out, monitor="loss", initial_value_threshold=best_so_far
+        snapshot_dir=args.out, monitor=monitor, initial_value_threshold=best_so_far
     )
+    # The loggers come after the tuner, so they see the figures it adds to the logs.
+    loggers = []
+    if args.log_dir:
+        os.makedirs(args.log_dir, exist_ok=True)
+        loggers = [
+            keras.callbacks.TensorBoard(args.log_dir, write_graph=False),
+            keras.callbacks.CSVLogger(
+                os.path.join(args.log_dir, "training.csv"), append=args.resume
+            ),
+        ]
     # The whole training state is backed up at each epoch's end and, after an
     # interruption, training restarts from there: the same steps follow.
     # `progress` saves before `backup`, so it never holds fewer epochs.
@@ -431,9 +467,10 @@ def run_train(args):
         x,
         y,
         sample_weight=sample_weight,
+        validation_data=validation,
         batch_size=args.batch_size,
         epochs=args.epochs,
-        callbacks=[tuner, progress, backup],
+        callbacks=[tuner, *loggers, progress, backup],
     )
     losses = progress.step_losses
     if tuner.non_finite_loss_step is not None:
@@ -446,7 +483,7 @@ def run_train(args):
     with open(os.path.join(args.out, "history.json"), "w", encoding="utf-8") as file:
         json.dump({"epochs": progress.epochs, "step_losses": losses}, file, indent=2)
     print(
-        f"Wrote {masks_path} (the final masks), best.mask (lowest epoch loss), "
+        f"Wrote {masks_path} (the final masks), best.mask (lowest epoch {monitor}), "
         f"history.json and two plots into {args.out}."
     )
     print(
@@ -561,6 +598,17 @@ def _load_model(preset):
                 "Hugging Face checkpoint."
             ) from None
     return model
+
+
+def _split(records, fraction):
+    """The records before and after the last `fraction` of them (at least one each)."""
+    count = len(records["prompts"])
+    held = min(max(1, round(count * fraction)), count - 1)
+    if held < 1:
+        raise ArgumentError("argument --val-fraction: --data holds one record, too few to split")
+    train = {key: values[: count - held] for key, values in records.items()}
+    validation = {key: values[count - held :] for key, values in records.items()}
+    return train, validation
 
 
 def _check_blocks_and_targets(model, args):

@@ -100,6 +100,10 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
         "per_matrix",
         "--score-init",
         "magnitude",
+        "--val-data",
+        data_file,
+        "--log-dir",
+        str(tmp_path / "logs"),
         "--epochs",
         "2",
         "--sequence-length",
@@ -121,6 +125,13 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
             assert file.read(8) == b"\x89PNG\r\n\x1a\n"
     history = json.load(open(os.path.join(out, "history.json")))
     assert len(history["epochs"]["loss"]) == 2 and history["step_losses"]
+    assert len(history["epochs"]["val_loss"]) == 2
+    assert "best.mask (lowest epoch val_loss)" in stdout
+    # TensorBoard and CSV logs, with MaskFineTuner's figures beside the losses.
+    with open(tmp_path / "logs" / "training.csv") as file:
+        header = file.readline().strip().split(",")
+    assert {"epoch", "loss", "val_loss", "mask_changed", "score_budget"} <= set(header)
+    assert any((tmp_path / "logs" / "train").iterdir())
 
     masks = os.path.join(out, "masks.mask")
     status, stdout, _ = run(capsys, "inspect", masks)
@@ -289,6 +300,9 @@ def test_argument_errors_are_one_line(capsys, tmp_path):
     assert "--score-init: invalid choice: 'zeros'" in error_line(
         capsys, "train", "--data", data_file, "--score-init", "zeros", status=2
     )
+    assert "--val-fraction: expected a fraction in (0, 1), got '1'" in error_line(
+        capsys, "train", "--data", data_file, "--val-fraction", "1", status=2
+    )
 
 
 @pytest.mark.backend_independent
@@ -420,6 +434,16 @@ def test_kill_and_resume_script(tmp_path, preset):
     assert "best.mask identical to the uninterrupted run's: True" in result.stdout
     assert "holds all 3 epochs and every step: True" in result.stdout
     assert not (tmp_path / "interrupted" / "backup").exists()
+
+
+@pytest.mark.backend_independent
+def test_val_fraction_holds_out_the_last_records():
+    records = {"prompts": list("abcdefghij"), "responses": list("ABCDEFGHIJ")}
+    train, validation = cli._split(records, 0.2)
+    assert train == {"prompts": list("abcdefgh"), "responses": list("ABCDEFGH")}
+    assert validation == {"prompts": ["i", "j"], "responses": ["I", "J"]}
+    assert cli._split(records, 0.01)[1]["prompts"] == ["j"]  # at least one each
+    assert cli._split(records, 0.99)[0]["prompts"] == ["a"]
 
 
 @pytest.mark.backend_independent
