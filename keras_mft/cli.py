@@ -19,6 +19,7 @@ import json
 import math
 import os
 import sys
+import tomllib
 
 import keras
 import keras_hub
@@ -69,8 +70,9 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv=None):
     """Runs the command line `argv` (default: `sys.argv[1:]`); returns the exit status."""
-    argv = _renamed(sys.argv[1:] if argv is None else list(argv))
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = _with_config(parser, _renamed(sys.argv[1:] if argv is None else list(argv)))
+    args = parser.parse_args(argv)
     if args.backend and args.backend != keras.backend.backend():
         # Keras reads KERAS_BACKEND once, when first imported: start again.
         environment = {**os.environ, "KERAS_BACKEND": args.backend}
@@ -226,6 +228,11 @@ def build_parser():
         help="write TensorBoard logs and training.csv here: the losses and MaskFineTuner's figures",
     )
     train.add_argument(
+        "--config",
+        help="a TOML file whose keys are these flags' names (learning_rate = 2e-5, "
+        "targets = ['q', 'v'], ...); flags given on the command line override it",
+    )
+    train.add_argument(
         "--resume",
         action="store_true",
         help="continue the interrupted run in --out from its last finished epoch",
@@ -249,6 +256,7 @@ def build_parser():
     inspect.add_argument(
         "mask_file", help="a file written by `keras-mft train` or `keras_mft.save_masks`"
     )
+    parser.commands = {"train": train}
     return parser
 
 
@@ -369,6 +377,36 @@ def _selection(text):
     return text
 
 
+def _with_config(parser, argv):
+    """`argv` with `train --config FILE`'s settings put first, so that flags override them."""
+    if not argv or argv[0] != "train":
+        return argv
+    path = None
+    for index, arg in enumerate(argv):
+        if arg == "--config" and index + 1 < len(argv):
+            path = argv[index + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+    if path is None:
+        return argv
+    train = parser.commands["train"]
+    try:
+        with open(path, "rb") as file:
+            settings = tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        train.error(f"argument --config: cannot read {path}: {error}")
+    flags = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if flag not in train._option_string_actions or key in ("config", "backend"):
+            train.error(f"argument --config: {path} sets {key!r}, which is not a train flag")
+        if value is True:
+            flags.append(flag)
+        elif value is not False:
+            flags += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return [argv[0], *flags, *argv[1:]]
+
+
 def run_demo(args):
     from keras_mft.embedded.demo import run_demo as demo
 
@@ -409,6 +447,21 @@ def run_train(args):
             f"{args.out} holds a finished run ({', '.join(finished)}): choose another --out, "
             "or move those files away to train there again."
         )
+    settings = _settings(args)
+    config_path = os.path.join(args.out, "config.json")
+    if args.resume and os.path.exists(config_path):
+        with open(config_path, encoding="utf-8") as file:
+            saved = json.load(file)
+        changed = [
+            f"{key} {saved.get(key)!r} -> {value!r}"
+            for key, value in settings.items()
+            if saved.get(key) != value
+        ]
+        if changed:
+            raise CommandError(
+                f"--resume: these settings differ from the interrupted run's ({config_path}): "
+                f"{'; '.join(changed)}. Resume with the same settings."
+            )
     if args.log_dir and importlib.util.find_spec("tensorboard") is None:
         raise CommandError(
             "--log-dir writes TensorBoard logs, which need the tensorboard package: "
@@ -440,6 +493,9 @@ def run_train(args):
     )
     print(f"{steps} steps, peak learning rate {learning_rate:.3g}: score budget B = {budget:.3g}.")
     os.makedirs(args.out, exist_ok=True)
+    if not args.resume:
+        with open(config_path, "w", encoding="utf-8") as file:
+            json.dump(settings, file, indent=2)
     initial_masks = masks_of(model)
     progress = _Progress(os.path.join(backup_dir, "progress.json"))
     monitor = "val_loss" if validation else "loss"
@@ -598,6 +654,12 @@ def _load_model(preset):
                 "Hugging Face checkpoint."
             ) from None
     return model
+
+
+def _settings(args):
+    """The run's resolved settings: every train flag but those that only say how to run it."""
+    skip = ("run", "command", "backend", "config", "resume")
+    return {key: value for key, value in vars(args).items() if key not in skip}
 
 
 def _split(records, fraction):

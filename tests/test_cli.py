@@ -126,6 +126,8 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
     history = json.load(open(os.path.join(out, "history.json")))
     assert len(history["epochs"]["loss"]) == 2 and history["step_losses"]
     assert len(history["epochs"]["val_loss"]) == 2
+    settings = json.load(open(os.path.join(out, "config.json")))
+    assert settings["learning_rate"] == 0.01 and settings["targets"] == ["q_proj", "down"]
     assert "best.mask (lowest epoch val_loss)" in stdout
     # TensorBoard and CSV logs, with MaskFineTuner's figures beside the losses.
     with open(tmp_path / "logs" / "training.csv") as file:
@@ -474,3 +476,34 @@ def test_train_refuses_to_overwrite_an_interrupted_run(capsys, tmp_path, preset,
         "--resume",
     )
     assert "holds no interrupted run" in line
+    # The interrupted run's settings, as `train` saved them: resuming with others is refused.
+    train = ("train", "--preset", preset, "--data", data_file, "--out", str(tmp_path))
+    args = cli.build_parser().parse_args([*train, "--learning-rate", "0.01"])
+    (tmp_path / "config.json").write_text(json.dumps(cli._settings(args)))
+    line = error_line(capsys, *train, "--learning-rate", "0.02", "--resume")
+    assert "--resume: these settings differ from the interrupted run's" in line
+    assert "learning_rate 0.01 -> 0.02" in line
+
+
+@pytest.mark.backend_independent
+def test_a_config_file_sets_flags_and_flags_override_it(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text(
+        'learning_rate = 0.01\nsequence_length = 64\ntargets = ["q_proj", "v"]\n'
+        'layers = "4:8"\nval_fraction = 0.1\n'
+    )
+    parser = cli.build_parser()
+    argv = ["train", "--data", "d.jsonl", "--config", str(config), "--learning-rate", "0.02"]
+    args = parser.parse_args(cli._with_config(parser, argv))
+    assert args.learning_rate == 0.02  # the command line wins
+    assert (args.sequence_length, args.targets, args.layers) == (64, ["q_proj", "v"], "4:8")
+    assert args.val_fraction == 0.1
+    config.write_text("lr_schedule = 'cosine'\n")
+    with pytest.raises(SystemExit) as exit_:
+        cli._with_config(parser, argv)
+    assert exit_.value.code == 2
+    assert "sets 'lr_schedule', which is not a train flag" in capsys.readouterr().err
+    config.write_text("sequence_length = 0\n")  # checked as the flag is
+    with pytest.raises(SystemExit):
+        parser.parse_args(cli._with_config(parser, argv))
+    assert "--sequence-length: expected a positive integer, got '0'" in capsys.readouterr().err
