@@ -1,9 +1,7 @@
-"""The mask of one matrix: keep the largest |score| entries, remove the rest.
+"""The mask of one matrix: remove the `floor(sparsity * n)` smallest |scores|.
 
-MFT removes exactly `floor(sparsity * n)` of the `n` entries of every masked
-matrix: the ones with the smallest absolute score. Equal scores are broken by
-position, the entry with the lower flat (row-major) index being removed first,
-so the same scores give the same mask on every backend.
+Of equal scores, the one with the lower flat (row-major) index is removed
+first, so the same scores give the same mask on every backend.
 """
 
 import math
@@ -17,9 +15,8 @@ from keras_mft.backends import histogram
 from keras_mft.backends import histogram_of_bin
 from keras_mft.backends import straight_through_gradient
 
-# |score| as float32 is non-negative, so its bit pattern read as int32 sorts in
-# the same order as its value. Its 31 value bits are searched in two passes
-# (radix select): first the high 15 bits, then the low 16.
+# A non-negative float32 read as int32 sorts in the same order, so its 31 value
+# bits are searched in two passes (radix select): the high 15, then the low 16.
 _LOW_BITS = 16
 _HIGH_BINS = 2 ** (31 - _LOW_BITS)
 _LOW_BINS = 2**_LOW_BITS
@@ -42,11 +39,7 @@ def check_sparsity(sparsity, name="sparsity"):
 
 
 def num_removed(size, sparsity):
-    """How many of `size` entries a mask of ratio `sparsity` removes.
-
-    `floor(sparsity * size)`, computed on the decimal the user wrote, so that
-    `sparsity=0.29` removes 29 of 100 entries (plain float arithmetic gives 28).
-    """
+    """`floor(sparsity * size)`, on the decimal the user wrote: 0.29 of 100 is 29, not 28."""
     return math.floor(Fraction(repr(float(sparsity))) * size)
 
 
@@ -55,15 +48,13 @@ def keep_mask(scores, count):
 
     Args:
         scores: float32 tensor of any shape.
-        count: int or int32 tensor, how many entries to remove (see
-            `num_removed`).
+        count: int or int32 tensor, how many entries to remove (`num_removed`).
     """
     columns = scores.shape[-1] if len(scores.shape) else 1
     keys = ops.view(ops.abs(ops.reshape(scores, (-1, columns))), "int32")
     threshold, ties_to_remove, ties = _kth_smallest(ops.reshape(keys, (-1,)), count)
-    # Usually every entry equal to the threshold is removed (with continuous
-    # scores there is rarely more than one), and one comparison gives the
-    # mask; only otherwise must the ties be ranked, which costs another pass.
+    # Usually every entry equal to the threshold is removed and one comparison
+    # gives the mask; only otherwise must the ties be ranked, in another pass.
     if cond_skips_work():
         keep = ops.cond(
             ops.equal(ties_to_remove, ties),
@@ -76,13 +67,10 @@ def keep_mask(scores, count):
 
 
 def _remove_ties_in_order(keys, threshold, ties_to_remove):
-    """Keeps the keys above `threshold` and all but the first `ties_to_remove`
-    (in flat order) of those equal to it."""
-    # Ranking the ties with a cumulative sum over the whole kernel would cost
-    # a full pass that XLA runs slowly. Instead, with the kernel viewed as
-    # rows, the row where the removal stops is found from per-row counts:
-    # earlier rows remove all their ties, later rows none, and only that row
-    # is ranked.
+    """Keeps the keys above `threshold`, and its ties but the first `ties_to_remove`."""
+    # A cumulative sum over the whole kernel is a slow pass on XLA. Per-row
+    # counts find the row where the removal stops: earlier rows remove all
+    # their ties, later rows none, and only that row is ranked.
     ties_per_row = _count_per_row(ops.equal(keys, threshold))
     tied_before = ops.cumsum(ties_per_row)
     last_row = ops.sum(ops.cast(ops.less(tied_before, ties_to_remove), "int32"))
@@ -95,8 +83,8 @@ def _remove_ties_in_order(keys, threshold, ties_to_remove):
         ops.greater(last_row_keys, threshold),
         ops.logical_and(last_row_tied, ops.greater_equal(ties_before_column, ties_in_last_row)),
     )
-    # Every other row keeps what is above its limit: the threshold itself in
-    # the rows before the last one, one below it in the rows after.
+    # Rows before the last one keep what is above the threshold, rows after it
+    # what is above threshold - 1.
     rows = ops.arange(ops.shape(keys)[0], dtype="int32")
     row_limit = ops.where(ops.less(rows, last_row), threshold, threshold - 1)
     keep = ops.greater(keys, ops.expand_dims(row_limit, 1))
@@ -105,9 +93,8 @@ def _remove_ties_in_order(keys, threshold, ties_to_remove):
 
 def _count_per_row(flags):
     """int32 count of the True entries of each row of a 2-D boolean tensor."""
-    # A float32 sum is faster than an integer one on every backend
-    # (measurements: docs/benchmarks.md), and exact while a row has at most
-    # 2**24 entries.
+    # Faster in float32 on every backend (docs/benchmarks.md, "Why the code
+    # differs by backend"); exact up to 2**24 entries a row.
     dtype = "float32" if flags.shape[1] <= 2**24 else "int32"
     return ops.cast(ops.sum(ops.cast(flags, dtype), axis=1), "int32")
 
@@ -115,10 +102,8 @@ def _count_per_row(flags):
 def _kth_smallest(keys, k):
     """The k-th smallest (1-based) of non-negative int32 `keys`, by radix select.
 
-    Returns:
-        `(value, needed, ties)`: the k-th smallest value, how many entries
-        equal to it are among the k smallest (0 when k = 0), and how many
-        entries equal it in all.
+    Returns `(value, needed, ties)`: the value, how many entries equal to it
+    are among the k smallest (0 when k = 0), and how many equal it in all.
     """
     k = ops.convert_to_tensor(k, "int32")
     high = ops.right_shift(keys, _LOW_BITS)
@@ -129,8 +114,7 @@ def _kth_smallest(keys, k):
 
 
 def _select_bin(counts, k):
-    """The bin that holds the k-th smallest entry, given each bin's count;
-    k's rank within that bin, and the bin's count."""
+    """The bin of the k-th smallest entry, k's rank in it, and its count."""
     cumulative = ops.cumsum(counts)
     chosen = ops.sum(ops.cast(ops.less(cumulative, k), "int32"))
     before = ops.take(ops.pad(cumulative, [[1, 0]]), chosen)
@@ -144,30 +128,22 @@ def zero_removed(kernel, keep):
 
 def masked_kernel(kernel, scores, keep):
     """The kernel with its removed entries zeroed, with the straight-through
-    gradient to `scores`.
-
-    The gradient reaching the mask, `kernel * d loss / d (kernel * mask)`, is
-    passed to `|scores|` unchanged, so for kept and removed entries alike
+    gradient to `scores`, for kept and removed entries alike:
 
         d loss / d scores = sign(scores) * kernel * d loss / d (kernel * mask)
 
-    (the straight-through estimator of the MFT paper). As one custom gradient,
-    the backward pass computes that from the kernel and the scores, which are
-    variables, and the frozen kernel gets no gradient.
+    The frozen kernel gets no gradient.
 
     Args:
         kernel: the frozen kernel, in the layer's compute dtype.
         scores: float32 tensor shaped like `kernel`.
         keep: the boolean mask, True where an entry is kept (see `keep_mask`).
     """
-    # A tensor read from the kernel (TensorFlow's custom gradients refuse a
-    # variable read inside them), and with no gradient: it is frozen.
+    # TensorFlow's custom gradients refuse a variable read inside them.
     kernel = ops.stop_gradient(ops.convert_to_tensor(kernel))
 
-    # `keep` is an argument, not a closure variable: PyTorch keeps the forward
-    # function until the train step ends, but frees the arguments it saved
-    # once the backward pass has run. It stays boolean, a quarter of the
-    # memory of a float mask, and `where` needs no cast pass to use it.
+    # `keep` is an argument, not a closure variable, so that PyTorch frees it
+    # after the backward pass. Boolean: a quarter of a float mask's memory.
     @ops.custom_gradient
     def masked(scores, keep):
         def gradient(*args, upstream=None):

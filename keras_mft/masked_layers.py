@@ -1,16 +1,12 @@
 """`Dense` and `EinsumDense` with a learned binary mask over a frozen kernel.
 
-The hook is the one Keras uses for LoRA: `call` is Keras' own and reads
-`self.kernel`, and the `kernel` property returns the effective kernel, here
-`kernel * mask` (plus LoRA's delta when LoRA was enabled before masking). The
-kernel and bias are frozen; the trainable variable is `scores` (and any LoRA
-factors), float32 and shaped like the kernel, from which the mask is recomputed
-at every call (see `keras_mft.mask` and, for the other ways of choosing the
-removed entries, `keras_mft.selection`).
+The hook is Keras' LoRA hook: `call` reads `self.kernel`, and the `kernel`
+property returns `kernel * mask` (plus LoRA's delta if LoRA was enabled
+first). The trainable variable is `scores`, float32 and shaped like the
+kernel, from which the mask is recomputed at every call.
 
-`mask_layer` and `unmask` turn a built KerasHub projection into its masked
-twin and back in place, the way `enable_lora` does, so the layer keeps its
-name, its variables and their paths.
+`mask_layer` and `unmask` turn a built layer into its masked twin and back in
+place, as `enable_lora` does, so its name, variables and paths stay.
 """
 
 import gc
@@ -25,20 +21,17 @@ from keras_mft.mask import check_sparsity
 from keras_mft.mask import masked_kernel
 from keras_mft.mask import zero_removed
 
-# `scores_initializer` that starts the scores at |kernel|: the first mask is the
-# L1-magnitude mask.
+# `scores_initializer` that starts the scores at |kernel|: the L1-magnitude mask.
 MAGNITUDE = "magnitude"
 
 
 class MaskedKernel:
     """What `MaskedDense` and `MaskedEinsumDense` add to their Keras parent.
 
-    A masked layer has, besides its parent's attributes: `scores` (float32,
-    shaped like the kernel, trainable), `num_removed_variable` (int32), the
-    `sparsity`, the `selection` object (see `keras_mft.selection`) and the
-    `scores_initializer`, and the methods and properties below. Masking adds
-    exactly the attributes `_ATTRIBUTES` and the variables `_VARIABLES`;
-    unmasking removes exactly those.
+    Masking adds exactly the attributes `_ATTRIBUTES` (the `selection`
+    object, the `sparsity`, the `scores_initializer`) and the variables
+    `_VARIABLES` (float32 `scores`, int32 `num_removed_variable`), and the
+    methods below; unmasking removes exactly those.
     """
 
     _ATTRIBUTES = ("selection", "sparsity", "scores_initializer")
@@ -58,7 +51,11 @@ class MaskedKernel:
         self.selection = selections.get(selection)
         fixed = self.selection.fixed_sparsity
         self.sparsity = check_sparsity(sparsity if fixed is None else fixed)
-        self.scores_initializer = _scores_initializer(scores_initializer)
+        if scores_initializer != MAGNITUDE:
+            scores_initializer = keras.initializers.get(
+                scores_initializer or keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
+            )
+        self.scores_initializer = scores_initializer
 
     def _add_variables(self):
         """Freezes kernel and bias; adds the scores and the number removed."""
@@ -77,8 +74,7 @@ class MaskedKernel:
             autocast=False,
             trainable=True,
         )
-        # A variable, not a Python int, so that the sparsity can change during
-        # training without retracing the train step.
+        # A variable, so that changing the sparsity does not retrace the step.
         self.num_removed_variable = self.add_weight(
             name="num_removed",
             shape=(),
@@ -104,8 +100,8 @@ class MaskedKernel:
     def num_removed(self):
         """How many kernel entries the mask removes: floor(sparsity * size).
 
-        With `selection="global"`, how many it removes now: the group removes
-        the sum of its members' floor(sparsity * size), shared by one threshold.
+        With `selection="global"`, how many it removes now from the group's
+        total (the sum of its members' floor(sparsity * size)).
         """
         if isinstance(self.selection, selections.Global):
             keep = ops.convert_to_numpy(self.keep_mask())
@@ -178,9 +174,8 @@ class MaskedKernel:
             variables += [self.lora_kernel_a, self.lora_kernel_b]
         return [v for v in variables if v is not None]
 
-    # The raw kernel and bias are saved under Keras' own keys ("0", "1"), and
-    # the scores, removed count and any LoRA factors after them, so that
-    # `save_weights` / `load_weights` restore the exact training state.
+    # Kernel and bias under Keras' own keys ("0", "1"), then the scores, the
+    # removed count and any LoRA factors: the exact training state.
     def save_own_variables(self, store):
         if not self.built:
             return
@@ -216,8 +211,6 @@ class MaskedKernel:
 class MaskedDense(MaskedKernel, keras.layers.Dense):
     """A `keras.layers.Dense` whose frozen kernel is multiplied by a learned mask.
 
-    It takes the arguments of `keras.layers.Dense` (`units`, ...), and:
-
     Args:
         sparsity: float in [0, 1), the fraction of kernel entries removed:
             exactly `floor(sparsity * kernel.size)` of them.
@@ -225,10 +218,9 @@ class MaskedDense(MaskedKernel, keras.layers.Dense):
             `keras_mft.wrap`) or `"N:M"`, e.g. `"2:4"`, which fixes the
             sparsity at (M - N) / M; see `keras_mft.selection`.
         scores_initializer: initializer of the float32 scores, or
-            `"magnitude"` to start them at |kernel| (the first mask is then the
-            L1-magnitude mask). Defaults to `RandomNormal(stddev=0.02)`, the
-            paper's effective initialization.
-        **kwargs: the other arguments of `keras.layers.Dense`.
+            `"magnitude"` to start them at |kernel|. Defaults to
+            `RandomNormal(stddev=0.02)`, as in the paper's code.
+        **kwargs: the arguments of `keras.layers.Dense` (`units`, ...).
 
     Example:
 
@@ -245,19 +237,15 @@ class MaskedDense(MaskedKernel, keras.layers.Dense):
 class MaskedEinsumDense(MaskedKernel, keras.layers.EinsumDense):
     """A `keras.layers.EinsumDense` whose frozen kernel is multiplied by a mask.
 
-    The mask is computed over the whole kernel, whatever its rank: a 3-D
-    attention kernel removes `floor(sparsity * kernel.size)` entries, exactly
-    as the same weights laid out as a 2-D matrix would.
-
-    It takes the arguments of `keras.layers.EinsumDense` (`equation`,
-    `output_shape`, ...), and:
+    The mask is computed over the whole kernel, whatever its rank, exactly as
+    over the same weights laid out as a 2-D matrix.
 
     Args:
         sparsity: float in [0, 1), the fraction of kernel entries removed.
         selection: as for `MaskedDense`; N:M runs along the kernel axes the
             equation contracts with the input.
         scores_initializer: as for `MaskedDense`.
-        **kwargs: the other arguments of `keras.layers.EinsumDense`.
+        **kwargs: the arguments of `keras.layers.EinsumDense`.
     """
 
 
@@ -300,8 +288,8 @@ def mask_layer(layer, sparsity, initial_scores, selection="per_matrix", scores_i
             (ignored for an N:M `selection`).
         initial_scores: array shaped like the kernel.
         selection: a name or an object of `keras_mft.selection`.
-        scores_initializer: what the layer's config reports as the origin of
-            `initial_scores`, as for `MaskedDense`.
+        scores_initializer: what the layer's config reports as the origin
+            of `initial_scores`.
     """
     check_maskable(layer)
     layer.__class__ = _MASKED_TWIN[type(layer)]
@@ -312,26 +300,17 @@ def mask_layer(layer, sparsity, initial_scores, selection="per_matrix", scores_i
     layer.scores.assign(initial_scores)
 
 
-def _scores_initializer(initializer):
-    """A Keras initializer, or `"magnitude"`: the scores start as |kernel|."""
-    if initializer == MAGNITUDE:
-        return MAGNITUDE
-    return keras.initializers.get(
-        initializer or keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
-    )
-
-
 def unmask(masked):
-    """Multiplies the masks into the kernels and restores the plain layers.
-
-    Every kernel is masked before any scores are dropped, because the mask of
-    a layer in a global group depends on the other members' scores.
-    """
+    """Multiplies the masks into the kernels and restores the plain layers."""
+    # Every kernel first: a global group's masks read all its members' scores.
     for layer in masked:
         layer._kernel.assign(zero_removed(layer._kernel.value, layer.keep_mask()))
     for layer in masked:
         for name in MaskedKernel._VARIABLES:
-            _drop_variable(layer, name)
+            # `Layer.__delattr__` without its `gc.collect()`, which takes most
+            # of a second with a large model: collect once, at the end.
+            layer._untrack_variable(getattr(layer, name))
+            super(keras.layers.Layer, layer).__delattr__(name)
         for name in MaskedKernel._ATTRIBUTES:
             delattr(layer, name)
         layer.__class__ = next(base for base, twin in _MASKED_TWIN.items() if type(layer) is twin)
@@ -351,13 +330,10 @@ def quantize_error(layer):
 
 
 def refuse_quantize(layer):
-    """Makes `layer.quantize` (a layer's or a model's) refuse, until `allow_quantize`.
-
-    Keras binds `quantize` to each layer and model object when it is created,
-    so swapping a layer's class keeps `Dense`'s own; and `Model.quantize`
-    would quantize the plain layers that come before the first masked one.
-    So `wrap` makes the model itself refuse, before any layer changes.
-    """
+    """Makes `layer.quantize` (a layer's or a model's) refuse, until `allow_quantize`."""
+    # Keras binds `quantize` to each object when it is created, so a swapped
+    # class keeps `Dense`'s; and a model's would quantize the plain layers
+    # before the first masked one.
     layer._plain_quantize = layer.__dict__.get("quantize")
 
     def quantize(*args, **kwargs):
@@ -373,14 +349,3 @@ def allow_quantize(layer):
     else:
         layer.quantize = layer._plain_quantize
     del layer._plain_quantize
-
-
-def _drop_variable(layer, name):
-    """Deletes a variable attribute as `Layer.__delattr__` does, minus its `gc.collect()`.
-
-    Keras collects garbage after every deleted variable so that the device frees
-    the buffer; that takes most of a second in a process holding a large model,
-    so `unmask` collects once for all of them.
-    """
-    layer._untrack_variable(getattr(layer, name))
-    super(keras.layers.Layer, layer).__delattr__(name)

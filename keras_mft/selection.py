@@ -3,23 +3,18 @@
 - `"per_matrix"` (the paper): each masked matrix removes its own
   `floor(sparsity * size)` smallest-|score| entries (`keras_mft.mask`).
 - `"global"`: the same projection of every masked block (e.g. all `q`
-  kernels of the band) shares one threshold. The group removes as many
-  entries in total as per-matrix selection would, but a block may lose more
-  and another fewer. The paper left this open ("mostly negative", no code).
+  kernels of the band) shares one threshold: the group removes as many
+  entries in total, but a block may lose more and another fewer. The paper
+  left this open ("mostly negative", no code).
 - `"N:M"`, e.g. `"2:4"`: in every run of M consecutive weights along a
-  kernel's input dimension, the N largest |score| are kept and the other
-  M - N removed (2:4 is the layout that sparse tensor cores accelerate).
-  The sparsity is then exactly (M - N) / M.
+  kernel's input dimension, the N largest |score| are kept (2:4 is the
+  layout that sparse tensor cores accelerate). The sparsity is (M - N) / M.
 
-Each is a small object (`get(name)` makes one) whose `keep(layer)` gives a
-masked layer's boolean mask; `fixed_sparsity` is set when the pattern fixes
-the sparsity (N:M), and `check(layer)` refuses a kernel that the pattern
-cannot cover.
-
-Ties are broken by position everywhere: of equal scores, the one that comes
-first (in the flat order of the matrix, or of the group's matrices stacked in
-block order) is removed first, so the same scores give the same mask on every
-backend.
+Each is a small object (`get(name)` makes one): `keep(layer)` gives a masked
+layer's boolean mask, `fixed_sparsity` is set when the pattern fixes the
+sparsity, and `check(layer)` refuses a kernel the pattern cannot cover. Of
+equal scores, the one that comes first (in flat order, the group's matrices
+stacked in block order) is removed first, on every backend.
 """
 
 import math
@@ -76,13 +71,10 @@ class PerMatrix:
 class Global(PerMatrix):
     """One threshold over a group: the same projection of every masked block.
 
-    `keras_mft.wrap` gives every member of a group the same `Global` object
-    and lists them in `layers`, in block order. Each member computes the
-    group's mask from every member's scores and keeps its own rows; the group
-    removes the sum of its members' `floor(sparsity * size)`. So with L
-    members a step runs L selections over L matrices each, L times the work
-    of per-matrix selection (L = 4 for the paper's band), and holds a copy of
-    the group's scores while selecting.
+    `keras_mft.wrap` gives the members of a group one `Global` object, whose
+    `layers` lists them in block order. Each member selects over the whole
+    group and keeps its own rows, so L members cost L times the work of
+    per-matrix selection.
     """
 
     name = "global"
@@ -134,8 +126,7 @@ class NM:
 
 
 def _scores(layer):
-    # The mask takes no gradient: the straight-through estimator gives the
-    # scores theirs (`keras_mft.mask.masked_kernel`).
+    # The scores get their gradient from `keras_mft.mask.masked_kernel`.
     return ops.stop_gradient(ops.convert_to_tensor(layer.scores))
 
 
@@ -161,13 +152,10 @@ def n_m_keep_mask(scores, n, m, axes):
     shape = tuple(scores.shape)
     others = tuple(axis for axis in range(len(shape)) if axis not in axes)
     order = axes + others
-    inputs = 1
-    for axis in axes:
-        inputs *= shape[axis]
+    inputs = math.prod(shape[axis] for axis in axes)
     magnitude = ops.abs(ops.transpose(scores, order))
     groups = ops.reshape(magnitude, (inputs // m, m, -1))
-    # The rank of each entry in its group, smallest first, ties by position:
-    # an entry's rank counts the smaller entries and the equal earlier ones.
+    # An entry's rank counts the smaller entries and the equal earlier ones.
     rank = 0
     for j in range(m):
         other = groups[:, j : j + 1, :]
