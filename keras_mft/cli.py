@@ -45,10 +45,10 @@ from keras_mft.protocol import save_mask_fine_tuning
 from keras_mft.protocol import total_steps
 from keras_mft.version import __version__
 from keras_mft.wrapping import SCORE_INITS
+from keras_mft.wrapping import InvalidArgument
 from keras_mft.wrapping import bake
 from keras_mft.wrapping import masks_of
 from keras_mft.wrapping import parse_layers
-from keras_mft.wrapping import parse_targets
 from keras_mft.wrapping import wrap
 
 BACKENDS = ("jax", "torch", "tensorflow")
@@ -472,21 +472,23 @@ def run_train(args):
     if args.val_fraction:
         records, validation_records = _split(records, args.val_fraction)
     model = _load_model(args.preset)
-    _check_blocks_and_targets(model, args)
+    try:  # before the data is read: the model checks the arguments it alone can
+        wrap(
+            model,
+            layers=args.layers,
+            targets=args.targets,
+            sparsity=args.sparsity,
+            attention_sparsity=args.attention_sparsity,
+            mlp_sparsity=args.mlp_sparsity,
+            selection=args.selection,
+            score_init=args.score_init,
+            seed=args.seed,
+        )
+    except InvalidArgument as error:
+        raise ArgumentError(f"argument --{error.argument.replace('_', '-')}: {error}") from None
     tokenizer = _detach_tokenizer(model, args.preset)
     data = _dataset(tokenizer, records, args)
     validation = _dataset(tokenizer, validation_records, args) if validation_records else None
-    wrap(
-        model,
-        layers=args.layers,
-        targets=args.targets,
-        sparsity=args.sparsity,
-        attention_sparsity=args.attention_sparsity,
-        mlp_sparsity=args.mlp_sparsity,
-        selection=args.selection,
-        score_init=args.score_init,
-        seed=args.seed,
-    )
     steps = total_steps(data, args.batch_size, args.epochs)
     learning_rate, budget = compile_mask_fine_tuning(
         model, steps, args.score_budget, args.learning_rate
@@ -671,38 +673,6 @@ def _split(records, fraction):
     train = {key: values[: count - held] for key, values in records.items()}
     validation = {key: values[count - held :] for key, values in records.items()}
     return train, validation
-
-
-def _check_blocks_and_targets(model, args):
-    """--layers, --targets and --selection against the loaded model."""
-    backbone = architectures.backbone_of(model)
-    blocks = _check_layers(args.layers, len(backbone.transformer_layers))
-    try:
-        aliases = parse_targets(args.targets, architectures.layer_names_of(backbone))
-    except ValueError as error:
-        raise ArgumentError(f"argument --targets: {error}") from None
-    selection = selections.get(args.selection)
-    given = [
-        flag
-        for flag, value in (
-            ("--sparsity", args.sparsity),
-            ("--attention-sparsity", args.attention_sparsity),
-            ("--mlp-sparsity", args.mlp_sparsity),
-        )
-        if value is not None
-    ]
-    if selection.fixed_sparsity is not None and given:
-        raise ArgumentError(
-            f"argument --selection: {args.selection} fixes the sparsity at "
-            f"{selection.fixed_sparsity}; leave out {', '.join(given)}"
-        )
-    for block in blocks:
-        projections = architectures.projections_of(backbone, backbone.transformer_layers[block])
-        for alias in aliases:
-            try:
-                selection.check(projections[alias])
-            except ValueError as error:
-                raise ArgumentError(f"argument --selection: {error}") from None
 
 
 def _check_layers(layers, num_blocks):

@@ -4,6 +4,7 @@
 `bake` multiplies each mask into its kernel and makes the model plain again.
 """
 
+import contextlib
 import zlib
 
 import keras
@@ -109,30 +110,9 @@ def wrap(
             "This model is already wrapped. Call `keras_mft.bake(model)` to "
             "finish the current masks, or wrap a freshly loaded model."
         )
-    blocks = backbone.transformer_layers
-    chosen_blocks = parse_layers(layers, len(blocks))
-    layer_names = architectures.layer_names_of(backbone)
-    aliases = parse_targets(targets, layer_names)
-    chosen_selection = selections.get(selection)
-    if chosen_selection.fixed_sparsity is not None:
-        given = {
-            "sparsity": sparsity,
-            "attention_sparsity": attention_sparsity,
-            "mlp_sparsity": mlp_sparsity,
-        }
-        given = {name: value for name, value in given.items() if value is not None}
-        if given:
-            raise ValueError(
-                f"selection={selection!r} fixes the sparsity at "
-                f"{chosen_selection.fixed_sparsity}; leave {', '.join(given)} unset."
-            )
-    sparsity = check_sparsity(DEFAULT_SPARSITY if sparsity is None else sparsity)
-    sparsity_of = {
-        "attention": sparsity
-        if attention_sparsity is None
-        else check_sparsity(attention_sparsity, "attention_sparsity"),
-        "mlp": sparsity if mlp_sparsity is None else check_sparsity(mlp_sparsity, "mlp_sparsity"),
-    }
+    selected, selection_of = _plan(
+        backbone, layers, targets, sparsity, attention_sparsity, mlp_sparsity, selection
+    )
     if score_init not in SCORE_INITS:
         raise ValueError(
             f"`score_init` must be one of {SCORE_INITS}. Received: score_init={score_init!r}"
@@ -143,20 +123,6 @@ def wrap(
         raise ValueError(f"`seed` must be a non-negative int or None. Received: seed={seed!r}")
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % 2**32)
-
-    selected = []
-    for index in chosen_blocks:
-        projections = architectures.projections_of(backbone, blocks[index])
-        for alias in aliases:
-            layer = projections[alias]
-            check_maskable(layer)
-            chosen_selection.check(layer)
-            group = architectures.GROUP_OF[alias]
-            selected.append((alias, layer, sparsity_of[group]))
-    # A global selection is one object per projection, shared by its blocks.
-    selection_of = {alias: chosen_selection for alias in aliases}
-    if isinstance(chosen_selection, selections.Global):
-        selection_of = {alias: selections.Global() for alias in aliases}
 
     # Every check has passed: from here on the model is changed.
     model.trainable = True
@@ -182,6 +148,70 @@ def wrap(
     if isinstance(model, keras_hub.models.CausalLM):
         compile_like_paper(model, PaperAdamW(LEARNING_RATE, global_clipnorm=GLOBAL_CLIPNORM))
     return model
+
+
+class InvalidArgument(ValueError):
+    """A `wrap` argument that this model cannot take; `argument` names it."""
+
+    def __init__(self, argument, message):
+        super().__init__(message)
+        self.argument = argument
+
+
+@contextlib.contextmanager
+def _checking(argument):
+    """Turns a ValueError raised while checking `argument` into `InvalidArgument`."""
+    try:
+        yield
+    except ValueError as error:
+        raise InvalidArgument(argument, str(error)) from None
+
+
+def _plan(backbone, layers, targets, sparsity, attention_sparsity, mlp_sparsity, selection):
+    """Checks the block, target, sparsity and selection arguments against the model.
+
+    Returns the (alias, layer, sparsity) of each projection to mask, and each
+    alias' selection object. Changes nothing.
+    """
+    blocks = backbone.transformer_layers
+    with _checking("layers"):
+        chosen_blocks = parse_layers(layers, len(blocks))
+    with _checking("targets"):
+        aliases = parse_targets(targets, architectures.layer_names_of(backbone))
+    with _checking("selection"):
+        chosen_selection = selections.get(selection)
+        given = {
+            "sparsity": sparsity,
+            "attention_sparsity": attention_sparsity,
+            "mlp_sparsity": mlp_sparsity,
+        }
+        given = [name for name, value in given.items() if value is not None]
+        if chosen_selection.fixed_sparsity is not None and given:
+            raise ValueError(
+                f"selection={selection!r} fixes the sparsity at "
+                f"{chosen_selection.fixed_sparsity}; leave {', '.join(given)} unset."
+            )
+    sparsity = check_sparsity(DEFAULT_SPARSITY if sparsity is None else sparsity)
+    sparsity_of = {
+        "attention": sparsity
+        if attention_sparsity is None
+        else check_sparsity(attention_sparsity, "attention_sparsity"),
+        "mlp": sparsity if mlp_sparsity is None else check_sparsity(mlp_sparsity, "mlp_sparsity"),
+    }
+    selected = []
+    for index in chosen_blocks:
+        projections = architectures.projections_of(backbone, blocks[index])
+        for alias in aliases:
+            layer = projections[alias]
+            check_maskable(layer)
+            with _checking("selection"):
+                chosen_selection.check(layer)
+            selected.append((alias, layer, sparsity_of[architectures.GROUP_OF[alias]]))
+    # A global selection is one object per projection, shared by its blocks.
+    selection_of = {alias: chosen_selection for alias in aliases}
+    if isinstance(chosen_selection, selections.Global):
+        selection_of = {alias: selections.Global() for alias in aliases}
+    return selected, selection_of
 
 
 def parse_layers(layers, num_blocks):

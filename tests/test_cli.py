@@ -348,8 +348,9 @@ def test_input_errors_are_one_line(capsys, tmp_path, preset, data_file):
         status=2,
     )
     train = ("train", "--preset", preset, "--data", data_file)
-    assert "--selection: 2:4 fixes the sparsity at 0.5; leave out --mlp-sparsity" in error_line(
-        capsys, *train, "--selection", "2:4", "--mlp-sparsity", "0.3", status=2
+    assert (
+        "--selection: selection='2:4' fixes the sparsity at 0.5; leave mlp_sparsity unset"
+        in error_line(capsys, *train, "--selection", "2:4", "--mlp-sparsity", "0.3", status=2)
     )
     assert "--selection: Layer 'query' has 16 inputs, which do not split into runs of 5" in (
         error_line(capsys, *train, "--selection", "2:5", status=2)
