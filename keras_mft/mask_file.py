@@ -11,10 +11,10 @@ Layout (all integers little-endian):
 | 32         | SHA-256 of everything before it                             |
 
 The header holds `format` (1), `keras_mft_version` and `masks`: one record per
-masked kernel, keyed by the kernel variable's `path`, with its `shape`,
-`sparsity`, `selection` (`"per_matrix"` when absent), `num_removed`, the SHA-256 of the frozen kernel's bytes
-(`kernel_sha256`) and where its bits lie in the payload (`offset`, `nbytes`).
-Nothing in the file is executed or unpickled.
+masked kernel with its variable `path`, `shape`, `sparsity`, `selection`
+(`"per_matrix"` when absent), `num_removed`, the SHA-256 of the frozen
+kernel's bytes (`kernel_sha256`) and where its bits lie in the payload
+(`offset`, `nbytes`). Nothing in the file is executed or unpickled.
 """
 
 import hashlib
@@ -45,9 +45,8 @@ _DIGEST_BYTES = 32
 def save_masks(model, path):
     """Writes the current masks of a wrapped model to the file `path`.
 
-    The file is written to a temporary file beside `path` and renamed over it,
-    so a reader never sees a half-written file and an interrupted save leaves
-    any previous file intact.
+    It is written beside `path` and renamed over it, so a reader never sees
+    a half-written file and an interrupted save leaves the old one intact.
 
     Args:
         model: a model returned by `keras_mft.wrap`.
@@ -81,15 +80,11 @@ def save_masks(model, path):
 def load_masks(model, path):
     """Sets the masks of a wrapped model to those saved in `path`.
 
-    The file must come from the same model: same masked kernels (by path),
-    same shapes, same sparsities and the same frozen weights. Everything is
-    checked before anything is changed, so a refused file leaves the model as
-    it was.
-
-    Each score becomes 1.0 where the saved mask keeps a weight and 0.0 where it
-    removes one, which reproduces the saved masks exactly. To resume training
-    with the learned scores themselves, use `model.save_weights` and
-    `model.load_weights` (or `keras.callbacks.BackupAndRestore`).
+    The file must come from the same model: same masked kernels, shapes,
+    sparsities and frozen weights, all checked before anything changes. Each
+    score becomes 1.0 where the saved mask keeps a weight and 0.0 elsewhere,
+    which gives the saved masks exactly. To resume training with the learned
+    scores themselves, use `model.save_weights` / `model.load_weights`.
 
     Args:
         model: a model returned by `keras_mft.wrap`, wrapped with the same
@@ -111,11 +106,6 @@ def load_masks(model, path):
     new_scores = []
     for kernel_path, layer in by_path.items():
         record = records[kernel_path]
-        if tuple(record["shape"]) != tuple(layer.frozen_kernel.shape):
-            raise ValueError(
-                f"{kernel_path}: the mask file holds shape {record['shape']} "
-                f"but the model's kernel has shape {list(layer.frozen_kernel.shape)}."
-            )
         if record["selection"] != layer.selection.name:
             raise ValueError(
                 f"{kernel_path}: the mask file was saved with selection "
@@ -128,12 +118,7 @@ def load_masks(model, path):
                 f"{record['sparsity']} but this layer has sparsity "
                 f"{layer.sparsity}. Wrap with the same sparsity."
             )
-        if record["kernel_sha256"] != _fingerprint(layer):
-            raise ValueError(
-                f"{kernel_path}: the frozen kernel differs from the one the "
-                f"masks in {path} were learned on. Load the same model "
-                "(same preset and weights) before loading these masks."
-            )
+        _check_kernel(kernel_path, record, layer, path)
         new_scores.append(record["bits"].astype("float32").reshape(record["shape"]))
     _check_bits(records, by_path, lambda kernel_path: id(by_path[kernel_path].selection), path)
     for layer, scores in zip(by_path.values(), new_scores):
@@ -143,10 +128,9 @@ def load_masks(model, path):
 def apply_masks(model, path):
     """Wraps a freshly loaded model as a mask file describes, and loads its masks.
 
-    The blocks, projections and sparsities are read from the file, so the
-    masks travel like adapters: load the base model, apply the file, then
-    `keras_mft.bake(model)` for a plain model, or keep training. Every check
-    (kernels, shapes, frozen weights) runs before the model is changed.
+    The blocks, projections and sparsities come from the file, so masks
+    travel like adapters: load the base model, apply the file, then bake or
+    keep training. Every check runs before the model is changed.
 
     Args:
         model: a KerasHub causal LM (or backbone) that `wrap` accepts, not
@@ -178,17 +162,7 @@ def apply_masks(model, path):
     for kernel_path, record in records.items():
         _, alias, layer = where[kernel_path]
         sparsities[architectures.GROUP_OF[alias]].add(record["sparsity"])
-        if tuple(record["shape"]) != tuple(layer._kernel.shape):
-            raise ValueError(
-                f"{kernel_path}: the mask file holds shape {record['shape']} "
-                f"but the model's kernel has shape {list(layer._kernel.shape)}."
-            )
-        if record["kernel_sha256"] != _fingerprint(layer):
-            raise ValueError(
-                f"{kernel_path}: the model's kernel differs from the one the "
-                f"masks in {path} were learned on. Load the same model "
-                "(same preset and weights) before applying these masks."
-            )
+        _check_kernel(kernel_path, record, layer, path)
     if len(records) != len(blocks) * len(aliases) or any(len(s) > 1 for s in sparsities.values()):
         raise ValueError(
             f"The mask file {path} does not mask the same projections in every "
@@ -232,20 +206,28 @@ def describe_masks(path):
     ]
 
 
+def _check_kernel(kernel_path, record, layer, path):
+    """Refuses a record whose kernel's shape or bytes differ from `layer`'s."""
+    # `_kernel`: Keras' own name for the stored kernel, masked or not yet.
+    if tuple(record["shape"]) != tuple(layer._kernel.shape):
+        raise ValueError(
+            f"{kernel_path}: the mask file holds shape {record['shape']} "
+            f"but the model's kernel has shape {list(layer._kernel.shape)}."
+        )
+    if record["kernel_sha256"] != _fingerprint(layer):
+        raise ValueError(
+            f"{kernel_path}: the frozen kernel differs from the one the "
+            f"masks in {path} were learned on. Load the same model "
+            "(same preset and weights) before using these masks."
+        )
+
+
 def _check_bits(records, layers, group_of, path):
-    """Refuses saved masks that their own selection and sparsity cannot give.
+    """Refuses masks that their record's selection and sparsity cannot give.
 
-    A file with a valid checksum can still be crafted, or written by a bug:
-    every mask must remove exactly what its record's selection and sparsity
-    remove, so that loading it never breaks a layer's invariants.
-
-    Args:
-        records: {kernel path: record} read from the file.
-        layers: {kernel path: layer} of the model, masked or not yet (only
-            the kernel's shape and input axes are read).
-        group_of: kernel path -> the key of its global group, for records
-            with `selection="global"`.
-        path: the file, for the messages.
+    A file with a valid checksum can still be crafted or written by a bug.
+    `layers` maps kernel paths to layers, masked or not yet; `group_of` maps
+    a kernel path to the key of its global group.
     """
     removed_by_group, expected_by_group = {}, {}
     for kernel_path, layer in layers.items():
@@ -285,7 +267,6 @@ def _check_bits(records, layers, group_of, path):
 def _is_n_m(keep, layer, selection):
     """Whether flat `keep` keeps exactly N of every M input weights of `layer`."""
     axes = input_axes(layer)
-    # `_kernel`: Keras' own name for the stored kernel, masked or not yet.
     moved = np.moveaxis(keep.reshape(layer._kernel.shape), axes, range(len(axes)))
     inputs = int(np.prod(moved.shape[: len(axes)]))
     groups = moved.reshape(inputs // selection.m, selection.m, -1)
@@ -293,7 +274,7 @@ def _is_n_m(keep, layer, selection):
 
 
 def _fingerprint(layer):
-    """SHA-256 of a layer's stored kernel (`_kernel`, masked or not yet)."""
+    """SHA-256 of a layer's stored kernel."""
     kernel = keras.ops.convert_to_numpy(layer._kernel)
     return hashlib.sha256(np.ascontiguousarray(kernel).tobytes()).hexdigest()
 
@@ -303,8 +284,8 @@ def _write_atomically(path, data):
     directory = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-mask-")
     try:
-        # mkstemp creates the file readable by its owner only. A file saved
-        # again keeps its permissions; a new one gets those `open` would give.
+        # mkstemp makes the file private: keep an old file's permissions, or
+        # give those `open` would.
         if os.path.isfile(path):
             mode = stat.S_IMODE(os.stat(path).st_mode)
         else:
@@ -331,8 +312,7 @@ def _read_records(path):
             "again with `keras_mft.save_masks`."
         )
 
-    # Only a regular file has a size to bound the read: a device, a pipe or a
-    # socket could be read forever.
+    # Only a regular file has a size to bound the read.
     info = os.stat(path)
     if not stat.S_ISREG(info.st_mode):
         raise ValueError(

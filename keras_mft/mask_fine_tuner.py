@@ -19,54 +19,38 @@ class MaskFineTuner(keras.callbacks.Callback):
     """Reports how the masks change, and optionally schedules, saves and stops.
 
     After each epoch, and every `report_every` steps if set, it adds to the
-    Keras logs (so they show in the progress bar and in `History`):
+    Keras logs (the progress bar and `History`):
 
     - `mask_sparsity`: the fraction of all masked weights that are removed;
-    - `mask_flips`: the fraction of mask entries that changed since the last
-      report;
-    - `mask_changed`: the fraction that differs from the mask at the start of
-      training;
-    - `score_budget`: the score budget B spent so far (the sum of the learning
-      rates of the steps taken, over the std of the scores at the start of
-      training; see `keras_mft.score_budget`);
+    - `mask_flips`: the fraction of mask entries changed since the last report;
+    - `mask_changed`: the fraction that differs from the mask at the start;
+    - `score_budget`: the score budget B spent so far (`keras_mft.score_budget`);
     - with `per_matrix=True`, `sparsity/<layer path>` for each masked matrix.
+
+    When training begins, it warns if the run's score budget is below 0.05.
+    If the loss stops being finite, training stops with a warning, nothing
+    more is saved or baked, and `non_finite_loss_step` is the step (from 1)
+    where it happened; otherwise it is None.
 
     Args:
         report_every: also report every this many training steps.
         per_matrix: add the sparsity of each masked matrix to the logs.
-        ramp_steps: if set, the sparsity of every masked matrix grows
-            linearly from 0 at step 0 to its target (the sparsity given to
-            `wrap`) at step `ramp_steps`, and stays there. Steps are counted
-            from the start of training, across epochs.
-        snapshot_dir: if set, a directory where the masks are saved with
-            `keras_mft.save_masks` at the end of each epoch: `best.mask` when
-            the `monitor`ed value improves (as `ModelCheckpoint` does with
-            `save_best_only=True`), and also `epoch-NNN.mask` for every epoch
-            if `save_best_only=False`.
-        monitor: the logged value that decides the best snapshot, e.g.
-            `"val_loss"`.
+        ramp_steps: if set, every sparsity grows linearly from 0 at step 0
+            to its target (given to `wrap`) at step `ramp_steps`, counted
+            across epochs.
+        snapshot_dir: if set, where `save_masks` writes at the end of each
+            epoch `best.mask` when `monitor` improves, and also
+            `epoch-NNN.mask` if `save_best_only=False`.
+        monitor: the logged value that decides the best snapshot.
         mode: `"min"` or `"max"`: whether a smaller or a larger `monitor` is
             better.
         save_best_only: see `snapshot_dir`.
-        initial_value_threshold: the `monitor`ed value that `best.mask`
-            must beat to be written, as in `keras.callbacks.ModelCheckpoint`.
-            When resuming an interrupted run, pass its best value so far:
-            the `best.mask` it saved is then replaced only by a better epoch.
-        stop_below_flips: if set, stop training once `mask_flips` has stayed
-            below this fraction for `patience` reports in a row: the masks
-            have settled.
+        initial_value_threshold: the value `best.mask` must beat, as in
+            `ModelCheckpoint`; when resuming, pass the best value so far.
+        stop_below_flips: if set, stop once `mask_flips` has stayed below
+            this fraction for `patience` reports in a row.
         patience: see `stop_below_flips`.
-        bake_on_train_end: bake the model (`keras_mft.bake`) when training
-            ends.
-
-    When training begins, it warns if the whole run's score budget is below
-    0.05: the masks would then stay close to their initial ones.
-
-    If the training loss stops being finite (NaN or infinite), training stops
-    at once with a warning; no snapshot is saved after that step and
-    `bake_on_train_end` does not bake, so the files of earlier epochs keep
-    the last good masks. `non_finite_loss_step` is then the step (counted
-    from 1) where it happened; otherwise it is None.
+        bake_on_train_end: `keras_mft.bake` the model when training ends.
     """
 
     def __init__(
@@ -171,9 +155,8 @@ class MaskFineTuner(keras.callbacks.Callback):
             bake(self.model)
 
     def _sync(self):
-        # On JAX, the training state lives outside the variables during an
-        # epoch; reading `self.model` writes it back, and the next step
-        # reads the variables again.
+        # On JAX, reading `self.model` writes the training state back into
+        # the variables.
         return self.model
 
     def _packed_masks(self):
@@ -208,12 +191,13 @@ class MaskFineTuner(keras.callbacks.Callback):
         return report
 
     def _score_budget(self, steps):
-        # `learning_rate` evaluates a schedule at the current step only; the
-        # sum needs the schedule itself.
-        learning_rate = self.model.optimizer._learning_rate
+        optimizer = self.model.optimizer
+        # The schedule itself, not its value at the current step.
+        learning_rate = optimizer._learning_rate
         if not isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
             learning_rate = float(keras.ops.convert_to_numpy(learning_rate))
-        return learning_rate_sum(learning_rate, steps) / self._score_std
+        updates = steps // (optimizer.gradient_accumulation_steps or 1)
+        return learning_rate_sum(learning_rate, updates) / self._score_std
 
     def _snapshot(self, epoch, logs):
         if not self.save_best_only:

@@ -1,15 +1,11 @@
 """The paper's training protocol and its baselines, as functions.
 
 Every arm trains on the same `(x, y, sample_weight)` data (see
-`instruction_dataset`) with the paper's optimiser (`paper_optimizer`: AdamW as
-PyTorch computes it, weight decay 0, linear warm-up over 3% of the steps, then
-linear decay, gradients clipped to a global norm of 1.0) and the paper's loss
-(the mean over the response tokens). Each function changes the model in place
-and returns the Keras `History` (or the model, for the untrained masks).
-
-MFT's learning rate comes from a score budget (`keras_mft.score_budget`):
-by default B = 0.47, the paper's math run, whatever the number of steps. Pass
-`learning_rate` instead to set it directly (the paper's literal 2e-5).
+`instruction_dataset`) with the paper's optimiser (`paper_optimizer`) and loss
+(`paper_loss`). Each function changes the model in place and returns the
+Keras `History` (or the model, for the untrained masks). MFT's learning rate
+comes from a score budget (`keras_mft.score_budget`), by default B = 0.47 (the
+paper's math run), or is given as `learning_rate`.
 
 | arm                         | call                                              |
 |-----------------------------|---------------------------------------------------|
@@ -23,6 +19,7 @@ by default B = 0.47, the paper's math run, whatever the number of steps. Pass
 
 import math
 import os
+import warnings
 
 from keras_mft import architectures
 from keras_mft import plot
@@ -54,31 +51,50 @@ def total_steps(data, batch_size, epochs):
     return math.ceil(len(data[1]) / batch_size) * epochs
 
 
-def compile_mask_fine_tuning(model, steps, score_budget=None, learning_rate=None):
+def compile_mask_fine_tuning(
+    model, steps, score_budget=None, learning_rate=None, gradient_accumulation_steps=None
+):
     """Compiles a wrapped `CausalLM` for `steps` steps of MFT, as the paper does.
 
-    The optimiser is `paper_optimizer`, the loss `paper_loss`. Its peak
-    learning rate spends `score_budget` (default 0.47, the paper's math run)
-    in `steps` steps, measured against the std of the model's scores now
-    (call it right after `keras_mft.wrap`); or it is `learning_rate`.
+    The peak learning rate spends `score_budget` (default 0.47) in `steps`
+    steps, against the std of the scores now (call it right after `wrap`);
+    or it is `learning_rate`.
+
+    With `gradient_accumulation_steps`, each update averages the gradients
+    of that many of the `steps` batches; the schedule and the budget then
+    count updates, as Hugging Face's do.
 
     Returns:
         `(learning_rate, budget)`: the peak learning rate and the run's B.
     """
+    accumulation = gradient_accumulation_steps or 1
+    updates = steps // accumulation
+    if updates < 1:
+        raise ValueError(
+            f"{steps} batches make no update at gradient_accumulation_steps="
+            f"{gradient_accumulation_steps}: train on more data or accumulate fewer batches."
+        )
+    if steps % accumulation:
+        warnings.warn(
+            f"The last {steps % accumulation} of the {steps} batches make no update: "
+            f"{steps} is not a multiple of gradient_accumulation_steps={accumulation}.",
+            stacklevel=2,
+        )
     learning_rate, budget = budgets.peak_learning_rate(
-        steps, budgets.score_std(model), score_budget, learning_rate
+        updates, budgets.score_std(model), score_budget, learning_rate
     )
-    compile_like_paper(model, paper_optimizer(steps, learning_rate))
+    optimizer = paper_optimizer(
+        updates, learning_rate, gradient_accumulation_steps=gradient_accumulation_steps
+    )
+    compile_like_paper(model, optimizer)
     return learning_rate, budget
 
 
 def save_mask_fine_tuning(model, out_dir, initial_masks, step_losses):
-    """Writes what a run of MFT leaves: its masks and two plots.
+    """Writes `masks.mask`, `training_curve.png` and `mask_change.png` in `out_dir`.
 
-    `out_dir/masks.mask` (the model's masks now, `save_masks`),
-    `out_dir/training_curve.png` (`step_losses`, one per step) and
-    `out_dir/mask_change.png` (how far each matrix's mask moved from
-    `initial_masks`, taken with `masks_of(model)` before training).
+    `step_losses` has one loss per step; `initial_masks` is `masks_of(model)`
+    taken before training.
 
     Returns:
         `{"masks": path, "training curve": path, "mask change": path}`.
@@ -149,13 +165,11 @@ def mask_fine_tune(
 ):
     """Wraps, learns the masks, and (by default) bakes: the MFT arm.
 
-    `layers`, `targets`, `sparsity`, `score_init` and `seed` are passed to
-    `keras_mft.wrap`.
+    `layers`, `targets`, `sparsity`, `score_init` and `seed` go to `wrap`.
 
     Args:
-        score_budget: the score budget B of the run; the peak learning rate
-            is chosen to give it over this run's steps, measured against the
-            std of the initial scores. Defaults to 0.47 (the paper's math run).
+        score_budget: the run's score budget B, which sets the peak learning
+            rate. Defaults to 0.47 (the paper's math run).
         learning_rate: the peak learning rate, instead of `score_budget`.
     """
     budgets.check_rate_arguments(score_budget, learning_rate)  # before `wrap` changes the model
@@ -194,10 +208,8 @@ def lora_fine_tune(
 
     Args:
         rank: LoRA's rank; the paper compares with 64.
-        alpha: LoRA's scale numerator (the update is `alpha / rank * A @ B`);
-            the paper uses 16.
-        targets: projections to adapt, as for `keras_mft.wrap`; KerasHub's
-            default is query and value.
+        alpha: the update is `alpha / rank * A @ B`; the paper uses 16.
+        targets: projections to adapt, as for `keras_mft.wrap`.
     """
     budgets.check_rate_arguments(learning_rate=learning_rate)
     backbone = architectures.backbone_of(model)

@@ -1,15 +1,12 @@
 """The score budget B: how far a run lets the scores travel.
 
-Adam moves each score by about the learning rate per step, whatever the size
-of its gradient. With weight decay 0, the masks of a run therefore depend only
-on
+Adam moves each score by about the learning rate per step, whatever its
+gradient, so with weight decay 0 the masks of a run depend only on
 
     B = (sum of the learning rates over all steps) / (std of the initial scores)
 
-(scaling both leaves every mask the same). B is the furthest a score can
-travel, in units of the initial scores' spread. The paper's runs (learning
-rate 2e-5, linear schedule, 2 epochs of batches of 128, scores drawn with
-std 0.02) give:
+the furthest a score can travel, in units of the initial spread. The paper's
+runs (peak 2e-5, linear schedule, 2 epochs of batches of 128, std 0.02) give:
 
 | domain                | examples | steps | B    |
 |-----------------------|---------:|------:|-----:|
@@ -17,11 +14,9 @@ std 0.02) give:
 | instruction following |   56,000 |   876 | 0.44 |
 | code                  |   30,000 |   470 | 0.23 |
 
-(for the linear schedule, the sum of the learning rates is
-`peak * steps / 2`). At 10% removed, the threshold is the 10th percentile of
-|N(0, 0.02)|, about 2.5e-3 = 0.13 std, so B = 0.47 lets a score cross it
-several times over, while a run of a few dozen steps at 2e-5 (B ~ 0.01)
-barely moves the mask from its random start.
+At 10% removed the threshold is about 0.13 std, so B = 0.47 lets a score
+cross it several times over, while a few dozen steps at 2e-5 (B ~ 0.01)
+barely move the mask from its random start.
 """
 
 import math
@@ -34,7 +29,6 @@ import numpy as np
 from keras_mft.schedules import LinearWarmupDecay
 
 PAPER_BUDGETS = {"math": 0.47, "instruction_following": 0.44, "code": 0.23}
-# The default of `keras-mft train` and `protocol.mask_fine_tune`.
 DEFAULT_BUDGET = PAPER_BUDGETS["math"]
 # Below this, the scores barely cross the threshold: `warn_if_small` says so.
 SMALL_BUDGET = 0.05
@@ -43,12 +37,7 @@ INITIAL_SCORE_STD = 0.02
 
 
 def learning_rate_sum(learning_rate, steps):
-    """The sum of the learning rates of steps 0 to `steps - 1`.
-
-    Args:
-        learning_rate: a float or a Keras `LearningRateSchedule`.
-        steps: how many steps.
-    """
+    """The sum of the learning rates (a float or a schedule) of steps 0 to `steps - 1`."""
     if steps <= 0:
         return 0.0
     if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
@@ -107,17 +96,13 @@ def check_rate_arguments(score_budget=None, learning_rate=None):
 
 
 def peak_learning_rate(total_steps, score_std, score_budget=None, learning_rate=None):
-    """The paper schedule's peak learning rate and B, given one of them.
+    """`(peak learning rate, B)` of the paper's schedule, given one of them.
 
     Args:
         total_steps: the run's number of steps.
         score_std: the std of the initial scores (`score_std(model)`).
-        score_budget: the budget B to spend; the default when neither is
-            given is `DEFAULT_BUDGET` (0.47).
+        score_budget: the budget B; `DEFAULT_BUDGET` (0.47) if neither is given.
         learning_rate: the peak learning rate, instead of `score_budget`.
-
-    Returns:
-        `(learning_rate, budget)`.
     """
     check_rate_arguments(score_budget, learning_rate)
     if learning_rate is None:
@@ -131,10 +116,7 @@ def peak_learning_rate(total_steps, score_std, score_budget=None, learning_rate=
 
 
 def score_std(model):
-    """The std of all the scores of a wrapped model, pooled (B's denominator).
-
-    Read it right after `keras_mft.wrap`: that is the initial spread.
-    """
+    """The pooled std of a wrapped model's scores: B's denominator right after `wrap`."""
     from keras_mft.wrapping import scores_of
 
     scores = [values.reshape(-1) for values in scores_of(model).values()]
