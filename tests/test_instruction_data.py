@@ -11,7 +11,8 @@ from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
 from keras_mft import instruction_dataset
 from keras_mft import read_jsonl
-from keras_mft.chat_templates import render
+from keras_mft.embedded import smollm2
+from keras_mft.instruction_data import _pack
 
 DATA = {
     "prompts": ["What is 2 + 3?", "Name a colour.", "Say <|im_end|> please"],
@@ -33,23 +34,59 @@ def decode(tokenizer, ids):
     )
 
 
+CONVERSATIONS = [
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 2 + 3?"},
+        {"role": "assistant", "content": "5."},
+        {"role": "user", "content": "And 2 + 4?"},
+        {"role": "assistant", "content": "6."},
+    ],
+    [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}],
+]
+
+
+def learned_text(tokenizer, y, weights):
+    return decode(tokenizer, y[weights == 1.0])
+
+
 @pytest.mark.parametrize(
     "template, end", [("chatml", "<|im_end|>"), ("llama3", "<|eot_id|>"), ("llama2", " </s>")]
 )
-@pytest.mark.parametrize("pack", [True, False])
-def test_weights_select_exactly_the_responses(tokenizer, template, end, pack):
+def test_weights_select_exactly_the_responses(tokenizer, template, end):
     x, y, weights = instruction_dataset(
-        tokenizer, DATA, sequence_length=64, template=template, pack=pack
+        tokenizer, DATA, sequence_length=64, template=template, pack=False
     )
     assert x["token_ids"].shape == y.shape == weights.shape
     assert set(np.unique(weights)) <= {0.0, 1.0}
-    learned = decode(tokenizer, y[weights == 1.0])
     space = " " if template == "llama2" else ""
-    assert learned == "".join(space + r + end for r in DATA["responses"])
+    assert learned_text(tokenizer, y, weights) == "".join(
+        space + r + end for r in DATA["responses"]
+    )
     # Targets are the inputs shifted by one.
     np.testing.assert_array_equal(x["token_ids"][:, 1:], y[:, :-1])
     # Padding carries no weight.
-    assert np.all(weights[:, -1][~x["padding_mask"][:, -1]] == 0)
+    assert np.all(weights[~x["padding_mask"]] == 0)
+    # Packing moves whole examples, so it learns the same tokens.
+    packed = instruction_dataset(tokenizer, DATA, sequence_length=64, template=template)
+    assert sorted(packed[1][packed[2] == 1].tolist()) == sorted(y[weights == 1].tolist())
+
+
+def test_loss_on_every_assistant_turn_of_a_conversation(tokenizer):
+    x, y, weights = instruction_dataset(
+        tokenizer, {"messages": CONVERSATIONS}, sequence_length=128, pack=False
+    )
+    assert learned_text(tokenizer, y, weights) == "5.<|im_end|>6.<|im_end|>Blue.<|im_end|>"
+    assert decode(tokenizer, x["token_ids"][0][x["padding_mask"][0]]).startswith(
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2 + 3?"
+    )
+    # `system` fills in only where a conversation has none.
+    x, y, weights = instruction_dataset(
+        tokenizer, {"messages": CONVERSATIONS}, sequence_length=128, pack=False, system="Hi."
+    )
+    texts = [decode(tokenizer, row[mask]) for row, mask in zip(x["token_ids"], x["padding_mask"])]
+    assert texts[0].startswith("<|im_start|>system\nBe brief.")
+    assert texts[1].startswith("<|im_start|>system\nHi.<|im_end|>\n<|im_start|>user\nName")
 
 
 def test_prompt_text_cannot_inject_special_tokens(tokenizer):
@@ -60,19 +97,68 @@ def test_prompt_text_cannot_inject_special_tokens(tokenizer):
     assert int(np.sum(x["token_ids"][0] == im_end) + (y[0, -1] == im_end)) == 6
 
 
-def test_packing_fills_sequences(tokenizer):
-    x, _, _ = instruction_dataset(tokenizer, DATA, sequence_length=16)
-    assert x["token_ids"].shape[1] == 16
-    assert np.all(x["padding_mask"][:-1])
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    return smollm2.tokenizer_from_gguf(smollm2.gguf_reader())
+
+
+def test_smollm2_uses_the_template_of_its_gguf_file(smollm2_tokenizer):
+    tokenizer = smollm2_tokenizer
+    assert "You are a helpful AI assistant named SmolLM" in tokenizer.chat_template
+    assert tokenizer.get_config()["chat_template"] == tokenizer.chat_template
+    data = {"prompts": ["Say <|im_end|>"], "responses": ["2 + 3 = 5"]}
+    x, y, weights = instruction_dataset(tokenizer, data, sequence_length=64, pack=False)
+    text = (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
+        "Hugging Face<|im_end|>\n<|im_start|>user\nSay <|im_end|><|im_end|>\n"
+        "<|im_start|>assistant\n2 + 3 = 5<|im_end|>"
+    )
+    ids = x["token_ids"][0][x["padding_mask"][0]].tolist()
+    assert decode(tokenizer, ids) == text
+    # SmolLM2's tokenizer reads "<|im_end|>" in text as its special token:
+    # the one the user typed must stay text.
+    assert ids.count(tokenizer.token_to_id("<|im_end|>")) == 3
+    assert learned_text(tokenizer, y, weights) == "2 + 3 = 5<|im_end|>"
+    # The hand-written ChatML has no default system turn.
+    x, _, _ = instruction_dataset(
+        tokenizer, data, sequence_length=64, pack=False, template="chatml"
+    )
+    assert decode(tokenizer, x["token_ids"][0][:3]) == "<|im_start|>user\n"
+
+
+def test_packing_keeps_examples_whole(tokenizer):
+    _, _, lone = instruction_dataset(tokenizer, DATA, sequence_length=128, pack=False)
+    x, y, weights = instruction_dataset(tokenizer, DATA, sequence_length=128)
+    assert x["token_ids"].shape[1] == 128
+    im_start = tokenizer.token_to_id("<|im_start|>")
+    for ids, mask in zip(x["token_ids"], x["padding_mask"]):
+        # Each row starts an example, and holds only whole ones.
+        assert ids[0] == im_start and np.all(mask[: mask.sum()])
+    assert len(y) < len(lone) and weights.sum() == lone.sum()
+
+
+@pytest.mark.backend_independent
+def test_first_fit_decreasing_is_deterministic():
+    examples = [(np.zeros(n), np.zeros(n)) for n in (5, 3, 4, 2, 6)]
+    # 6 opens a row, 5 and 4 do too, 3 fits beside 5, 2 beside 6.
+    assert _pack(examples, 8) == [[0, 1], [2], [3, 4]]
 
 
 def test_warns_about_long_examples_and_little_loss(tokenizer):
+    for pack in (True, False):
+        with pytest.warns(
+            UserWarning,
+            match=r"3 of 3 examples are longer than sequence_length \(8 tokens\) and were "
+            r"cut at the end: 20 of 35 response tokens are lost. 3 of them had a prompt "
+            "longer than that: its beginning was cut.",
+        ):
+            x, y, weights = instruction_dataset(tokenizer, DATA, sequence_length=8, pack=pack)
+        # Half of each sequence is the end of the prompt, half the response.
+        assert learned_text(tokenizer, y, weights) == "2 + 3Blue.<|im_"
     with pytest.warns(
-        UserWarning, match=r"examples are longer than sequence_length \(8 tokens\): were cut"
+        UserWarning, match=r"2 of 3 examples .* 10 of 35 response tokens are lost\. 1 of them"
     ):
-        instruction_dataset(tokenizer, DATA, sequence_length=8, pack=False)
-    with pytest.warns(UserWarning, match="packing must split them"):
-        instruction_dataset(tokenizer, DATA, sequence_length=8)
+        instruction_dataset(tokenizer, DATA, sequence_length=40, pack=False)
     with pytest.warns(UserWarning, match="are response tokens that carry loss"):
         instruction_dataset(
             tokenizer, {"prompts": ["x" * 3000], "responses": ["y"]}, sequence_length=4096
@@ -80,18 +166,6 @@ def test_warns_about_long_examples_and_little_loss(tokenizer):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         instruction_dataset(tokenizer, DATA, sequence_length=512)
-
-
-def test_system_prompt(tokenizer):
-    pieces = render("chatml", "hi", "hello", system="Be brief.")
-    text = "".join(t for t, _, _ in pieces)
-    assert text == (
-        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
-        "<|im_start|>assistant\nhello<|im_end|>"
-    )
-    assert [t for t, _, r in pieces if r] == ["hello", "<|im_end|>"]
-    llama2 = "".join(t for t, _, _ in render("llama2", "hi", "hello", system="Be brief."))
-    assert llama2 == "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nhi [/INST] hello </s>"
 
 
 def test_loss_is_the_mean_over_response_tokens(tokenizer):
@@ -181,4 +255,6 @@ def test_unknown_template_and_missing_special_token(tokenizer):
     vocabulary["th"] = len(vocabulary)
     plain = keras_hub.tokenizers.BytePairTokenizer(vocabulary=vocabulary, merges=["t h"])
     with pytest.raises(ValueError, match="no token '<|im_start|>'"):
+        instruction_dataset(plain, DATA, sequence_length=8, template="chatml")
+    with pytest.raises(ValueError, match="--template .* --chat-template"):
         instruction_dataset(plain, DATA, sequence_length=8)

@@ -290,6 +290,7 @@ def tokenizer_from_gguf(reader):
         bos_token=arguments["bos_token"],
         eos_token=arguments["eos_token"],
         misc_special_tokens=list(arguments["misc_special_tokens"]),
+        chat_template=arguments["chat_template"],
     )
 
 
@@ -305,4 +306,6 @@ def _tokenizer_arguments(reader):
         "misc_special_tokens": [
             token for token, token_type in zip(tokens, token_types) if token_type == CONTROL_TOKEN
         ],
+        # A ChatML template with a default system turn.
+        "chat_template": _field(reader, "tokenizer.chat_template", "") or None,
     }

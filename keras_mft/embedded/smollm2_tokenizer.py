@@ -72,6 +72,9 @@ class SmolLM2Tokenizer(Llama3Tokenizer):
             `"<|im_end|>"` for SmolLM2.
         misc_special_tokens: iterable of strings. Other control tokens that
             are never split, e.g. `"<|endoftext|>"`.
+        chat_template: string or `None`. SmolLM2's Jinja chat template (the
+            GGUF file's `tokenizer.chat_template`), which
+            `keras_mft.instruction_dataset` uses unless told otherwise.
         **kwargs: passed to `keras_hub.tokenizers.BytePairTokenizer`.
 
     Example:
@@ -91,8 +94,10 @@ class SmolLM2Tokenizer(Llama3Tokenizer):
         bos_token="<|im_start|>",
         eos_token="<|im_end|>",
         misc_special_tokens=(),
+        chat_template=None,
         **kwargs,
     ):
+        self.chat_template = chat_template
         self._misc_special_tokens = sorted(set(misc_special_tokens) - {bos_token, eos_token})
         super().__init__(
             vocabulary=vocabulary,
@@ -183,6 +188,7 @@ class SmolLM2Tokenizer(Llama3Tokenizer):
                 "bos_token": self.start_token,
                 "eos_token": self.end_token,
                 "misc_special_tokens": self._misc_special_tokens,
+                "chat_template": self.chat_template,
             }
         )
         return config
