@@ -30,7 +30,7 @@ from keras_mft import score_budget as budgets
 from keras_mft import selection as selections
 from keras_mft.backup import CrashSafeBackupAndRestore
 from keras_mft.chat_templates import TEMPLATES
-from keras_mft.chat_templates import template_for
+from keras_mft.chat_templates import load_chat_template
 from keras_mft.embedded.smollm2 import backbone_config
 from keras_mft.embedded.smollm2 import gguf_reader
 from keras_mft.embedded.smollm2 import smollm2_135m_instruct
@@ -300,12 +300,20 @@ def _data_arguments(command, sequence_length):
     command.add_argument(
         "--data",
         required=True,
-        help='JSONL file, one {"prompt": ..., "response": ...} (or "completion") per line',
+        help='JSONL file, one {"messages": [...]} or {"prompt": ..., "response": ...} '
+        '(or "completion") per line',
     )
-    command.add_argument(
+    template = command.add_mutually_exclusive_group()
+    template.add_argument(
         "--template",
         choices=sorted(TEMPLATES),
-        help="chat template (default: the one whose special tokens the tokenizer has)",
+        help="a hand-written chat format (default: the model's own template, else the "
+        "format its special tokens name)",
+    )
+    template.add_argument(
+        "--chat-template",
+        metavar="FILE",
+        help="the model's Jinja chat template: a .jinja file or a tokenizer_config.json",
     )
     command.add_argument(
         "--sequence-length",
@@ -694,7 +702,11 @@ def _detach_tokenizer(model, preset):
 
 
 def _dataset(tokenizer, records, args):
-    template = args.template or template_for(tokenizer)
+    chat_template = load_chat_template(args.chat_template) if args.chat_template else None
     return instruction_dataset(
-        tokenizer, records, sequence_length=args.sequence_length, template=template
+        tokenizer,
+        records,
+        sequence_length=args.sequence_length,
+        template=args.template,
+        chat_template=chat_template,
     )
