@@ -34,17 +34,8 @@ GROUP_OF = {
 }
 ALIASES = tuple(GROUP_OF)
 
-# The projections' names in Hugging Face checkpoints of Llama, Mistral, Qwen,
-# Gemma (and in PEFT's `target_modules`), accepted wherever an alias is.
-HF_NAMES = {
-    "q_proj": "q",
-    "k_proj": "k",
-    "v_proj": "v",
-    "o_proj": "o",
-    "gate_proj": "gate",
-    "up_proj": "up",
-    "down_proj": "down",
-}
+# The Hugging Face names (PEFT's `target_modules`), accepted wherever an alias is.
+HF_NAMES = {f"{alias}_proj": alias for alias in ALIASES}
 
 _ATTENTION = {"q": "query", "k": "key", "v": "value", "o": "attention_output"}
 _GATED_MLP = {
@@ -53,21 +44,20 @@ _GATED_MLP = {
     "down": "feedforward_output_dense",
 }
 _GEMMA_MLP = {"gate": "ffw_gating", "up": "ffw_gating_2", "down": "ffw_linear"}
-_PLAIN_MLP = {
-    "up": "feedforward_intermediate_dense",
-    "down": "feedforward_output_dense",
-}
+_PLAIN_MLP = {"up": "feedforward_intermediate_dense", "down": "feedforward_output_dense"}
+_LLAMA = {**_ATTENTION, **_GATED_MLP}
+_GEMMA = {**_ATTENTION, **_GEMMA_MLP}
 
 # Backbone class -> {alias: KerasHub layer name}. Subclasses (Llama3Backbone
 # of LlamaBackbone) are found through their parent.
 LAYER_NAMES = {
-    keras_hub.models.LlamaBackbone: {**_ATTENTION, **_GATED_MLP},
-    keras_hub.models.MistralBackbone: {**_ATTENTION, **_GATED_MLP},
-    keras_hub.models.QwenBackbone: {**_ATTENTION, **_GATED_MLP},
-    keras_hub.models.Qwen3Backbone: {**_ATTENTION, **_GATED_MLP},
-    keras_hub.models.Phi3Backbone: {**_ATTENTION, **_GATED_MLP},
-    keras_hub.models.GemmaBackbone: {**_ATTENTION, **_GEMMA_MLP},
-    keras_hub.models.Gemma3Backbone: {**_ATTENTION, **_GEMMA_MLP},
+    keras_hub.models.LlamaBackbone: _LLAMA,
+    keras_hub.models.MistralBackbone: _LLAMA,
+    keras_hub.models.QwenBackbone: _LLAMA,
+    keras_hub.models.Qwen3Backbone: _LLAMA,
+    keras_hub.models.Phi3Backbone: _LLAMA,
+    keras_hub.models.GemmaBackbone: _GEMMA,
+    keras_hub.models.Gemma3Backbone: _GEMMA,
     keras_hub.models.GPT2Backbone: {**_ATTENTION, **_PLAIN_MLP},
 }
 

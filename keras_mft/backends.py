@@ -1,45 +1,29 @@
 """Where keras-mft's code differs by backend.
 
-Mask selection and the straight-through gradient are a few passes over every
-masked weight at every step, so how fast a backend runs each pass decides
-much of MFT's cost. `keras.ops` gives the same result everywhere but not the
-same speed: XLA fuses elementwise passes and compiles a scatter into a fast
-loop, while PyTorch and TensorFlow (which Keras runs without XLA on a CPU) run
-op by op, each with its own counting kernel. The functions here choose, per
-backend, the fastest way measured; every way gives the same result
-(measurements: docs/benchmarks.md, "Why the code differs by backend").
-
-- `histogram`: the backend's bincount kernel where `segment_sum` is slow, and
-  on a GPU several copies of the bins, so that atomic additions spread out
-  (TensorFlow, not measured on a GPU, always counts into one copy).
-- `histogram_of_bin`: skips the entries of other bins where the counting
-  kernel can, and picks out the bin's entries first where it cannot.
-- `straight_through_gradient`: in place on PyTorch, whose fresh buffers the
-  kernel zero-fills.
-- `cond_skips_work`: whether a conditional saves the branch not taken.
+Mask selection and the straight-through gradient are passes over every masked
+weight at every step. `keras.ops` gives the same result on every backend but
+not the same speed: XLA fuses passes and compiles a scatter into a fast loop,
+while PyTorch and TensorFlow (without XLA on a CPU) run op by op. Each function
+here takes, per backend, the fastest way measured; all give the same result.
+Every measurement cited below is in docs/benchmarks.md, "Why the code differs
+by backend".
 """
 
 import keras
 from keras import ops
 
 # A power of two. On a GPU most scores fall in a few bins, whose atomic
-# additions wait for each other; 256 copies measured about as fast as any
-# other count (docs/benchmarks.md).
+# additions wait for each other; 256 copies measured as fast as any count.
 _GPU_HISTOGRAM_COPIES = 256
 
 
 def histogram(bins, num_bins, copies=None):
-    """int32 counts of the values of `bins` (1-D, non-negative int32) in
-    [0, num_bins).
+    """int32 counts of the values of `bins` (1-D, non-negative int32) in [0, num_bins).
 
-    JAX and TensorFlow do not count values of `num_bins` or more; PyTorch
-    must not be given any.
-
-    `copies` (a power of two) counts entry i into copy `i % copies` of the
-    bins, then adds the copies up; by default 256 on a GPU, 1 elsewhere.
+    `copies` (a power of two, by default 256 on a GPU and 1 elsewhere)
+    counts entry i into copy `i % copies` of the bins, then adds them up.
     """
     if copies is None:
-        # On a CPU the copies cost more than they save (docs/benchmarks.md).
         copies = _GPU_HISTOGRAM_COPIES if _on_gpu(bins) else 1
     if copies == 1:
         return _count(bins, num_bins)
@@ -63,11 +47,9 @@ def _on_gpu(tensor):
 
 
 def _count(bins, num_bins):
-    """`histogram` in one copy of the bins. JAX and TensorFlow skip values of
-    `num_bins` or more, which `histogram_of_bin` relies on."""
+    """`histogram` in one copy. JAX and TensorFlow skip values of `num_bins` or more."""
     backend = keras.backend.backend()
-    # PyTorch's and TensorFlow's scatter (`segment_sum`) is many times slower
-    # than their bincount kernels; only XLA makes it fast (docs/benchmarks.md).
+    # `segment_sum` is many times slower than a bincount kernel, except on XLA.
     if backend == "torch":
         import torch
 
@@ -84,46 +66,32 @@ def _count(bins, num_bins):
 
 
 def histogram_of_bin(keys, high, high_bin, low_bits):
-    """int32 counts of the low `low_bits` bits of the `keys` whose high bits,
-    `high` (`keys >> low_bits`), equal `high_bin`."""
+    """int32 counts of the low `low_bits` bits of the `keys` whose `high` bits equal `high_bin`."""
     num_bins = 2**low_bits
-    # One copy of the bins even on a GPU: one bin's entries are few enough
-    # not to wait for each other (measurements: docs/benchmarks.md).
+    # One copy of the bins even on a GPU: one bin's entries rarely collide.
     if keras.backend.backend() == "torch":
-        # `torch.bincount` counts every value, so the bin's entries are picked
-        # out first, by the high bits already computed: one pass fewer than an
-        # XOR and a comparison (docs/benchmarks.md).
+        # `torch.bincount` counts every value: pick out the bin's entries.
         return _count(keys[high == high_bin] & (num_bins - 1), num_bins)
-    # The bin's entries keep their low bits; every other entry becomes
-    # `num_bins` or more, which `_count` skips here: faster than counting them
-    # in an extra bin, where every addition waits for the one before.
+    # Every other bin's entries become `num_bins` or more, which `_count`
+    # skips: faster than counting them in an extra bin.
     return _count(ops.bitwise_xor(keys, high_bin * num_bins), num_bins)
 
 
 def straight_through_gradient(kernel, scores, upstream):
-    """`sign(scores) * kernel * upstream`, computed in `kernel`'s dtype and
-    returned in `scores`' dtype."""
+    """`sign(scores) * kernel * upstream`, computed in `kernel`'s dtype, in `scores`' dtype."""
     if keras.backend.backend() == "torch":
         import torch
 
-        # The two products in place: eager PyTorch gets fresh memory, which
-        # the kernel zero-fills, for every new result (docs/benchmarks.md).
+        # In place: eager PyTorch's fresh buffers are zero-filled by the kernel.
         gradient = torch.sign(scores).to(kernel.dtype)
         gradient.mul_(kernel).mul_(upstream)
         return gradient.to(scores.dtype)
-    # In this order only one weight-sized temporary (`kernel * sign`) is alive
-    # beside the result.
+    # In this order only one weight-sized temporary is alive beside the result.
     kernel_sign = ops.multiply(kernel, ops.cast(ops.sign(scores), kernel.dtype))
     return ops.cast(ops.multiply(upstream, kernel_sign), scores.dtype)
 
 
 def cond_skips_work():
-    """Whether a pass that `keras.ops.cond` leaves out saves its time.
-
-    PyTorch and TensorFlow (as Keras runs it on a CPU, without XLA) run op by
-    op, one pass over memory each, and a conditional runs one branch. XLA
-    fuses the branch into the passes around it, and a conditional stops the
-    fusion, which costs JAX more than the branch (measurements:
-    docs/benchmarks.md).
-    """
+    """Whether a pass that `keras.ops.cond` leaves out saves its time."""
+    # On XLA a conditional stops the fusion, which costs more than the branch.
     return keras.backend.backend() != "jax"

@@ -1,8 +1,4 @@
-"""`wrap` and `bake`: put learnable masks on a KerasHub causal LM, then multiply them in.
-
-`wrap` freezes the model and turns some projections into masked layers;
-`bake` multiplies each mask into its kernel and makes the model plain again.
-"""
+"""`wrap` puts learnable masks on a KerasHub causal LM; `bake` multiplies them in."""
 
 import contextlib
 import zlib
@@ -45,49 +41,34 @@ def wrap(
 ):
     """Prepares a KerasHub causal LM for Mask Fine-Tuning, in place.
 
-    Every weight of the model is frozen. The selected projections of the
-    selected decoder blocks become `MaskedDense` / `MaskedEinsumDense` layers
-    with a float32 `scores` variable each; those scores are the only trainable
-    variables, unless LoRA was enabled before wrapping
-    (`model.backbone.enable_lora(rank)`): then the LoRA factors train too, and
-    a layer with both computes `kernel * mask + LoRA's delta`. A `CausalLM`
-    is recompiled with the paper's optimiser at a constant learning rate
-    (`PaperAdamW`: AdamW as PyTorch computes it, learning rate 2e-5, weight
-    decay 0, gradients clipped to a global norm of 1.0) and the paper's loss
-    (`paper_loss`: the mean over the response tokens), so `model.fit(...)`
-    works at once. For the paper's schedule and a score budget that moves the
-    masks, recompile with `keras_mft.protocol.paper_optimizer` (see
-    `keras_mft.score_budget`).
+    Every weight is frozen, and the chosen projections of the chosen decoder
+    blocks become `MaskedDense` / `MaskedEinsumDense` layers whose float32
+    `scores` are the only trainable variables (with the LoRA factors, if
+    `enable_lora` was called first: the kernel is then `kernel * mask` plus
+    LoRA's delta). A `CausalLM` is recompiled with `PaperAdamW` at a constant
+    2e-5 and `paper_loss`, so `model.fit` works at once; for the paper's
+    schedule and a score budget, see `keras_mft.protocol`.
 
     Args:
         model: a KerasHub `CausalLM` or its backbone: Llama, Llama3, Mistral,
             Gemma, Gemma3, Qwen (2), Qwen3, Phi3 or GPT-2.
         layers: the decoder blocks to mask (0-based): a band `"start:stop"`
             (stop excluded, negative counts from the end, e.g. `"-4:"`), a
-            list of block indices, or `"all"`. Defaults to `"0:4"`, the first
-            four blocks (the paper's best band for instruction following).
-        targets: the projections to mask in each block, by alias (`q, k, v, o,
-            gate, up, down`), by the model's KerasHub layer name (`query`,
-            ..., `feedforward_output_dense` in Llama) or by the Hugging Face
-            name that PEFT's `target_modules` uses (`q_proj`, ..., `down_proj`). Defaults to all of the
-            model's projections (seven; six in GPT-2, whose MLP has no gate).
+            list of indices, or `"all"`. Defaults to `"0:4"`.
+        targets: the projections to mask in each block, by alias (`q, k, v,
+            o, gate, up, down`), KerasHub layer name (`query`, ...) or Hugging
+            Face name (`q_proj`, ...). Defaults to all of them.
         sparsity: the fraction of weights removed from each masked matrix,
-            in [0, 1). Exactly `floor(sparsity * size)` entries are removed.
-            Defaults to 0.1, the paper's ratio.
+            in [0, 1): exactly `floor(sparsity * size)`. Defaults to 0.1.
         attention_sparsity: overrides `sparsity` for `q, k, v, o`.
         mlp_sparsity: overrides `sparsity` for `gate, up, down`.
-        selection: how the removed entries are chosen. `"per_matrix"` (the
-            paper): each matrix removes its own smallest |scores|.
-            `"global"`: the same projection of all the selected blocks shares
-            one threshold, removing as many weights in total. `"N:M"`, e.g.
-            `"2:4"`: keep the N largest of every M consecutive weights along
-            the input dimension; the sparsity is then (M - N) / M, so leave
-            the sparsity arguments unset. See `keras_mft.selection`.
-        score_init: `"random"` (normal, stddev 0.02, as in the paper's code:
-            the first mask is a random prune) or `"magnitude"` (`|W|`: the
-            first mask is the L1-magnitude mask).
-        seed: int seed of the random scores; the same seed gives the same
-            scores on every backend.
+        selection: `"per_matrix"` (the paper), `"global"` (one threshold per
+            projection over the blocks) or `"N:M"`, e.g. `"2:4"`, which fixes
+            the sparsity: leave the sparsity arguments unset. See
+            `keras_mft.selection`.
+        score_init: `"random"` (normal, stddev 0.02: the first mask is a
+            random prune) or `"magnitude"` (`|W|`: the L1-magnitude mask).
+        seed: int seed of the random scores, the same on every backend.
 
     Returns:
         The same model object, wrapped.
@@ -168,11 +149,7 @@ def _checking(argument):
 
 
 def _plan(backbone, layers, targets, sparsity, attention_sparsity, mlp_sparsity, selection):
-    """Checks the block, target, sparsity and selection arguments against the model.
-
-    Returns the (alias, layer, sparsity) of each projection to mask, and each
-    alias' selection object. Changes nothing.
-    """
+    """Checks wrap's arguments; returns each (alias, layer, sparsity) and each alias' selection."""
     blocks = backbone.transformer_layers
     with _checking("layers"):
         chosen_blocks = parse_layers(layers, len(blocks))
@@ -266,12 +243,7 @@ def _parse_band(band, num_blocks):
 
 
 def parse_targets(targets, layer_names):
-    """The aliases of the projections that `targets` selects, validated.
-
-    Args:
-        targets: aliases or KerasHub layer names, or None for all of them.
-        layer_names: the model's {alias: KerasHub layer name}.
-    """
+    """The aliases that `targets` selects, given the model's {alias: KerasHub layer name}."""
     if targets is None:
         return list(layer_names)
     if isinstance(targets, str):
@@ -281,18 +253,13 @@ def parse_targets(targets, layer_names):
     alias_of.update(
         {name: alias for name, alias in architectures.HF_NAMES.items() if alias in layer_names}
     )
+    choices = f"the aliases {list(layer_names)} or the KerasHub layer names"
+    choices += f" {list(layer_names.values())}"
     if not targets:
-        raise ValueError(
-            f"`targets` is empty: name at least one projection, from the aliases "
-            f"{list(layer_names)} or the KerasHub layer names {list(layer_names.values())}."
-        )
+        raise ValueError(f"`targets` is empty: name at least one projection, from {choices}.")
     unknown = [t for t in targets if t not in alias_of]
     if unknown:
-        raise ValueError(
-            f"Unknown targets {unknown}. This model's projections are the "
-            f"aliases {list(layer_names)} or the KerasHub layer names "
-            f"{list(layer_names.values())}."
-        )
+        raise ValueError(f"Unknown targets {unknown}. This model's projections are {choices}.")
     chosen = {alias_of[t] for t in targets}
     return [alias for alias in layer_names if alias in chosen]
 
@@ -307,12 +274,9 @@ def train_only_lora_factors(layer):
 
 
 def initial_scores(layer, score_init, seed):
-    """The starting scores of one layer, computed in numpy.
-
-    Random scores come from a generator seeded by `seed` and the kernel's
-    path, so they are identical on every backend and do not depend on which
-    other layers are wrapped.
-    """
+    """One layer's starting scores, in numpy."""
+    # Seeded by `seed` and the kernel's path: the same on every backend,
+    # whichever other layers are wrapped.
     kernel = keras.ops.convert_to_numpy(layer._kernel).astype("float32")
     if score_init == "magnitude":
         return np.abs(kernel)
@@ -330,12 +294,7 @@ def masked_layers_of(model):
 
 
 def masks_of(model):
-    """The current hard masks of a wrapped model, as numpy arrays.
-
-    Returns:
-        `{kernel path: mask}`, each mask a boolean array of the kernel's
-        shape, True where the weight is kept.
-    """
+    """The current masks of a wrapped model: `{kernel path: boolean array, True where kept}`."""
     return {
         layer.kernel_path: keras.ops.convert_to_numpy(layer.keep_mask())
         for layer in masked_layers_of(model)
@@ -343,11 +302,7 @@ def masks_of(model):
 
 
 def scores_of(model):
-    """The current scores of a wrapped model, as numpy arrays.
-
-    Returns:
-        `{kernel path: scores}`, each a float32 array of the kernel's shape.
-    """
+    """The current scores of a wrapped model: `{kernel path: float32 array}`."""
     return {
         layer.kernel_path: keras.ops.convert_to_numpy(layer.scores)
         for layer in masked_layers_of(model)
@@ -357,14 +312,11 @@ def scores_of(model):
 def bake(model):
     """Makes a wrapped model a plain KerasHub model again, in place.
 
-    Each masked kernel is multiplied by its current hard mask (exactly 0 or 1),
-    the scores are dropped and the layers become plain `keras.layers.Dense` /
-    `keras.layers.EinsumDense`. As in a freshly loaded KerasHub model, every
-    weight is trainable again (with LoRA enabled: as after KerasHub's
-    `enable_lora`, only the LoRA layers' factors and biases, and each kernel
-    keeps LoRA's delta on top of its baked mask), and a `CausalLM` is recompiled with KerasHub's
-    defaults (its sampler kept). The result saves with `save_to_preset` and
-    loads with KerasHub alone, without keras-mft.
+    Each masked kernel is multiplied by its current mask, the scores are
+    dropped and the layers become plain `Dense` / `EinsumDense`. Every weight
+    is trainable again (with LoRA: as after `enable_lora`), and a `CausalLM`
+    is recompiled with KerasHub's defaults. The result saves with
+    `save_to_preset` and loads with KerasHub alone.
 
     Args:
         model: a model returned by `keras_mft.wrap`.
@@ -376,8 +328,7 @@ def bake(model):
     for layer in model._flatten_layers():
         if hasattr(layer, "_plain_quantize"):  # the model and backbone that `wrap` changed
             allow_quantize(layer)
-    # Layer by layer: on TensorFlow, `model.trainable = True` does not reach
-    # every sublayer that `wrap` froze.
+    # Layer by layer: on TensorFlow, `model.trainable` does not reach them all.
     for layer in model._flatten_layers():
         layer.trainable = True
     lora_layers = [
