@@ -10,16 +10,12 @@ import keras
 class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
     """`keras.callbacks.BackupAndRestore` whose backup is always whole.
 
-    Keras writes `latest.weights.h5` and `training_metadata.json` in place, so
-    a process killed while it writes them leaves a backup that can neither be
-    resumed nor trusted. This callback writes each backup into
-    `backup_dir/next/`, flushes it to disk, and only then renames it to
-    `backup_dir/latest/` (the backup it replaces is moved aside first and
-    deleted last). At any moment, `latest/` or the moved-aside `previous/`
-    holds a complete backup, and resuming picks it up.
-
-    A backup that cannot be read all the same (a disk error, a file edited by
-    hand) raises a `ValueError` that names it and says what to do.
+    Keras writes its backup in place, so a process killed while it writes
+    leaves a backup that cannot be resumed. This callback writes each backup
+    into `backup_dir/next/`, flushes it, and only then renames it to
+    `latest/` (the one it replaces is moved to `previous/` first and deleted
+    last), so a complete backup always exists. A backup that cannot be read
+    all the same raises a `ValueError` that says what to do.
 
     Args are those of `keras.callbacks.BackupAndRestore`, except
     `double_checkpoint`, which this makes unnecessary.

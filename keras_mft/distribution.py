@@ -1,11 +1,8 @@
 """`extend_layout_map`: lay each score variable out like its kernel.
 
-Keras' distribution API (JAX backend) places each variable by matching its
-path against a `keras.distribution.LayoutMap`. KerasHub's
-`get_layout_map(device_mesh)` (Llama, Gemma, Qwen, ...) has a pattern for
-every projection kernel, e.g. `transformer_layer.*feedforward_gate_dense.kernel`.
-A masked layer adds `.../feedforward_gate_dense/scores`, shaped like the
-kernel; without a pattern of its own it would be replicated on every device.
+KerasHub's `get_layout_map(device_mesh)` has a pattern for every projection
+kernel; without one of their own, the scores would be replicated on every
+device.
 """
 
 import re
@@ -16,11 +13,9 @@ _KERNEL_AT_END = re.compile(r"kernel(\$?)$")
 def extend_layout_map(layout_map):
     """Adds a pattern for the scores beside each kernel pattern of `layout_map`.
 
-    Every key that ends in `kernel` gets a twin ending in `scores` with the
-    same layout, so a score variable is sharded exactly like its kernel and
-    the mask is computed where the kernel lives. Call it before the scores
-    are created, i.e. before `keras_mft.wrap`, inside the distribution's
-    scope.
+    Every key that ends in `kernel` gets a twin ending in `scores`, so the
+    scores are sharded like their kernel. Call it before `keras_mft.wrap`,
+    inside the distribution's scope.
 
     Args:
         layout_map: a `keras.distribution.LayoutMap`, e.g. from

@@ -10,9 +10,8 @@ def save_preset(model, directory):
     """Saves a plain (baked or never wrapped) model with `save_to_preset`.
 
     KerasHub 0.32's `LlamaBackbone.get_config` leaves out
-    `tie_word_embeddings`, so a model with tied input and output embeddings
-    (SmolLM2, Llama 3.2) would not load back. The flag is written into the
-    backbone config of the saved `config.json` and `task.json`.
+    `tie_word_embeddings`, so a model with tied embeddings (SmolLM2, Llama
+    3.2) would not load back; this writes it into `config.json` and `task.json`.
 
     Args:
         model: a `CausalLM` or `Backbone` without masks (see `keras_mft.bake`).

@@ -14,9 +14,8 @@ class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         learning_rate * s / warmup                                  if s < warmup
         learning_rate * max(0, (total_steps - s) / (total_steps - warmup))  otherwise
 
-    so the first step of a run with warm-up has a learning rate of 0, as in the
-    paper's run. The sum over all steps is `learning_rate * total_steps / 2`
-    (`(total_steps + 1) / 2` without warm-up): see `keras_mft.score_budget`.
+    so with warm-up the first step has a learning rate of 0, as in the
+    paper's run.
 
     Args:
         learning_rate: the peak learning rate (the paper: 2e-5).
