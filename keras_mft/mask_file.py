@@ -138,7 +138,7 @@ def apply_masks(model, path):
         path: a file written by `keras_mft.save_masks`.
 
     Returns:
-        The same model object, wrapped, with the file's masks.
+        The same model object, wrapped.
     """
     records = _read_records(path)
     backbone = architectures.backbone_of(model)
@@ -188,11 +188,11 @@ def apply_masks(model, path):
 
 
 def describe_masks(path):
-    """What a mask file holds, read without a model.
+    """What a mask file holds, read without a model (and fully validated).
 
     Returns:
-        `[{"path", "shape", "sparsity", "selection", "num_removed"}]`, one entry per
-        masked kernel, in file order. The file is fully validated first.
+        `[{"path", "shape", "sparsity", "selection", "num_removed"}]`, one per
+        masked kernel, in file order.
     """
     return [
         {

@@ -8,8 +8,7 @@ from keras import ops
 class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Hugging Face's `get_linear_schedule_with_warmup`, step for step.
 
-    With `warmup = int(warmup_fraction * total_steps)`, step `s` (counted
-    from 0, as `optimizer.iterations` counts) gets
+    With `warmup = int(warmup_fraction * total_steps)`, step `s` (from 0) gets
 
         learning_rate * s / warmup                                  if s < warmup
         learning_rate * max(0, (total_steps - s) / (total_steps - warmup))  otherwise
@@ -20,8 +19,7 @@ class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     Args:
         learning_rate: the peak learning rate (the paper: 2e-5).
         total_steps: the number of training steps.
-        warmup_fraction: the share of `total_steps` spent warming up (the
-            paper: 0.03).
+        warmup_fraction: the share of `total_steps` spent warming up (0.03).
 
     Example:
 
