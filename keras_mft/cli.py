@@ -207,6 +207,13 @@ def build_parser():
         "L1-magnitude mask) (default: %(default)s)",
     )
     train.add_argument("--epochs", type=_positive_int, default=2, help="(default: %(default)s)")
+    train.add_argument(
+        "--gradient-accumulation-steps",
+        type=_positive_int,
+        default=1,
+        help="average the gradients of this many batches in each update, so that "
+        "--batch-size times it is the batch the optimizer sees (default: %(default)s)",
+    )
     _learning_rate_arguments(train)
     train.add_argument(
         "--seed", type=_seed, default=0, help="seed of the initial scores (default: %(default)s)"
@@ -498,10 +505,18 @@ def run_train(args):
     data = _dataset(tokenizer, records, args)
     validation = _dataset(tokenizer, validation_records, args) if validation_records else None
     steps = total_steps(data, args.batch_size, args.epochs)
+    accumulation = args.gradient_accumulation_steps
     learning_rate, budget = compile_mask_fine_tuning(
-        model, steps, args.score_budget, args.learning_rate
+        model,
+        steps,
+        args.score_budget,
+        args.learning_rate,
+        gradient_accumulation_steps=accumulation if accumulation > 1 else None,
     )
-    print(f"{steps} steps, peak learning rate {learning_rate:.3g}: score budget B = {budget:.3g}.")
+    print(
+        f"{steps // accumulation} updates of {args.batch_size * accumulation} sequences, "
+        f"peak learning rate {learning_rate:.3g}: score budget B = {budget:.3g}."
+    )
     os.makedirs(args.out, exist_ok=True)
     if not args.resume:
         with open(config_path, "w", encoding="utf-8") as file:

@@ -75,6 +75,13 @@ class PaperAdamW(keras.optimizers.AdamW):
             **kwargs,
         )
 
+    def _get_current_learning_rate(self):
+        # Keras hands a schedule the count of batches; with gradient
+        # accumulation the paper's schedule (like Hugging Face's) counts updates.
+        if isinstance(self._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+            return self._learning_rate(self.iterations)
+        return super()._get_current_learning_rate()
+
     def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
         learning_rate = ops.cast(learning_rate, dtype)
@@ -103,20 +110,29 @@ def paper_optimizer(
     learning_rate=LEARNING_RATE,
     warmup_fraction=0.03,
     global_clipnorm=GLOBAL_CLIPNORM,
+    gradient_accumulation_steps=None,
 ):
     """The paper's optimiser: `PaperAdamW` with `LinearWarmupDecay`, clipped.
 
     Args:
-        total_steps: the number of training steps of the run (the schedule
-            reaches 0 there).
+        total_steps: the number of optimizer updates of the run (the schedule
+            reaches 0 there). With gradient accumulation, the batches divided
+            by `gradient_accumulation_steps`.
         learning_rate: the peak learning rate. To choose it from a score
             budget instead, see `keras_mft.score_budget.learning_rate_for_budget`.
         warmup_fraction: the share of the steps spent warming up.
         global_clipnorm: the gradients' global norm is clipped to this; None
             turns clipping off.
+        gradient_accumulation_steps: None, or an int >= 2: each update then
+            averages the gradients of that many batches (Keras' option), so
+            a large batch fits in memory.
     """
     schedule = LinearWarmupDecay(learning_rate, total_steps, warmup_fraction)
-    return PaperAdamW(schedule, global_clipnorm=global_clipnorm)
+    return PaperAdamW(
+        schedule,
+        global_clipnorm=global_clipnorm,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )
 
 
 def paper_loss():

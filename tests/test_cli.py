@@ -110,14 +110,16 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
         "16",
         "--batch-size",
         "2",
+        "--gradient-accumulation-steps",
+        "2",
         "--learning-rate",
         "0.01",
         "--out",
         out,
     )
     assert status == 0, err
-    # 6 sequences of 16 tokens, batches of 2, 2 epochs: 12 steps.
-    assert "12 steps, peak learning rate 0.01: score budget B = " in stdout
+    # 12 batches of 2 sequences of 16 tokens (2 epochs), two batches an update.
+    assert "6 updates of 4 sequences, peak learning rate 0.01: score budget B = " in stdout
     for name in ("masks.mask", "history.json", "training_curve.png", "mask_change.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     for name in ("training_curve.png", "mask_change.png"):

@@ -224,3 +224,64 @@ def test_a_small_budget_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         budgets.warn_if_small(0.05)
+
+
+def torch_accumulated_masks(kernel, scores, x, target, scale, accumulation):
+    """The paper's run with each update averaging `accumulation` batches, in PyTorch."""
+    weight, x, target = torch.tensor(kernel), torch.tensor(x), torch.tensor(target)
+    scores = torch.nn.Parameter(torch.tensor(scores))
+    removed = int(0.1 * scores.numel())
+    optimizer = torch.optim.AdamW(
+        [scores], lr=LEARNING_RATE, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, hugging_face_lambda(STEPS, WARMUP_FRACTION)
+    )
+    masks = []
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        for rows, targets in zip(x.chunk(accumulation), target.chunk(accumulation)):
+            mask = GetSubnet.apply(scores.abs(), removed)
+            loss = scale * 0.5 * ((rows @ (weight * mask) - targets) ** 2).sum()
+            (loss / accumulation).backward()
+        torch.nn.utils.clip_grad_norm_([scores], 1.0)
+        optimizer.step()
+        schedule.step()
+        masks.append(GetSubnet.apply(scores.detach().abs(), removed).numpy() > 0)
+    return masks
+
+
+def test_gradient_accumulation_is_hugging_face_step_for_step():
+    """Each update averages two batches; the schedule counts updates, not batches."""
+    kernel, scores, x, target, scale = problem(1e-6)
+    reference = torch_accumulated_masks(kernel, scores, x, target, scale, accumulation=2)
+    optimizer = paper_optimizer(
+        STEPS, LEARNING_RATE, WARMUP_FRACTION, gradient_accumulation_steps=2
+    )
+    inputs = keras.Input((IN,))
+    layer = keras_mft.MaskedDense(
+        OUT,
+        use_bias=False,
+        sparsity=0.1,
+        kernel_initializer=keras.initializers.Constant(kernel),
+        scores_initializer=keras.initializers.Constant(scores),
+    )
+    model = keras.Model(inputs, layer(inputs))
+    model.compile(
+        optimizer=optimizer,
+        loss=lambda y, y_pred: scale * 0.5 * keras.ops.sum(keras.ops.square(y_pred - y)),
+    )
+    recorder = RecordMasks()
+    model.fit(
+        x,
+        target,
+        batch_size=ROWS // 2,
+        epochs=STEPS,
+        shuffle=False,
+        verbose=0,
+        callbacks=[recorder],
+    )
+    masks = recorder.masks[1::2]  # after the second batch of each update
+    for step, (mask, expected) in enumerate(zip(masks, reference, strict=True)):
+        assert np.array_equal(mask, expected), f"update {step}: {np.sum(mask != expected)} differ"
+    assert np.mean(reference[-1] != reference[0]) > 0.02
