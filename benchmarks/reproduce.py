@@ -45,6 +45,7 @@ import keras_mft
 from keras_mft import evaluation
 from keras_mft import protocol
 from keras_mft.embedded import smollm2
+from keras_mft.instruction_data import tokenize_examples
 
 SETTINGS = {
     "model": "smollm2_135m_instruct",  # --fast: "tiny", keras_mft.tiny_smollm2()
@@ -113,12 +114,17 @@ class Experiment:
             problems, s["train_problems"], s["train_problems"] + s["validation_problems"]
         )
         held_out = part(keras_mft.gsm8k("held_out"), 0, s["held_out_problems"])
-        self.train = keras_mft.instruction_dataset(
-            self.tokenizer, train, sequence_length=s["sequence_length"]
+        self.train = concatenated_rows(
+            tokenize_examples(self.tokenizer, "chatml", train["prompts"], train["responses"]),
+            s["sequence_length"],
         )
         self.scored = {
             name: keras_mft.instruction_dataset(
-                self.tokenizer, data, sequence_length=s["score_length"], pack=False
+                self.tokenizer,
+                data,
+                sequence_length=s["score_length"],
+                template="chatml",
+                pack=False,
             )
             for name, data in (("validation", validation), ("held_out", held_out))
         }
@@ -256,6 +262,27 @@ def settings_key(settings):
     """A short hash of the settings and the backend: results only mix when both match."""
     text = json.dumps({**settings, "backend": keras.backend.backend()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def concatenated_rows(examples, sequence_length):
+    """The pre-registered training rows: every example in ChatML without a
+    system turn, concatenated in order and cut every `sequence_length` tokens
+    (a problem may straddle two rows). `instruction_dataset` now packs whole
+    examples instead; the arms keep the data they were registered with."""
+    ids = np.concatenate([ids for ids, _ in examples])
+    weights = np.concatenate([weights for _, weights in examples])
+    window = sequence_length + 1
+    starts = range(0, max(len(ids) - 1, 1), sequence_length)
+    rows = [(ids[s : s + window], weights[s : s + window]) for s in starts]
+    token_ids = np.zeros((len(rows), window), "int32")
+    token_weights = np.zeros((len(rows), window), "float32")
+    present = np.zeros((len(rows), window), bool)
+    for row, (row_ids, row_weights) in enumerate(rows):
+        token_ids[row, : len(row_ids)] = row_ids
+        token_weights[row, : len(row_ids)] = row_weights
+        present[row, : len(row_ids)] = True
+    x = {"token_ids": token_ids[:, :-1], "padding_mask": present[:, :-1]}
+    return x, token_ids[:, 1:], token_weights[:, 1:] * present[:, 1:]
 
 
 def part(data, start, stop):
