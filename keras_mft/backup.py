@@ -30,6 +30,17 @@ class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._weights_path = os.path.join(self._latest, "latest.weights.h5")
         self._training_metadata_path = os.path.join(self._latest, "training_metadata.json")
 
+    def epochs_done(self):
+        """How many epochs the backup holds (0 if none): where a resumed `fit` starts."""
+        for directory in (self._latest, self._previous):
+            path = os.path.join(directory, "training_metadata.json")
+            try:
+                with open(path, encoding="utf-8") as file:
+                    return int(json.load(file)["epoch"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a damaged backup is reported by `on_train_begin`
+        return 0
+
     def on_train_begin(self, logs=None):
         if not os.path.isdir(self._latest) and os.path.isdir(self._previous):
             os.rename(self._previous, self._latest)  # killed between the two renames

@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import tomllib
+import warnings
 
 import keras
 import keras_hub
@@ -29,6 +30,7 @@ from keras_mft import evaluation
 from keras_mft import score_budget as budgets
 from keras_mft import selection as selections
 from keras_mft.backup import CrashSafeBackupAndRestore
+from keras_mft.batches import Batches
 from keras_mft.chat_templates import TEMPLATES
 from keras_mft.chat_templates import load_chat_template
 from keras_mft.embedded.smollm2 import backbone_config
@@ -216,7 +218,16 @@ def build_parser():
     )
     _learning_rate_arguments(train)
     train.add_argument(
-        "--seed", type=_seed, default=0, help="seed of the initial scores (default: %(default)s)"
+        "--seed",
+        type=_seed,
+        default=0,
+        help="seed of the initial scores and of the data order (default: %(default)s)",
+    )
+    train.add_argument(
+        "--steps-per-epoch",
+        type=_positive_int,
+        help="end a Keras epoch every N steps: validation, logs, best.mask and the backup "
+        "then come every N steps instead of once per pass over --data",
     )
     train.add_argument(
         "--out", default="keras-mft-train", help="output directory (default: %(default)s)"
@@ -242,7 +253,7 @@ def build_parser():
     train.add_argument(
         "--resume",
         action="store_true",
-        help="continue the interrupted run in --out from its last finished epoch",
+        help="continue the interrupted run in --out from its last backup",
     )
 
     evaluate = _command(
@@ -258,6 +269,29 @@ def build_parser():
     _model_arguments(bake_command)
     bake_command.add_argument("--masks", required=True, help="the mask file")
     bake_command.add_argument("--out", required=True, help="the preset directory to write")
+
+    generate = _command(
+        commands,
+        "generate",
+        run_generate,
+        "Greedy answers of the model without and with its masks, side by side.",
+    )
+    _model_arguments(generate)
+    generate.add_argument("--masks", required=True, help="the mask file")
+    generate.add_argument(
+        "--prompt",
+        action="append",
+        required=True,
+        help="a user message; repeat the flag for several",
+    )
+    generate.add_argument("--system", help="a system prompt for every message")
+    _template_arguments(generate)
+    generate.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=64,
+        help="longest answer, in tokens (default: %(default)s)",
+    )
 
     inspect = _command(commands, "inspect", run_inspect, "Show what a mask file holds.")
     inspect.add_argument(
@@ -310,6 +344,19 @@ def _data_arguments(command, sequence_length):
         help='JSONL file, one {"messages": [...]} or {"prompt": ..., "response": ...} '
         '(or "completion") per line',
     )
+    _template_arguments(command)
+    command.add_argument(
+        "--sequence-length",
+        type=_positive_int,
+        default=sequence_length,
+        help="tokens per sequence (default: %(default)s)",
+    )
+    command.add_argument(
+        "--batch-size", type=_positive_int, default=8, help="(default: %(default)s)"
+    )
+
+
+def _template_arguments(command):
     template = command.add_mutually_exclusive_group()
     template.add_argument(
         "--template",
@@ -320,16 +367,8 @@ def _data_arguments(command, sequence_length):
     template.add_argument(
         "--chat-template",
         metavar="FILE",
-        help="the model's Jinja chat template: a .jinja file or a tokenizer_config.json",
-    )
-    command.add_argument(
-        "--sequence-length",
-        type=_positive_int,
-        default=sequence_length,
-        help="tokens per sequence (default: %(default)s)",
-    )
-    command.add_argument(
-        "--batch-size", type=_positive_int, default=8, help="(default: %(default)s)"
+        help="the model's Jinja chat template: a .jinja file or a tokenizer_config.json "
+        "(default: the preset directory's tokenizer_config.json, if it has one)",
     )
 
 
@@ -539,20 +578,25 @@ def run_train(args):
                 os.path.join(args.log_dir, "training.csv"), append=args.resume
             ),
         ]
-    # The whole training state is backed up at each epoch's end and, after an
-    # interruption, training restarts from there: the same steps follow.
-    # `progress` saves before `backup`, so it never holds fewer epochs.
+    # The whole training state is backed up at each (Keras) epoch's end and,
+    # after an interruption, training restarts from there on the batches that
+    # would have come next. `progress` saves before `backup`, so it never
+    # holds fewer epochs.
     backup = CrashSafeBackupAndRestore(backup_dir)
-    x, y, sample_weight = data
-    model.fit(
-        x,
-        y,
-        sample_weight=sample_weight,
-        validation_data=validation,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        callbacks=[tuner, *loggers, progress, backup],
-    )
+    batches = Batches(data, args.batch_size, args.epochs, args.seed)
+    steps_per_epoch = args.steps_per_epoch or batches.steps_per_pass
+    with warnings.catch_warnings():
+        # A last epoch shorter than `steps_per_epoch` is planned, not a shortage.
+        warnings.filterwarnings("ignore", "Your input ran out of data")
+        model.fit(
+            batches.dataset(start=backup.epochs_done() * steps_per_epoch),
+            validation_data=validation,
+            validation_batch_size=args.batch_size,
+            steps_per_epoch=steps_per_epoch,
+            epochs=math.ceil(batches.total_steps / steps_per_epoch),
+            shuffle=False,
+            callbacks=[tuner, *loggers, progress, backup],
+        )
     losses = progress.step_losses
     if tuner.non_finite_loss_step is not None:
         raise CommandError(
@@ -642,6 +686,34 @@ def run_bake(args):
     )
 
 
+def run_generate(args):
+    model = _load_model(args.preset)
+    tokenizer = model.preprocessor.tokenizer if model.preprocessor else None
+    if tokenizer is None:
+        raise CommandError(f"the preset {args.preset!r} has no tokenizer to write answers with.")
+
+    def answers():
+        return evaluation.greedy_generate(
+            model,
+            tokenizer,
+            args.prompt,
+            template=args.template,
+            chat_template=_chat_template(args),
+            system=args.system,
+            max_new_tokens=args.max_new_tokens,
+        )
+
+    columns = {"base model": answers()}
+    apply_masks(model, args.masks)
+    columns["with the masks (wrapped)"] = answers()
+    bake(model)
+    columns["baked"] = answers()
+    for number, prompt in enumerate(args.prompt):
+        print(f"\n## Prompt {number + 1}: {prompt}")
+        for name, texts in columns.items():
+            print(f"\n{name}:\n{texts[number]}")
+
+
 def run_inspect(args):
     records = describe_masks(args.mask_file)
     weights = sum(math.prod(record["shape"]) for record in records)
@@ -689,7 +761,7 @@ def _settings(args):
 
 def _split(records, fraction):
     """The records before and after the last `fraction` of them (at least one each)."""
-    count = len(records["prompts"])
+    count = len(next(iter(records.values())))  # prompts, or messages
     held = min(max(1, round(count * fraction)), count - 1)
     if held < 1:
         raise ArgumentError("argument --val-fraction: --data holds one record, too few to split")
@@ -716,12 +788,24 @@ def _detach_tokenizer(model, preset):
     return tokenizer
 
 
+def _chat_template(args):
+    """--chat-template's file, else a Hugging Face checkpoint's own template, else None."""
+    path = args.chat_template
+    if path is None and args.template is None and args.preset and os.path.isdir(args.preset):
+        config = os.path.join(args.preset, "tokenizer_config.json")
+        if os.path.exists(config):
+            try:
+                return load_chat_template(config)
+            except ValueError:
+                return None  # a checkpoint without a template: the fallbacks decide
+    return load_chat_template(path) if path else None
+
+
 def _dataset(tokenizer, records, args):
-    chat_template = load_chat_template(args.chat_template) if args.chat_template else None
     return instruction_dataset(
         tokenizer,
         records,
         sequence_length=args.sequence_length,
         template=args.template,
-        chat_template=chat_template,
+        chat_template=_chat_template(args),
     )

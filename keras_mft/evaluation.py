@@ -8,7 +8,8 @@ import keras
 import keras_hub
 import numpy as np
 
-from keras_mft.instruction_data import tokenize_examples
+from keras_mft.chat_templates import resolve_template
+from keras_mft.instruction_data import tokenize_conversations
 
 _ANSWER = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
 
@@ -103,15 +104,30 @@ def final_answer(text):
 
 
 def greedy_generate(
-    model, tokenizer, prompts, *, template, end_token, system=None, max_new_tokens=128, batch_size=8
+    model,
+    tokenizer,
+    prompts,
+    *,
+    template=None,
+    chat_template=None,
+    end_token=None,
+    system=None,
+    max_new_tokens=128,
+    batch_size=8,
 ):
-    """Greedy continuations of chat-formatted prompts, as text.
+    """Greedy answers to user messages, as text.
 
-    The model's own sampler is left untouched: a greedy sampler is used for
-    these calls only.
+    Each prompt is one user turn in the chat template that
+    `instruction_dataset` would choose (`template`, `chat_template`, else the
+    tokenizer's own), followed by the template's start of an answer. An
+    answer ends at the template's end-of-turn token (or `end_token`) or
+    after `max_new_tokens`. The model's own sampler is left untouched: a
+    greedy sampler is used for these calls only.
     """
-    end_id = tokenizer.token_to_id(end_token)
-    prompt_ids = _prompt_ids(tokenizer, template, prompts, system)
+    source = resolve_template(tokenizer, template, chat_template)
+    prompt_ids, end_id = _prompt_ids(tokenizer, source, prompts, system)
+    if end_token is not None:
+        end_id = tokenizer.token_to_id(end_token)
     sampler, function = model.sampler, model.generate_function
     model.sampler, model.generate_function = keras_hub.samplers.GreedySampler(), None
     try:
@@ -188,10 +204,19 @@ def _format(value):
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _prompt_ids(tokenizer, template, prompts, system):
-    """Token ids of each chat-formatted prompt, up to where the answer starts."""
-    examples = tokenize_examples(tokenizer, template, prompts, [""] * len(prompts), system)
-    return [ids[weights == 0].tolist() for ids, weights in examples]
+def _prompt_ids(tokenizer, source, prompts, system):
+    """The token ids of each prompt up to where its answer starts, and the
+    id that ends an answer, read from the prompts rendered with a stand-in answer."""
+    conversations = [
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": "."}]
+        for prompt in prompts
+    ]
+    if system:
+        conversations = [[{"role": "system", "content": system}, *turns] for turns in conversations]
+    examples = tokenize_conversations(tokenizer, conversations, source)
+    prompt_ids = [ids[: int(np.argmax(weights > 0))].tolist() for ids, weights in examples]
+    ids, weights = examples[0]
+    return prompt_ids, int(ids[np.flatnonzero(weights)[-1]])
 
 
 def _detokenize(tokenizer, ids):

@@ -118,8 +118,9 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
         out,
     )
     assert status == 0, err
-    # 12 batches of 2 sequences of 16 tokens (2 epochs), two batches an update.
-    assert "6 updates of 4 sequences, peak learning rate 0.01: score budget B = " in stdout
+    # 4 records, a row of 16 tokens each: 2 batches of 2 per epoch, 2 epochs,
+    # two batches an update.
+    assert "2 updates of 4 sequences, peak learning rate 0.01: score budget B = " in stdout
     for name in ("masks.mask", "history.json", "training_curve.png", "mask_change.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     for name in ("training_curve.png", "mask_change.png"):
@@ -437,7 +438,8 @@ def test_kill_and_resume_script(tmp_path, preset):
     assert "training unfinished: True" in result.stdout
     assert "masks.mask identical to the uninterrupted run's: True" in result.stdout
     assert "best.mask identical to the uninterrupted run's: True" in result.stdout
-    assert "holds all 3 epochs and every step: True" in result.stdout
+    assert "holds every epoch and step: True" in result.stdout
+    assert "loss at every step equal to the uninterrupted run's: True" in result.stdout
     assert not (tmp_path / "interrupted" / "backup").exists()
 
 
@@ -449,6 +451,9 @@ def test_val_fraction_holds_out_the_last_records():
     assert validation == {"prompts": ["i", "j"], "responses": ["I", "J"]}
     assert cli._split(records, 0.01)[1]["prompts"] == ["j"]  # at least one each
     assert cli._split(records, 0.99)[0]["prompts"] == ["a"]
+    conversations = {"messages": [[{"role": "user", "content": c}] for c in "abcd"]}
+    train, validation = cli._split(conversations, 0.25)
+    assert len(train["messages"]) == 3 and validation["messages"] == conversations["messages"][3:]
 
 
 @pytest.mark.backend_independent
@@ -510,3 +515,38 @@ def test_a_config_file_sets_flags_and_flags_override_it(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(cli._with_config(parser, argv))
     assert "--sequence-length: expected a positive integer, got '0'" in capsys.readouterr().err
+
+
+def test_generate_shows_the_answers_without_and_with_the_masks(capsys, tmp_path, preset):
+    model = keras_hub.models.CausalLM.from_preset(preset)
+    keras_mft.wrap(model, layers="0:2", sparsity=0.5, seed=1)
+    masks = str(tmp_path / "half.mask")
+    keras_mft.save_masks(model, masks)
+    status, out, err = run(
+        capsys, "generate", "--preset", preset, "--masks", masks, "--prompt", "Hi",
+        "--prompt", "2+3?", "--max-new-tokens", "5",
+    )  # fmt: skip
+    assert status == 0, err
+    sections = out.split("\n## Prompt ")[1:]
+    assert [section.split("\n")[0] for section in sections] == ["1: Hi", "2: 2+3?"]
+    for section in sections:
+        _, rest = section.split("\nbase model:\n")
+        base, rest = rest.split("\n\nwith the masks (wrapped):\n")
+        wrapped, baked = rest.split("\n\nbaked:\n")
+        # Baking multiplies the masks in: the same logits, the same answer.
+        assert wrapped == baked.rstrip("\n")
+
+
+@pytest.mark.backend_independent
+def test_a_hugging_face_checkpoint_brings_its_chat_template(tmp_path):
+    import argparse
+
+    template = "{% for m in messages %}{{ m['content'] }}<|im_end|>{% endfor %}"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    args = argparse.Namespace(preset=str(tmp_path), template=None, chat_template=None)
+    assert cli._chat_template(args) == template
+    args.template = "chatml"  # a flag wins over the checkpoint's own
+    assert cli._chat_template(args) is None
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>"}))
+    args.template = None  # a checkpoint without one leaves the choice to the fallbacks
+    assert cli._chat_template(args) is None

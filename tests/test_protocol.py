@@ -9,6 +9,7 @@ import pytest
 import keras_mft
 from keras_mft import evaluation
 from keras_mft import protocol
+from keras_mft.chat_templates import TEMPLATES
 from keras_mft.masked_layers import is_masked
 from tests.conftest import to_numpy
 from tests.test_mask import numpy_keep_mask
@@ -174,13 +175,15 @@ def test_greedy_generate_matches_a_plain_greedy_loop(byte_tokenizer):
         model,
         byte_tokenizer,
         prompts,
-        template="chatml",
-        end_token="<|im_end|>",
+        template="chatml",  # the answers end at its end of turn, <|im_end|>
         max_new_tokens=6,
         batch_size=2,
     )
     end_id = byte_tokenizer.token_to_id("<|im_end|>")
-    all_prompt_ids = evaluation._prompt_ids(byte_tokenizer, "chatml", prompts, None)
+    all_prompt_ids, template_end_id = evaluation._prompt_ids(
+        byte_tokenizer, TEMPLATES["chatml"], prompts, None
+    )
+    assert template_end_id == end_id
     assert evaluation._detokenize(byte_tokenizer, all_prompt_ids[1]) == (
         "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     )
