@@ -25,6 +25,9 @@ class MaskFineTuner(keras.callbacks.Callback):
     - `mask_flips`: the fraction of mask entries changed since the last report;
     - `mask_changed`: the fraction that differs from the mask at the start;
     - `score_budget`: the score budget B spent so far (`keras_mft.score_budget`);
+    - `sparsity/<projection>`, e.g. `sparsity/query`: the fraction removed
+      from that projection over all masked blocks (the group a global
+      selection shares one threshold over, and what a ramp moves);
     - with `per_matrix=True`, `sparsity/<layer path>` for each masked matrix.
 
     When training begins, it warns if the run's score budget is below 0.05.
@@ -184,6 +187,12 @@ class MaskFineTuner(keras.callbacks.Callback):
             "mask_changed": changed / total,
             "score_budget": self._score_budget(self._step),
         }
+        groups = {}
+        for layer, size, kept_here in zip(self._layers, sizes, kept):
+            group_size, group_kept = groups.get(layer.name, (0, 0))
+            groups[layer.name] = (group_size + size, group_kept + kept_here)
+        for name, (size, kept_here) in groups.items():
+            report[f"sparsity/{name}"] = 1.0 - kept_here / size
         if self.per_matrix:
             for layer, size, kept_here in zip(self._layers, sizes, kept):
                 path = layer.kernel_path.rsplit("/", 1)[0]

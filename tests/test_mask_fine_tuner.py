@@ -71,10 +71,17 @@ def test_logged_figures_match_numpy():
         assert history["score_budget"][epoch] == pytest.approx(0.02 * 2 * (epoch + 1) / spread)
         previous = current
     assert history["mask_changed"][-1] > 0
+    groups = {}
     for layer in masked(model):
         key = "sparsity/" + layer.kernel_path.rsplit("/", 1)[0]
-        expected = num_removed(int(np.prod(layer.scores.shape)), 0.2)
-        assert history[key][-1] == pytest.approx(expected / np.prod(layer.scores.shape))
+        size = int(np.prod(layer.scores.shape))
+        expected = num_removed(size, 0.2)
+        assert history[key][-1] == pytest.approx(expected / size)
+        group = groups.setdefault(layer.name, [0, 0])
+        group[0], group[1] = group[0] + expected, group[1] + size
+    assert len(groups) > 1  # one figure per projection, summed over the blocks
+    for name, (removed_here, size) in groups.items():
+        assert history[f"sparsity/{name}"][-1] == pytest.approx(removed_here / size)
 
 
 def test_step_reports_and_a_missing_monitor(tmp_path):
