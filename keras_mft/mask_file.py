@@ -1,20 +1,36 @@
 """Mask files: the learned masks of a model, one bit per masked weight.
 
-Layout (all integers little-endian):
+A mask file is a [safetensors](https://huggingface.co/docs/safetensors) file,
+so any safetensors reader can open it and nothing in it is executed:
 
-| bytes      | content                                                     |
-|------------|-------------------------------------------------------------|
-| 8          | magic `KERASMFT`                                            |
-| 4          | uint32 length H of the header                               |
-| H          | UTF-8 JSON header (below)                                   |
-| payload    | each mask's bits, `numpy.packbits(..., bitorder="little")`  |
-| 32         | SHA-256 of everything before it                             |
+| part      | content                                                          |
+|-----------|------------------------------------------------------------------|
+| 8 bytes   | little-endian uint64 length N of the header                      |
+| N bytes   | safetensors' JSON header: each tensor's dtype, shape and offsets, |
+|           | and `__metadata__["keras_mft"]`, one JSON string (below)         |
+| payload   | per masked kernel, keyed by the kernel's variable path, a uint8  |
+|           | tensor of its keep mask, `numpy.packbits(..., bitorder="little")` |
 
-The header holds `format` (1), `keras_mft_version` and `masks`: one record per
-masked kernel with its variable `path`, `shape`, `sparsity`, `selection`
-(`"per_matrix"` when absent), `num_removed`, the SHA-256 of the frozen
-kernel's bytes (`kernel_sha256`) and where its bits lie in the payload
-(`offset`, `nbytes`). Nothing in the file is executed or unpickled.
+The `keras_mft` JSON holds `format` (2), `keras_mft_version`, `wrap` (the
+`layers`, `targets`, `attention_sparsity`, `mlp_sparsity` and `selection`
+that `keras_mft.wrap` takes to rebuild the masked layers) and `masks`: one
+record per masked kernel with its `path`, `shape`, `sparsity`, `selection`,
+`num_removed`, the SHA-256 of its packed bits (`bits_sha256`) and the
+`fingerprint` of the frozen kernel the masks were learned on:
+
+- `dtype`: the kernel's dtype when saved;
+- `sha256`: SHA-256 of the kernel cast to float32;
+- `positions`, `values`: 256 entries at fixed positions, as float32;
+- `norm`: the kernel's L2 norm.
+
+A load in the same dtype must match `sha256` exactly. A load in another
+dtype (a float32 mask on a bfloat16 or float16 load of the same checkpoint)
+rounds every weight, so no hash survives it: there the sampled values and the
+norm must agree within the rounding of the two dtypes, which another model's
+weights do not.
+
+Files of format 1 (magic `KERASMFT`, a JSON header, the bits and a SHA-256
+of the whole) still load; only format 2 is written.
 """
 
 import hashlib
@@ -27,17 +43,33 @@ import tempfile
 
 import keras
 import numpy as np
+import safetensors
+import safetensors.numpy
 
 from keras_mft import architectures
 from keras_mft import selection as selections
 from keras_mft.mask import check_sparsity
+from keras_mft.masked_layers import is_masked
 from keras_mft.selection import input_axes
 from keras_mft.version import __version__
 from keras_mft.wrapping import masked_layers_of
 from keras_mft.wrapping import wrap
 
+FORMAT = 2
+METADATA_KEY = "keras_mft"
+# A header this long holds the records of thousands of kernels.
+MAX_HEADER_BYTES = 32 * 2**20
+SAMPLE_SIZE = 256
+SAMPLE_SEED = 0
+# The largest rounding error of a cast to each dtype: relative (unit roundoff)
+# and absolute (half the smallest subnormal, where float16 loses precision).
+ROUNDING = {
+    "float32": (0.0, 0.0),
+    "bfloat16": (2.0**-8, 0.0),
+    "float16": (2.0**-11, 2.0**-25),
+}
+# Format 1.
 MAGIC = b"KERASMFT"
-FORMAT = 1
 _LENGTH = struct.Struct("<I")
 _DIGEST_BYTES = 32
 
@@ -52,139 +84,81 @@ def save_masks(model, path):
         model: a model returned by `keras_mft.wrap`.
         path: where to write, e.g. `"math_band.mask"`.
     """
-    records, chunks, offset = [], [], 0
+    tensors, records = {}, {}
     for layer in masked_layers_of(model):
-        keep = keras.ops.convert_to_numpy(layer.keep_mask())
-        bits = np.packbits(keep.reshape(-1), bitorder="little").tobytes()
-        records.append(
-            {
-                "path": layer.kernel_path,
-                "shape": list(layer.frozen_kernel.shape),
-                "sparsity": layer.sparsity,
-                "selection": layer.selection.name,
-                "num_removed": int(np.sum(~keep)),
-                "kernel_sha256": _fingerprint(layer),
-                "offset": offset,
-                "nbytes": len(bits),
-            }
-        )
-        chunks.append(bits)
-        offset += len(bits)
-    header = json.dumps(
-        {"format": FORMAT, "keras_mft_version": __version__, "masks": records}
-    ).encode("utf-8")
-    body = MAGIC + _LENGTH.pack(len(header)) + header + b"".join(chunks)
-    _write_atomically(path, body + hashlib.sha256(body).digest())
+        keep = keras.ops.convert_to_numpy(layer.keep_mask()).reshape(-1)
+        bits = np.packbits(keep, bitorder="little")
+        tensors[layer.kernel_path] = bits
+        records[layer.kernel_path] = {
+            "path": layer.kernel_path,
+            "shape": list(layer.frozen_kernel.shape),
+            "sparsity": layer.sparsity,
+            "selection": layer.selection.name,
+            "num_removed": int(np.sum(~keep)),
+            "bits_sha256": _sha256(bits),
+            "fingerprint": _fingerprint(layer._kernel),
+        }
+    header = {
+        "format": FORMAT,
+        "keras_mft_version": __version__,
+        "wrap": _wrap_settings(model, records, path)[0],
+        "masks": list(records.values()),
+    }
+    metadata = {METADATA_KEY: json.dumps(header)}
+    _write_atomically(path, safetensors.numpy.save(tensors, metadata=metadata))
 
 
 def load_masks(model, path):
-    """Sets the masks of a wrapped model to those saved in `path`.
+    """Sets the masks of a model to those saved in `path`, wrapping it if needed.
 
-    The file must come from the same model: same masked kernels, shapes,
-    sparsities and frozen weights, all checked before anything changes. Each
-    score becomes 1.0 where the saved mask keeps a weight and 0.0 elsewhere,
-    which gives the saved masks exactly. To resume training with the learned
-    scores themselves, use `model.save_weights` / `model.load_weights`.
+    A model that is not wrapped yet is wrapped as the file says (its blocks,
+    projections, sparsities and selection), as KerasHub's
+    `load_lora_weights` enables LoRA: load the base model, load the masks,
+    then bake or keep training. A wrapped model must be wrapped like the
+    saved one.
 
-    Args:
-        model: a model returned by `keras_mft.wrap`, wrapped with the same
-            `layers`, `targets` and sparsities as the model that was saved.
-        path: a file written by `keras_mft.save_masks`.
-    """
-    layers = masked_layers_of(model)
-    records = _read_records(path)
-    by_path = {layer.kernel_path: layer for layer in layers}
-    missing = sorted(set(by_path) - set(records))
-    extra = sorted(set(records) - set(by_path))
-    if missing or extra:
-        raise ValueError(
-            f"The mask file {path} does not match this model's masked layers. "
-            f"Masked here but not in the file: {missing}. In the file but not "
-            f"masked here: {extra}. Wrap the model with the `layers` and "
-            "`targets` used when the file was saved."
-        )
-    new_scores = []
-    for kernel_path, layer in by_path.items():
-        record = records[kernel_path]
-        if record["selection"] != layer.selection.name:
-            raise ValueError(
-                f"{kernel_path}: the mask file was saved with selection "
-                f"{record['selection']!r} but this layer uses {layer.selection.name!r}. "
-                "Wrap with the same `selection`."
-            )
-        if record["sparsity"] != layer.sparsity:
-            raise ValueError(
-                f"{kernel_path}: the mask file was saved with sparsity "
-                f"{record['sparsity']} but this layer has sparsity "
-                f"{layer.sparsity}. Wrap with the same sparsity."
-            )
-        _check_kernel(kernel_path, record, layer, path)
-        new_scores.append(record["bits"].astype("float32").reshape(record["shape"]))
-    _check_bits(records, by_path, lambda kernel_path: id(by_path[kernel_path].selection), path)
-    for layer, scores in zip(by_path.values(), new_scores):
-        layer.scores.assign(scores)
-
-
-def apply_masks(model, path):
-    """Wraps a freshly loaded model as a mask file describes, and loads its masks.
-
-    The blocks, projections and sparsities come from the file, so masks
-    travel like adapters: load the base model, apply the file, then bake or
-    keep training. Every check runs before the model is changed.
+    The file must come from the same model: the same masked kernels, shapes
+    and frozen weights, in any of float32, bfloat16 and float16 (a mask
+    learned on float32 loads onto a bfloat16 load of the same checkpoint).
+    Everything is checked before the model changes. Each score becomes 1.0
+    where the saved mask keeps a weight and 0.0 elsewhere, which gives the
+    saved masks exactly. To resume training with the learned scores
+    themselves, use `model.save_weights` / `model.load_weights`.
 
     Args:
-        model: a KerasHub causal LM (or backbone) that `wrap` accepts, not
-            wrapped, with the weights the masks were learned on.
+        model: a KerasHub causal LM (or backbone) that `keras_mft.wrap`
+            accepts, wrapped or not, with the weights the masks were learned on.
         path: a file written by `keras_mft.save_masks`.
 
     Returns:
         The same model object, wrapped.
+
+    Example:
+
+    ```python
+    from keras_mft.embedded.smollm2 import tiny_smollm2
+
+    model = keras_mft.wrap(tiny_smollm2(), layers="0:2", seed=0)
+    keras_mft.save_masks(model, "band.mask")
+    fresh = tiny_smollm2()  # the same weights, not wrapped
+    keras_mft.load_masks(fresh, "band.mask")  # wraps it as the file says
+    # keras_mft.bake(fresh), or keep training
+    ```
     """
-    records = _read_records(path)
-    backbone = architectures.backbone_of(model)
-    where = {}
-    for index, block in enumerate(backbone.transformer_layers):
-        for alias, layer in architectures.projections_of(backbone, block).items():
-            where[layer._kernel.path] = (index, alias, layer)  # plain layers: Keras' name
-    unknown = sorted(set(records) - set(where))
-    if unknown:
-        raise ValueError(
-            f"The mask file {path} masks kernels that this model does not have: "
-            f"{unknown[:3]}. Load the model the masks were learned on."
-        )
-    names = {record["selection"] for record in records.values()}
-    if len(names) != 1:
-        raise ValueError(f"The mask file {path} mixes selections {sorted(names)}.")
-    selection = names.pop()
-    blocks = sorted({where[p][0] for p in records})
-    aliases = [a for a in architectures.ALIASES if any(where[p][1] == a for p in records)]
-    sparsities = {"attention": set(), "mlp": set()}
-    for kernel_path, record in records.items():
-        _, alias, layer = where[kernel_path]
-        sparsities[architectures.GROUP_OF[alias]].add(record["sparsity"])
-        _check_kernel(kernel_path, record, layer, path)
-    if len(records) != len(blocks) * len(aliases) or any(len(s) > 1 for s in sparsities.values()):
-        raise ValueError(
-            f"The mask file {path} does not mask the same projections in every "
-            "block with one sparsity for attention and one for the MLP, so "
-            "`wrap` cannot rebuild its layout. Wrap the model by hand and use "
-            "`keras_mft.load_masks`."
-        )
-    _check_bits(records, {p: where[p][2] for p in records}, lambda p: where[p][1], path)
-    # Every check has passed: from here on the model is changed.
-    only = {group: values.pop() if values else None for group, values in sparsities.items()}
-    if selections.get(selection).fixed_sparsity is not None:
-        only = {"attention": None, "mlp": None}  # N:M fixes the sparsity
-    wrap(
-        model,
-        layers=blocks,
-        targets=aliases,
-        selection=selection,
-        attention_sparsity=only["attention"],
-        mlp_sparsity=only["mlp"],
-    )
-    load_masks(model, path)
+    header, records = _read(path)
+    if not any(is_masked(layer) for layer in model._flatten_layers()):
+        _wrap_as_saved(model, header, records, path)
+    _load_into_wrapped(model, records, path)
     return model
+
+
+def apply_masks(model, path):
+    """`load_masks` of a model that is not wrapped yet: kept for older code.
+
+    Returns:
+        The same model object, wrapped.
+    """
+    return load_masks(model, path)
 
 
 def describe_masks(path):
@@ -202,23 +176,133 @@ def describe_masks(path):
             "selection": record["selection"],
             "num_removed": int(np.sum(~record["bits"])),
         }
-        for kernel_path, record in _read_records(path).items()
+        for kernel_path, record in _read(path)[1].items()
     ]
 
 
+def _load_into_wrapped(model, records, path):
+    """Checks `records` against a wrapped model, then sets its scores."""
+    by_path = {layer.kernel_path: layer for layer in masked_layers_of(model)}
+    missing = sorted(set(by_path) - set(records))
+    extra = sorted(set(records) - set(by_path))
+    if missing or extra:
+        raise ValueError(
+            f"The mask file {path} does not match this model's masked layers. "
+            f"Masked here but not in the file: {missing}. In the file but not "
+            f"masked here: {extra}. Wrap the model with the `layers` and "
+            "`targets` used when the file was saved, or load the file onto "
+            "a model that is not wrapped yet."
+        )
+    for kernel_path, layer in by_path.items():
+        record = records[kernel_path]
+        if record["selection"] != layer.selection.name:
+            raise ValueError(
+                f"{kernel_path}: the mask file was saved with selection "
+                f"{record['selection']!r} but this layer uses {layer.selection.name!r}. "
+                "Wrap with the same `selection`."
+            )
+        if record["sparsity"] != layer.sparsity:
+            raise ValueError(
+                f"{kernel_path}: the mask file was saved with sparsity "
+                f"{record['sparsity']} but this layer has sparsity "
+                f"{layer.sparsity}. Wrap with the same sparsity."
+            )
+        _check_kernel(kernel_path, record, layer, path)
+    _check_bits(records, by_path, lambda kernel_path: id(by_path[kernel_path].selection), path)
+    # Every check has passed: from here on the model is changed.
+    for kernel_path, layer in by_path.items():
+        record = records[kernel_path]
+        layer.scores.assign(record["bits"].astype("float32").reshape(record["shape"]))
+
+
+def _wrap_as_saved(model, header, records, path):
+    """Wraps a model that is not wrapped as the file says, after every check."""
+    settings, layer_of = _wrap_settings(model, records, path)
+    if header.get("wrap", settings) != settings:
+        raise ValueError(
+            f"{path} is not a valid keras-mft mask file: its wrap settings "
+            f"{header['wrap']} do not match its masks, which give {settings}. "
+            "Save it again with `keras_mft.save_masks`."
+        )
+    for kernel_path, layer in layer_of.items():
+        _check_kernel(kernel_path, records[kernel_path], layer, path)
+    alias_of = _aliases_by_path(architectures.backbone_of(model))
+    _check_bits(records, layer_of, lambda kernel_path: alias_of[kernel_path], path)
+    # Every check has passed: from here on the model is changed.
+    wrap(model, **settings)
+
+
+def _aliases_by_path(backbone):
+    """{kernel path: (block index, alias, layer)} of every maskable projection."""
+    where = {}
+    for index, block in enumerate(backbone.transformer_layers):
+        for alias, layer in architectures.projections_of(backbone, block).items():
+            where[layer._kernel.path] = (index, alias, layer)
+    return where
+
+
+def _wrap_settings(model, records, path):
+    """The `wrap` arguments that mask exactly the kernels of `records`, and those layers.
+
+    Returns `(settings, {kernel path: layer})`; raises if `wrap` cannot give
+    that layout (another model's file, or masks placed by hand).
+    """
+    where = _aliases_by_path(architectures.backbone_of(model))
+    unknown = sorted(set(records) - set(where))
+    if unknown:
+        raise ValueError(
+            f"The mask file {path} masks kernels that this model does not have: "
+            f"{unknown[:3]}. It belongs to another model: load the model the "
+            "masks were learned on."
+        )
+    names = {record["selection"] for record in records.values()}
+    if len(names) != 1:
+        raise ValueError(f"The mask file {path} mixes selections {sorted(names)}.")
+    selection = names.pop()
+    blocks = sorted({where[p][0] for p in records})
+    aliases = [a for a in architectures.ALIASES if any(where[p][1] == a for p in records)]
+    sparsities = {"attention": set(), "mlp": set()}
+    for kernel_path, record in records.items():
+        sparsities[architectures.GROUP_OF[where[kernel_path][1]]].add(record["sparsity"])
+    if len(records) != len(blocks) * len(aliases) or any(len(s) > 1 for s in sparsities.values()):
+        raise ValueError(
+            f"The mask file {path} does not mask the same projections in every "
+            "block with one sparsity for attention and one for the MLP, so "
+            "`wrap` cannot rebuild its layout. Wrap the model by hand and "
+            "load the masks into the wrapped model."
+        )
+    only = {group: values.pop() if values else None for group, values in sparsities.items()}
+    if selections.get(selection).fixed_sparsity is not None:
+        only = {"attention": None, "mlp": None}  # N:M fixes the sparsity
+    settings = {
+        "layers": blocks,
+        "targets": aliases,
+        "attention_sparsity": only["attention"],
+        "mlp_sparsity": only["mlp"],
+        "selection": selection,
+    }
+    return settings, {p: where[p][2] for p in records}
+
+
 def _check_kernel(kernel_path, record, layer, path):
-    """Refuses a record whose kernel's shape or bytes differ from `layer`'s."""
+    """Refuses a record whose kernel's shape or weights differ from `layer`'s."""
     # `_kernel`: Keras' own name for the stored kernel, masked or not yet.
     if tuple(record["shape"]) != tuple(layer._kernel.shape):
         raise ValueError(
             f"{kernel_path}: the mask file holds shape {record['shape']} "
             f"but the model's kernel has shape {list(layer._kernel.shape)}."
         )
-    if record["kernel_sha256"] != _fingerprint(layer):
+    if "kernel_sha256" in record:  # format 1: the exact bytes, in the saved dtype
+        kernel = keras.ops.convert_to_numpy(layer._kernel)
+        same = record["kernel_sha256"] == _sha256(kernel)
+    else:
+        same = _same_kernel(record["fingerprint"], layer._kernel)
+    if not same:
         raise ValueError(
             f"{kernel_path}: the frozen kernel differs from the one the "
-            f"masks in {path} were learned on. Load the same model "
-            "(same preset and weights) before using these masks."
+            f"masks in {path} were learned on, beyond any rounding to "
+            "float32, bfloat16 or float16: the file belongs to another model. "
+            "Load the same model (same preset and weights) before using these masks."
         )
 
 
@@ -273,10 +357,43 @@ def _is_n_m(keep, layer, selection):
     return bool(np.all(groups.sum(axis=1) == selection.n))
 
 
-def _fingerprint(layer):
-    """SHA-256 of a layer's stored kernel."""
-    kernel = keras.ops.convert_to_numpy(layer._kernel)
-    return hashlib.sha256(np.ascontiguousarray(kernel).tobytes()).hexdigest()
+def _sha256(array):
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _fingerprint(kernel):
+    """What identifies a kernel variable across casts; see the module docstring."""
+    flat = keras.ops.convert_to_numpy(keras.ops.cast(kernel, "float32")).reshape(-1)
+    rng = np.random.default_rng(SAMPLE_SEED)
+    positions = np.unique(rng.integers(0, flat.size, min(SAMPLE_SIZE, flat.size)))
+    return {
+        "dtype": keras.backend.standardize_dtype(kernel.dtype),
+        "sha256": _sha256(flat),
+        "positions": positions.tolist(),
+        "values": flat[positions].tolist(),
+        "norm": float(np.linalg.norm(flat.astype("float64"))),
+    }
+
+
+def _same_kernel(fingerprint, kernel):
+    """Whether `kernel` is the fingerprinted one, up to rounding to its dtype."""
+    flat = keras.ops.convert_to_numpy(keras.ops.cast(kernel, "float32")).reshape(-1)
+    if _sha256(flat) == fingerprint["sha256"]:
+        return True
+    # Both may be roundings of one checkpoint: allow the errors of both casts.
+    saved = ROUNDING.get(fingerprint["dtype"], (0.0, 0.0))
+    loaded = ROUNDING.get(keras.backend.standardize_dtype(kernel.dtype), (0.0, 0.0))
+    relative, absolute = saved[0] + loaded[0], saved[1] + loaded[1]
+    if relative == 0.0:  # the same precision: only the same bytes are the same kernel
+        return False
+    values = np.asarray(fingerprint["values"], "float64")
+    found = flat[fingerprint["positions"]].astype("float64")
+    norm = np.linalg.norm(flat.astype("float64"))
+    return bool(
+        np.all(np.abs(found - values) <= relative * np.abs(values) + absolute)
+        and abs(norm - fingerprint["norm"])
+        <= relative * fingerprint["norm"] + absolute * math.sqrt(flat.size)
+    )
 
 
 def _write_atomically(path, data):
@@ -303,8 +420,11 @@ def _write_atomically(path, data):
         raise
 
 
-def _read_records(path):
-    """Reads and validates a mask file: {kernel path: record with `bits`}."""
+def _read(path):
+    """Reads and validates a mask file of either format: `(header, {kernel path: record})`.
+
+    Each record gets `bits`, its flat boolean keep mask.
+    """
 
     def refuse(problem):
         return ValueError(
@@ -319,10 +439,58 @@ def _read_records(path):
             f"{path} is not a regular file (a directory, device, pipe or socket): "
             "give the path of a mask file."
         )
+    with open(path, "rb") as file:
+        start = file.read(8)
+    if start == MAGIC:
+        return {}, _read_format_1(path, info.st_size, refuse)
+    return _read_format_2(path, info.st_size, start, refuse)
+
+
+def _read_format_2(path, size, start, refuse):
+    """A safetensors mask file, checked before safetensors allocates anything."""
+    if len(start) < 8:
+        raise refuse("it is shorter than a safetensors header")
+    (length,) = struct.unpack("<Q", start)
+    if length > MAX_HEADER_BYTES or 8 + length > size:
+        raise refuse(
+            f"its header claims {length:,} bytes, more than the file's {size:,} "
+            f"or the {MAX_HEADER_BYTES:,} a mask file needs"
+        )
+    try:
+        with safetensors.safe_open(path, framework="numpy") as file:
+            metadata = file.metadata() or {}
+            header = _parsed_header(metadata.get(METADATA_KEY), 2, refuse)
+            records = [_checked_record(record, 2, refuse) for record in header["masks"]]
+            paths = [record["path"] for record in records]
+            if len(set(paths)) != len(paths) or set(file.keys()) != set(paths):
+                raise refuse("its tensors are not those its records name")
+            return header, {record["path"]: _bits_of(file, record, refuse) for record in records}
+    except safetensors.SafetensorError as error:
+        raise refuse(f"safetensors cannot read it ({error})") from None
+
+
+def _bits_of(file, record, refuse):
+    """The record with its `bits`, after checking the tensor's dtype, shape and checksum."""
+    kernel_path, size = record["path"], math.prod(record["shape"])
+    tensor = file.get_slice(kernel_path)
+    if tensor.get_dtype() != "U8" or tensor.get_shape() != [(size + 7) // 8]:
+        raise refuse(
+            f"the mask of {kernel_path} is {tensor.get_dtype()} of shape "
+            f"{tensor.get_shape()}, not U8 of shape [{(size + 7) // 8}]"
+        )
+    packed = file.get_tensor(kernel_path)
+    if _sha256(packed) != record["bits_sha256"]:
+        raise refuse(f"the mask of {kernel_path} does not match its checksum (corrupted)")
+    bits = np.unpackbits(packed, count=size, bitorder="little")
+    return {**record, "bits": bits.astype(bool)}
+
+
+def _read_format_1(path, size, refuse):
+    """A file of format 1: magic, JSON header, bits, SHA-256 of all that."""
     prefix = len(MAGIC) + _LENGTH.size
     with open(path, "rb") as file:
-        data = file.read(info.st_size)
-    if len(data) < prefix + _DIGEST_BYTES or not data.startswith(MAGIC):
+        data = file.read(size)
+    if len(data) < prefix + _DIGEST_BYTES:
         raise refuse("it does not start with the keras-mft mask header")
     body, digest = data[:-_DIGEST_BYTES], data[-_DIGEST_BYTES:]
     if hashlib.sha256(body).digest() != digest:
@@ -330,25 +498,12 @@ def _read_records(path):
     (header_length,) = _LENGTH.unpack_from(body, len(MAGIC))
     if prefix + header_length > len(body):
         raise refuse("its header is longer than the file")
-    try:
-        header = json.loads(body[prefix : prefix + header_length])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise refuse("its header is not JSON") from None
-    except RecursionError:
-        raise refuse("its header is nested too deeply") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise refuse(
-            f"it has format {header.get('format') if isinstance(header, dict) else None!r}, "
-            f"and this keras-mft ({__version__}) reads format {FORMAT}"
-        )
-    masks = header.get("masks")
-    if not isinstance(masks, list) or not masks:
-        raise refuse("its header lists no masks")
+    header = _parsed_header(body[prefix : prefix + header_length], 1, refuse)
     payload = body[prefix + header_length :]
     records = {}
     expected_offset = 0
-    for record in masks:
-        record = _checked_record(record, refuse)
+    for record in header["masks"]:
+        record = _checked_record(record, 1, refuse)
         kernel_path, shape = record["path"], record["shape"]
         offset, nbytes, size = record["offset"], record["nbytes"], math.prod(shape)
         if (
@@ -356,7 +511,6 @@ def _read_records(path):
             or nbytes != (size + 7) // 8
             or offset + nbytes > len(payload)
             or kernel_path in records
-            or record["num_removed"] > size
         ):
             raise refuse(f"the record of {kernel_path} is inconsistent")
         packed = np.frombuffer(payload, np.uint8, count=nbytes, offset=offset)
@@ -368,42 +522,92 @@ def _read_records(path):
     return records
 
 
-def _checked_record(record, refuse):
-    """One mask record with every field present and of its type, or a refusal."""
-
-    def natural(value):
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
+def _parsed_header(text, file_format, refuse):
+    """The JSON header of a mask file of `file_format`, with a non-empty `masks` list."""
+    if text is None:
+        raise refuse(f"it has no {METADATA_KEY!r} metadata")
     try:
-        checked = {
-            "path": record["path"],
-            "shape": list(record["shape"]),
-            "sparsity": record["sparsity"],
-            "selection": record.get("selection", "per_matrix"),
-            "num_removed": record["num_removed"],
-            "kernel_sha256": record["kernel_sha256"],
-            "offset": record["offset"],
-            "nbytes": record["nbytes"],
-        }
+        header = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise refuse("its header is not JSON") from None
+    except RecursionError:
+        raise refuse("its header is nested too deeply") from None
+    if not isinstance(header, dict) or header.get("format") != file_format:
+        raise refuse(
+            f"it has format {header.get('format') if isinstance(header, dict) else None!r}, "
+            f"and this keras-mft ({__version__}) reads formats 1 and {FORMAT}"
+        )
+    masks = header.get("masks")
+    if not isinstance(masks, list) or not masks:
+        raise refuse("its header lists no masks")
+    return header
+
+
+def _natural(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_sha256(value):
+    return isinstance(value, str) and len(value) == 64
+
+
+def _checked_record(record, file_format, refuse):
+    """One mask record with every field present and of its type, or a refusal."""
+    fields = ["path", "shape", "sparsity", "num_removed"]
+    fields += ["kernel_sha256", "offset", "nbytes"] if file_format == 1 else ["bits_sha256"]
+    try:
+        checked = {field: record[field] for field in fields}
+        checked["selection"] = record.get("selection", "per_matrix")
+        checked["shape"] = list(checked["shape"])
         valid = (
             isinstance(checked["path"], str)
             and checked["shape"]
-            and all(natural(n) and n > 0 for n in checked["shape"])
-            and isinstance(checked["sparsity"], (int, float))
-            and not isinstance(checked["sparsity"], bool)
+            and all(_natural(n) and n > 0 for n in checked["shape"])
+            and _is_number(checked["sparsity"])
             and 0.0 <= checked["sparsity"] < 1.0
             and isinstance(checked["selection"], str)
-            and natural(checked["num_removed"])
-            and isinstance(checked["kernel_sha256"], str)
-            and len(checked["kernel_sha256"]) == 64
-            and natural(checked["offset"])
-            and natural(checked["nbytes"])
+            and _natural(checked["num_removed"])
         )
+        if file_format == 1:
+            valid = (
+                valid
+                and _is_sha256(checked["kernel_sha256"])
+                and _natural(checked["offset"])
+                and _natural(checked["nbytes"])
+            )
+        else:
+            checked["fingerprint"] = record["fingerprint"]
+            valid = (
+                valid
+                and _is_sha256(checked["bits_sha256"])
+                and _checked_fingerprint(checked["fingerprint"], math.prod(checked["shape"]))
+            )
         if valid:
             selections.get(checked["selection"])
     except (KeyError, TypeError, ValueError, AttributeError):
         valid = False
     if not valid:
         raise refuse("a mask record is incomplete or has a field of the wrong type")
+    if checked["num_removed"] > math.prod(checked["shape"]):
+        raise refuse(f"the record of {checked['path']} is inconsistent")
     checked["sparsity"] = float(checked["sparsity"])
     return checked
+
+
+def _checked_fingerprint(fingerprint, size):
+    """Whether a format-2 fingerprint has its fields, of their types, inside the kernel."""
+    positions, values = fingerprint["positions"], fingerprint["values"]
+    return (
+        isinstance(fingerprint["dtype"], str)
+        and _is_sha256(fingerprint["sha256"])
+        and isinstance(positions, list)
+        and isinstance(values, list)
+        and len(positions) == len(values) <= SAMPLE_SIZE
+        and all(_natural(p) and p < size for p in positions)
+        and all(_is_number(v) for v in values)
+        and _is_number(fingerprint["norm"])
+    )

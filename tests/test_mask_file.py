@@ -8,8 +8,11 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
+import safetensors
+import safetensors.numpy
 
 import keras_mft
 from keras_mft import mask_file
@@ -54,13 +57,22 @@ def test_round_trip_onto_a_fresh_model_gives_identical_logits(saved, batch):
         np.testing.assert_array_equal(to_numpy(a.hard_mask()), to_numpy(b.hard_mask()))
 
 
-def test_file_is_one_bit_per_weight(saved):
+def test_file_is_safetensors_with_one_bit_per_weight(saved):
     model, path = saved
     weights = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-    header_and_checksum = 8 + 4 + 32
-    size = os.path.getsize(path)
-    assert weights / 8 <= size - header_and_checksum <= weights / 8 + 14 * (1 + 400)
-    assert open(path, "rb").read(8) == b"KERASMFT"
+    with safetensors.safe_open(path, framework="numpy") as file:
+        header = json.loads(file.metadata()["keras_mft"])
+        packed = {key: file.get_tensor(key) for key in file.keys()}
+    assert set(packed) == set(keras_mft.masks_of(model))
+    assert all(bits.dtype == np.uint8 for bits in packed.values())
+    assert weights / 8 <= sum(bits.size for bits in packed.values()) <= weights / 8 + 14
+    assert header["wrap"] == {
+        "layers": [0, 1],
+        "targets": ["q", "k", "v", "o", "gate", "up", "down"],
+        "attention_sparsity": 0.2,
+        "mlp_sparsity": 0.2,
+        "selection": "per_matrix",
+    }
 
 
 @pytest.mark.parametrize(
@@ -120,12 +132,58 @@ def test_refuses_damaged_files(saved, tmp_path, how):
     assert_unchanged(model, before)
 
 
-def test_refuses_an_unwrapped_model(saved):
+def test_save_refuses_an_unwrapped_model(saved):
     _, path = saved
     with pytest.raises(ValueError, match="call `keras_mft.wrap"):
-        keras_mft.load_masks(tiny_llama(), path)
-    with pytest.raises(ValueError, match="call `keras_mft.wrap"):
         keras_mft.save_masks(tiny_llama(), path)
+
+
+@pytest.mark.parametrize("load", [keras_mft.load_masks, keras_mft.apply_masks])
+def test_loading_onto_an_unwrapped_model_wraps_it_as_saved(saved, batch, load):
+    model, path = saved
+    fresh = tiny_llama()
+    assert load(fresh, path) is fresh
+    np.testing.assert_array_equal(logits_of(fresh, batch), logits_of(model, batch))
+    assert set(keras_mft.masks_of(fresh)) == set(keras_mft.masks_of(model))
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("bfloat16", 0.2), ("float16", 0.03)])
+def test_float32_masks_load_onto_a_cast_of_the_same_model(saved, batch, dtype, tolerance):
+    model, path = saved
+    cast = keras_mft.load_masks(tiny_llama(dtype=dtype), path)
+    for kernel_path, keep in keras_mft.masks_of(model).items():
+        np.testing.assert_array_equal(keras_mft.masks_of(cast)[kernel_path], keep)
+    expected = logits_of(model, batch)
+    found = np.asarray(logits_of(cast, batch), "float32")
+    np.testing.assert_allclose(found, expected, atol=tolerance * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_refuses_another_model_in_any_dtype_and_leaves_it_unwrapped(saved, dtype):
+    _, path = saved
+    other = tiny_llama(seed=1, dtype=dtype)
+    trainable = [variable.trainable for variable in other.variables]
+    with pytest.raises(ValueError, match="belongs to another model"):
+        keras_mft.load_masks(other, path)
+    assert not any(is_masked(layer) for layer in other._flatten_layers())
+    assert [variable.trainable for variable in other.variables] == trainable
+
+
+def test_a_kernel_changed_beyond_rounding_is_another_kernel():
+    kernel = np.random.default_rng(0).normal(0.0, 0.02, (64, 48)).astype("float32")
+    fingerprint = mask_file._fingerprint(kernel_variable(kernel))
+    for dtype in ("float32", "bfloat16", "float16"):
+        assert mask_file._same_kernel(fingerprint, kernel_variable(kernel, dtype))
+        # The smallest change is a float32 step: only its own dtype can see it.
+        nudged = np.nextafter(kernel, np.inf)
+        same = mask_file._same_kernel(fingerprint, kernel_variable(nudged, dtype))
+        assert same == (dtype != "float32")
+        scaled = kernel * np.float32(1 + 2**-6)
+        assert not mask_file._same_kernel(fingerprint, kernel_variable(scaled, dtype))
+
+
+def kernel_variable(values, dtype="float32"):
+    return keras.Variable(keras.ops.cast(values, dtype), dtype=dtype)
 
 
 def test_interrupted_save_leaves_the_previous_file(saved, monkeypatch):
@@ -142,8 +200,45 @@ def test_interrupted_save_leaves_the_previous_file(saved, monkeypatch):
     assert os.listdir(path.parent) == [path.name]
 
 
-def rewrite_header(path, change):
-    """The file at `path` with its JSON header changed and a valid checksum."""
+def rewrite_header(path, change, tensors=None):
+    """The file at `path` with its keras-mft metadata changed."""
+    with safetensors.safe_open(path, framework="numpy") as file:
+        header = json.loads(file.metadata()["keras_mft"])
+        original = {key: file.get_tensor(key) for key in file.keys()}
+    change(header)
+    metadata = {"keras_mft": json.dumps(header)}
+    path.write_bytes(safetensors.numpy.save(tensors or original, metadata=metadata))
+
+
+def save_format_1(model, path):
+    """The writer of format 1, as keras-mft 0.1 had it."""
+    records, chunks, offset = [], [], 0
+    for layer in [layer for layer in model._flatten_layers() if is_masked(layer)]:
+        keep = to_numpy(layer.keep_mask())
+        bits = np.packbits(keep.reshape(-1), bitorder="little").tobytes()
+        kernel = np.ascontiguousarray(to_numpy(layer.frozen_kernel))
+        records.append(
+            {
+                "path": layer.kernel_path,
+                "shape": list(layer.frozen_kernel.shape),
+                "sparsity": layer.sparsity,
+                "selection": layer.selection.name,
+                "num_removed": int(np.sum(~keep)),
+                "kernel_sha256": hashlib.sha256(kernel.tobytes()).hexdigest(),
+                "offset": offset,
+                "nbytes": len(bits),
+            }
+        )
+        chunks.append(bits)
+        offset += len(bits)
+    header = json.dumps({"format": 1, "keras_mft_version": "0.1.0", "masks": records})
+    header = header.encode("utf-8")
+    body = mask_file.MAGIC + mask_file._LENGTH.pack(len(header)) + header + b"".join(chunks)
+    path.write_bytes(body + hashlib.sha256(body).digest())
+
+
+def rewrite_header_format_1(path, change):
+    """The format-1 file at `path` with its JSON header changed and a valid checksum."""
     data = path.read_bytes()[: -mask_file._DIGEST_BYTES]
     prefix = len(mask_file.MAGIC) + mask_file._LENGTH.size
     (length,) = mask_file._LENGTH.unpack_from(data, len(mask_file.MAGIC))
@@ -154,6 +249,32 @@ def rewrite_header(path, change):
         mask_file.MAGIC + mask_file._LENGTH.pack(len(encoded)) + encoded + data[prefix + length :]
     )
     path.write_bytes(body + hashlib.sha256(body).digest())
+
+
+@pytest.fixture
+def saved_format_1(saved, tmp_path):
+    model, _ = saved
+    path = tmp_path / "old.mask"
+    save_format_1(model, path)
+    return model, path
+
+
+def test_a_file_of_format_1_still_loads(saved, saved_format_1, batch):
+    model, path = saved_format_1
+    assert path.read_bytes()[:8] == b"KERASMFT"
+    for fresh in (wrapped(seed=3), tiny_llama()):
+        keras_mft.load_masks(fresh, path)
+        np.testing.assert_array_equal(logits_of(fresh, batch), logits_of(model, batch))
+    assert keras_mft.describe_masks(path) == keras_mft.describe_masks(saved[1])
+
+
+@pytest.mark.parametrize("how", ["truncated", "bit flipped in the masks", "not a mask file"])
+def test_refuses_damaged_files_of_format_1(saved_format_1, tmp_path, how):
+    _, path = saved_format_1
+    damaged = tmp_path / "damaged.mask"
+    damaged.write_bytes(corrupt(path.read_bytes(), how))
+    with pytest.raises(ValueError, match="not a valid keras-mft mask file"):
+        keras_mft.load_masks(tiny_llama(), damaged)
 
 
 def test_a_file_from_another_version_of_the_same_format_loads(saved, batch):
@@ -168,28 +289,11 @@ def set_first(key, value):
     return lambda header: header["masks"][0].update({key: value})
 
 
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (lambda header: header.update(format=2), "it has format 2, and this keras-mft"),
-        (set_first("shape", [2**40, 2**40]), "is inconsistent"),
-        (set_first("shape", [-4, 8]), "is incomplete"),
-        (set_first("shape", "float32"), "is incomplete"),
-        (set_first("nbytes", 2**62), "is inconsistent"),
-        (set_first("offset", -1), "is incomplete"),
-        (set_first("sparsity", "a lot"), "is incomplete"),
-        (lambda header: header["masks"][0].pop("path"), "is incomplete"),
-        (lambda header: header["masks"][0].pop("kernel_sha256"), "is incomplete"),
-        (set_first("num_removed", "many"), "is incomplete"),
-        (set_first("num_removed", 10**9), "is inconsistent"),
-        (lambda header: header.update(masks=[]), "lists no masks"),
-        (lambda header: header.update(masks=7), "lists no masks"),
-        (lambda header: header.update(masks=[7]), "is incomplete"),
-    ],
-)
-def test_refuses_hostile_headers_before_allocating(saved, change, message, monkeypatch):
-    _, path = saved
-    rewrite_header(path, change)
+def set_fingerprint(key, value):
+    return lambda header: header["masks"][0]["fingerprint"].update({key: value})
+
+
+def assert_refused_before_unpacking(path, message, monkeypatch):
     unpacked = []
     monkeypatch.setattr(
         mask_file.np, "unpackbits", lambda *a, **k: unpacked.append(1) or np.unpackbits(*a, **k)
@@ -203,10 +307,111 @@ def test_refuses_hostile_headers_before_allocating(saved, change, message, monke
     assert not unpacked
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda header: header.update(format=3), "it has format 3, and this keras-mft"),
+        (set_first("shape", [2**40, 2**40]), r"not U8 of shape \[\d{20,}\]"),
+        (set_first("shape", [-4, 8]), "is incomplete"),
+        (set_first("shape", "float32"), "is incomplete"),
+        (set_first("sparsity", "a lot"), "is incomplete"),
+        (set_first("bits_sha256", "0" * 64), "does not match its checksum"),
+        (lambda header: header["masks"][0].pop("path"), "is incomplete"),
+        (lambda header: header["masks"][0].pop("fingerprint"), "is incomplete"),
+        (set_fingerprint("positions", [10**12]), "is incomplete"),
+        (set_fingerprint("values", [1.0]), "is incomplete"),
+        (set_fingerprint("norm", "big"), "is incomplete"),
+        (set_first("num_removed", "many"), "is incomplete"),
+        (set_first("num_removed", 10**9), "is inconsistent"),
+        (lambda header: header.update(masks=[]), "lists no masks"),
+        (lambda header: header.update(masks=7), "lists no masks"),
+        (lambda header: header.update(masks=[7]), "is incomplete"),
+        (lambda header: header["masks"].pop(), "tensors are not those its records name"),
+    ],
+)
+def test_refuses_hostile_headers_before_allocating(saved, change, message, monkeypatch):
+    _, path = saved
+    rewrite_header(path, change)
+    assert_refused_before_unpacking(path, message, monkeypatch)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda header: header.update(format=2), "it has format 2, and this keras-mft"),
+        (set_first("shape", [2**40, 2**40]), "is inconsistent"),
+        (set_first("nbytes", 2**62), "is inconsistent"),
+        (set_first("offset", -1), "is incomplete"),
+        (lambda header: header["masks"][0].pop("kernel_sha256"), "is incomplete"),
+        (set_first("num_removed", 10**9), "is inconsistent"),
+        (lambda header: header.update(masks=[7]), "is incomplete"),
+    ],
+)
+def test_refuses_hostile_headers_of_format_1(saved_format_1, change, message, monkeypatch):
+    _, path = saved_format_1
+    rewrite_header_format_1(path, change)
+    assert_refused_before_unpacking(path, message, monkeypatch)
+
+
+def test_refuses_a_header_length_beyond_the_file_before_opening_it(saved, monkeypatch):
+    _, path = saved
+    data = path.read_bytes()
+    opened = []
+    monkeypatch.setattr(mask_file.safetensors, "safe_open", lambda *a, **k: opened.append(1))
+    for length in (2**62, len(data), mask_file.MAX_HEADER_BYTES + 1):
+        path.write_bytes(length.to_bytes(8, "little") + data[8:])
+        with pytest.raises(ValueError, match=f"its header claims {length:,} bytes"):
+            keras_mft.describe_masks(path)
+    assert not opened
+
+
+def test_refuses_masks_of_another_dtype_or_shape(saved):
+    _, path = saved
+    with safetensors.safe_open(path, framework="numpy") as file:
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    first = next(iter(tensors))
+    for wrong in (tensors[first].astype("uint16"), tensors[first][:-1]):
+        rewrite_header(path, lambda header: None, {**tensors, first: wrong})
+        with pytest.raises(ValueError, match=f"the mask of {first} is U(8|16) of shape"):
+            keras_mft.describe_masks(path)
+
+
+@pytest.mark.parametrize(
+    "metadata, message",
+    [
+        ({}, "it has no 'keras_mft' metadata"),
+        ({"keras_mft": "{not json"}, "its header is not JSON"),
+        ({"keras_mft": "[" * 100_000 + "]" * 100_000}, "nested too deeply"),
+    ],
+)
+def test_refuses_metadata_that_is_not_a_header(saved, metadata, message):
+    _, path = saved
+    with safetensors.safe_open(path, framework="numpy") as file:
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    path.write_bytes(safetensors.numpy.save(tensors, metadata=metadata))
+    with pytest.raises(ValueError, match=message):
+        keras_mft.describe_masks(path)
+
+
+def test_refuses_wrap_settings_that_contradict_the_masks(saved):
+    _, path = saved
+    rewrite_header(path, lambda header: header["wrap"].update(layers=[0]))
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="its wrap settings"):
+        keras_mft.load_masks(model, path)
+    assert not any(is_masked(layer) for layer in model._flatten_layers())
+
+
 def test_apply_masks_refuses_impossible_masks_before_changing_the_model(saved):
     # A valid checksum, but bits that sparsity 0.3 cannot give (they remove 20%).
     _, path = saved
-    rewrite_header(path, lambda header: [record.update(sparsity=0.3) for record in header["masks"]])
+
+    def change(header):
+        header["wrap"].update(attention_sparsity=0.3, mlp_sparsity=0.3)
+        for record in header["masks"]:
+            record.update(sparsity=0.3)
+
+    rewrite_header(path, change)
     model = tiny_llama()
     trainable = [variable.trainable for variable in model.variables]
     with pytest.raises(ValueError, match=r"removes \d+ weights, but sparsity 0.3 removes"):
@@ -215,7 +420,7 @@ def test_apply_masks_refuses_impossible_masks_before_changing_the_model(saved):
     assert [variable.trainable for variable in model.variables] == trainable
 
 
-def test_refuses_a_header_nested_too_deeply(saved):
+def test_refuses_a_header_of_format_1_nested_too_deeply(saved):
     _, path = saved
     encoded = b'{"format": 1, "masks": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     body = mask_file.MAGIC + mask_file._LENGTH.pack(len(encoded)) + encoded
