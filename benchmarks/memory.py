@@ -16,8 +16,12 @@ shown beside it for comparison.
 
 By default the model is one LLaMA-7B decoder block (202 M masked weights), so
 that the difference stands far above the noise of a process's memory.
+`--dtype bfloat16` builds the model in bfloat16 (the scores stay float32):
+its frozen weights, activations and their gradients take half the memory,
+and what MFT adds per masked weight should not grow.
 
-    KERAS_BACKEND=jax python benchmarks/memory.py [--model llama7b_slice] [--json FILE]
+    KERAS_BACKEND=jax python benchmarks/memory.py [--model llama7b_slice] \
+        [--dtype bfloat16] [--json FILE]
 """
 
 import argparse
@@ -31,6 +35,7 @@ import keras
 
 BUDGET_BYTES = 16
 MEMORY_ARMS = ("norms", "mft", "fft_band")
+DTYPES = ("float32", "bfloat16")
 
 
 def band_for(model_name, num_layers):
@@ -38,8 +43,9 @@ def band_for(model_name, num_layers):
     return arms.MODELS[model_name]["band"] if num_layers is None else f"0:{num_layers}"
 
 
-def run_arm(model_name, arm, num_layers, steps):
+def run_arm(model_name, arm, num_layers, steps, dtype):
     """In this process: the resident memory before training and the peak during it."""
+    keras.config.set_dtype_policy(dtype)  # every layer built from here on
     settings = arms.MODELS[model_name]
     band = band_for(model_name, num_layers)
     model = arms.build_model(model_name, num_layers)
@@ -57,7 +63,7 @@ def run_arm(model_name, arm, num_layers, steps):
     }
 
 
-def measure(model_name, num_layers, steps):
+def measure(model_name, num_layers, steps, dtype):
     results = {}
     for arm in MEMORY_ARMS:
         layers = [] if num_layers is None else ["--num-layers", str(num_layers)]
@@ -70,6 +76,8 @@ def measure(model_name, num_layers, steps):
                 *layers,
                 "--steps",
                 str(steps),
+                "--dtype",
+                dtype,
                 "--child",
                 arm,
             ],
@@ -86,7 +94,12 @@ def measure(model_name, num_layers, steps):
         )
     masked = results["mft"]["masked_weights"]
     reference = results["norms"]["extra_peak_bytes"]
-    row = {"backend": keras.backend.backend(), "model": model_name, "masked_weights": masked}
+    row = {
+        "backend": keras.backend.backend(),
+        "model": model_name,
+        "dtype": dtype,
+        "masked_weights": masked,
+    }
     for arm in ("mft", "fft_band"):
         row[f"{arm}_bytes_per_weight"] = (results[arm]["extra_peak_bytes"] - reference) / masked
     row["raw"] = results
@@ -103,24 +116,30 @@ def main(argv=None):
         "(default: 1 for llama7b_slice, else the model's band)",
     )
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="the model's dtype (scores: float32)"
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--child", choices=MEMORY_ARMS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.num_layers is None and args.model == "llama7b_slice":
         args.num_layers = 1
     if args.child:
-        print(json.dumps(run_arm(args.model, args.child, args.num_layers, args.steps)))
+        print(json.dumps(run_arm(args.model, args.child, args.num_layers, args.steps, args.dtype)))
         return
     print(
-        f"{args.model} on {keras.backend.backend()}, {args.steps} train steps per arm", flush=True
+        f"{args.model} in {args.dtype} on {keras.backend.backend()}, "
+        f"{args.steps} train steps per arm",
+        flush=True,
     )
-    row = measure(args.model, args.num_layers, args.steps)
+    row = measure(args.model, args.num_layers, args.steps, args.dtype)
     mft = row["mft_bytes_per_weight"]
     print(
         arms.markdown_table(
             [
                 "backend",
                 "model",
+                "dtype",
                 "masked weights",
                 "MFT bytes / weight",
                 "FFT band bytes / weight",
@@ -130,6 +149,7 @@ def main(argv=None):
                 [
                     row["backend"],
                     row["model"],
+                    row["dtype"],
                     f"{row['masked_weights']:,}",
                     f"{mft:.1f}",
                     f"{row['fft_band_bytes_per_weight']:.1f}",
