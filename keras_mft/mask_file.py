@@ -226,8 +226,9 @@ def _wrap_as_saved(model, header, records, path):
         )
     for kernel_path, layer in layer_of.items():
         _check_kernel(kernel_path, records[kernel_path], layer, path)
-    alias_of = _aliases_by_path(architectures.backbone_of(model))
-    _check_bits(records, layer_of, lambda kernel_path: alias_of[kernel_path], path)
+    # A global selection's group: one projection over the blocks.
+    where = _aliases_by_path(architectures.backbone_of(model))
+    _check_bits(records, layer_of, lambda kernel_path: where[kernel_path][1], path)
     # Every check has passed: from here on the model is changed.
     wrap(model, **settings)
 
