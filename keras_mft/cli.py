@@ -157,7 +157,7 @@ def build_parser():
     demo.add_argument(
         "--sequence-length",
         type=_positive_int,
-        default=256,
+        default=512,
         help="tokens per training sequence (default: %(default)s)",
     )
     _learning_rate_arguments(demo)
