@@ -45,6 +45,7 @@ import keras_mft
 from keras_mft import evaluation
 from keras_mft import protocol
 from keras_mft.embedded import smollm2
+from keras_mft.instruction_data import padded_arrays
 from keras_mft.instruction_data import tokenize_examples
 
 SETTINGS = {
@@ -274,15 +275,7 @@ def concatenated_rows(examples, sequence_length):
     window = sequence_length + 1
     starts = range(0, max(len(ids) - 1, 1), sequence_length)
     rows = [(ids[s : s + window], weights[s : s + window]) for s in starts]
-    token_ids = np.zeros((len(rows), window), "int32")
-    token_weights = np.zeros((len(rows), window), "float32")
-    present = np.zeros((len(rows), window), bool)
-    for row, (row_ids, row_weights) in enumerate(rows):
-        token_ids[row, : len(row_ids)] = row_ids
-        token_weights[row, : len(row_ids)] = row_weights
-        present[row, : len(row_ids)] = True
-    x = {"token_ids": token_ids[:, :-1], "padding_mask": present[:, :-1]}
-    return x, token_ids[:, 1:], token_weights[:, 1:] * present[:, 1:]
+    return padded_arrays(rows, window)
 
 
 def part(data, start, stop):

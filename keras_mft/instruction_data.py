@@ -229,6 +229,11 @@ def instruction_dataset(
     else:
         rows = examples
 
+    return padded_arrays(rows, window)
+
+
+def padded_arrays(rows, window):
+    """`(x, y, sample_weight)` of rows of `(ids, weights)`, each padded to `window` tokens."""
     token_ids = np.zeros((len(rows), window), "int32")
     token_weights = np.zeros((len(rows), window), "float32")
     present = np.zeros((len(rows), window), bool)

@@ -62,8 +62,9 @@ def problem(scale):
     return kernel, scores, x, target, scale
 
 
-def torch_masks(kernel, scores, x, target, scale):
-    """The mask after each of the steps of the paper's run, in PyTorch."""
+def torch_masks(kernel, scores, x, target, scale, accumulation=1):
+    """The mask after each step of the paper's run, in PyTorch; each update
+    averages the gradients of `accumulation` batches, as Hugging Face's does."""
     weight, x, target = torch.tensor(kernel), torch.tensor(x), torch.tensor(target)
     scores = torch.nn.Parameter(torch.tensor(scores))
     removed = int(0.1 * scores.numel())
@@ -75,10 +76,11 @@ def torch_masks(kernel, scores, x, target, scale):
     )
     masks = []
     for _ in range(STEPS):
-        mask = GetSubnet.apply(scores.abs(), removed)
-        loss = scale * 0.5 * ((x @ (weight * mask) - target) ** 2).sum()
         optimizer.zero_grad()
-        loss.backward()
+        for rows, targets in zip(x.chunk(accumulation), target.chunk(accumulation)):
+            mask = GetSubnet.apply(scores.abs(), removed)
+            loss = scale * 0.5 * ((rows @ (weight * mask) - targets) ** 2).sum()
+            (loss / accumulation).backward()
         torch.nn.utils.clip_grad_norm_([scores], 1.0)
         optimizer.step()
         schedule.step()
@@ -226,35 +228,10 @@ def test_a_small_budget_warns():
         budgets.warn_if_small(0.05)
 
 
-def torch_accumulated_masks(kernel, scores, x, target, scale, accumulation):
-    """The paper's run with each update averaging `accumulation` batches, in PyTorch."""
-    weight, x, target = torch.tensor(kernel), torch.tensor(x), torch.tensor(target)
-    scores = torch.nn.Parameter(torch.tensor(scores))
-    removed = int(0.1 * scores.numel())
-    optimizer = torch.optim.AdamW(
-        [scores], lr=LEARNING_RATE, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, hugging_face_lambda(STEPS, WARMUP_FRACTION)
-    )
-    masks = []
-    for _ in range(STEPS):
-        optimizer.zero_grad()
-        for rows, targets in zip(x.chunk(accumulation), target.chunk(accumulation)):
-            mask = GetSubnet.apply(scores.abs(), removed)
-            loss = scale * 0.5 * ((rows @ (weight * mask) - targets) ** 2).sum()
-            (loss / accumulation).backward()
-        torch.nn.utils.clip_grad_norm_([scores], 1.0)
-        optimizer.step()
-        schedule.step()
-        masks.append(GetSubnet.apply(scores.detach().abs(), removed).numpy() > 0)
-    return masks
-
-
 def test_gradient_accumulation_is_hugging_face_step_for_step():
     """Each update averages two batches; the schedule counts updates, not batches."""
     kernel, scores, x, target, scale = problem(1e-6)
-    reference = torch_accumulated_masks(kernel, scores, x, target, scale, accumulation=2)
+    reference = torch_masks(kernel, scores, x, target, scale, accumulation=2)
     optimizer = paper_optimizer(
         STEPS, LEARNING_RATE, WARMUP_FRACTION, gradient_accumulation_steps=2
     )
