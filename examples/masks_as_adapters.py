@@ -2,17 +2,19 @@
 Title: Masks as adapters
 Author: keras-mft
 Date created: 2026/12/04
-Last modified: 2026/12/04
-Description: Learn a mask, save it as a small file, share it, apply it to a
-freshly loaded model, and bake it into a plain KerasHub model.
+Last modified: 2026/12/05
+Description: Learn two masks, save them as small files, load them onto one
+freshly loaded model, switch between them, bake one into a plain KerasHub
+model, and load it in Hugging Face transformers.
 Accelerator: None
 
 A learned MFT mask is to its base model what a LoRA adapter is: a small file
 that turns the shared base model into the fine-tuned one. The file stores one
 bit per masked weight and a fingerprint of each kernel it was learned on, so
-it is refused by any other model. This guide learns a mask on
-SmolLM2-135M-Instruct (about 3 minutes in all on 2 CPU cores), then moves it
-around.
+it is refused by any other model. Several masks can sit on one base model and
+be switched in a call, as PEFT switches adapters. This guide learns two masks
+on SmolLM2-135M-Instruct (about 5 minutes in all on 2 CPU cores), then moves
+them around. It needs `pip install transformers` for its last part.
 """
 
 import os
@@ -22,6 +24,8 @@ os.environ.setdefault("KERAS_BACKEND", "jax")  # or "torch", "tensorflow"
 import keras
 import keras_hub
 import numpy as np
+import torch  # for transformers, below
+import transformers
 
 import keras_mft
 
@@ -40,28 +44,36 @@ def logits(model, batch):
     return keras.ops.convert_to_numpy(model(batch))
 
 
+def learn_mask(problems, layers, seed):
+    """A mask learned on `problems` over the blocks `layers`, at the paper's budget."""
+    x, y, sample_weight = keras_mft.instruction_dataset(
+        preprocessor.tokenizer, problems, sequence_length=SEQUENCE_LENGTH
+    )
+    model = keras_mft.wrap(load_model(), layers=layers, sparsity=0.1, seed=seed)
+    steps = keras_mft.protocol.total_steps((x, y, sample_weight), batch_size=8, epochs=1)
+    learning_rate = keras_mft.score_budget.learning_rate_for_budget(0.47, steps)
+    model.compile(
+        optimizer=keras_mft.protocol.paper_optimizer(steps, learning_rate),
+        loss=keras_mft.paper_loss(),
+    )
+    model.fit(x, y, sample_weight=sample_weight, batch_size=8, epochs=1, verbose=2)
+    return model, x
+
+
 """
 ## Learn a mask
 
-Blocks 4 to 7, 10% of each projection removed, one epoch on GSM8K problems.
-The data is tokenized once, with the tokenizer of the model's preprocessor,
-so every model below takes token ids: `load_model` sets `model.preprocessor =
+Blocks 4 to 7, 10% of each projection removed, one epoch on GSM8K problems
+at the paper's score budget (`learn_mask` above). The data is tokenized with
+the tokenizer of the model's preprocessor, so every model below takes token
+ids: `load_model` sets `model.preprocessor =
 None`, as `fit` would otherwise pass the ids to the preprocessor, which
 expects text.
 """
 
 preprocessor = keras_mft.smollm2_135m_instruct().preprocessor
 problems = {key: values[:TRAIN] for key, values in keras_mft.gsm8k("train").items()}
-x, y, sample_weight = keras_mft.instruction_dataset(
-    preprocessor.tokenizer, problems, sequence_length=SEQUENCE_LENGTH
-)
-model = keras_mft.wrap(load_model(), layers="4:8", sparsity=0.1, seed=0)
-steps = keras_mft.protocol.total_steps((x, y, sample_weight), batch_size=8, epochs=1)
-learning_rate = keras_mft.score_budget.learning_rate_for_budget(0.47, steps)
-model.compile(
-    optimizer=keras_mft.protocol.paper_optimizer(steps, learning_rate), loss=keras_mft.paper_loss()
-)
-model.fit(x, y, sample_weight=sample_weight, batch_size=8, epochs=1, verbose=2)
+model, x = learn_mask(problems, layers="4:8", seed=0)
 
 batch = {key: value[:2] for key, value in x.items()}
 learned = logits(model, batch)
@@ -88,14 +100,14 @@ print(
 """
 ## Apply it to a freshly loaded model
 
-Whoever receives the file loads the same base model and calls `apply_masks`.
+Whoever receives the file loads the same base model and calls `load_masks`.
 It reads the blocks, projections and sparsities from the file, wraps the model
 the same way and loads the masks: the logits are those of the model that
 learned them.
 """
 
 fresh = load_model()
-keras_mft.apply_masks(fresh, "math.mask")
+keras_mft.load_masks(fresh, "math.mask")
 print(
     "applied vs learned, largest logit difference:", np.max(np.abs(logits(fresh, batch) - learned))
 )
@@ -119,6 +131,76 @@ print(
 )
 
 """
+## Load it in Hugging Face `transformers`
+
+`export_to_transformers` writes the baked model as a `transformers`
+checkpoint, with SmolLM2's tokenizer (its digit-splitting pre-tokenizer and
+chat template included), which `transformers` loads without keras-mft
+(`pip install transformers`; `keras-mft bake --format hf` does the same).
+"""
+
+keras_mft.export_to_transformers(baked, "math_hf")
+hf_model = transformers.AutoModelForCausalLM.from_pretrained("math_hf", dtype=torch.float32)
+hf_tokenizer = transformers.AutoTokenizer.from_pretrained("math_hf")
+with torch.no_grad():
+    hf_logits = hf_model(torch.tensor(np.asarray(batch["token_ids"]))).logits.numpy()
+# Positions after the last real token differ only in padding: compare the others.
+real = np.asarray(batch["padding_mask"], bool)
+print(
+    "transformers vs learned, largest logit difference:",
+    np.max(np.abs(hf_logits[real] - learned[real])),
+)
+print("transformers' tokens of '2023':", hf_tokenizer("2023")["input_ids"])
+
+"""
+## Several masks on one model
+
+A second mask, on other blocks (0 to 3) and another task: the same problems,
+answered with the final number only. Loaded with a `name`, each file's
+masks are kept beside the others (one bit per weight, in host memory), and
+`use_masks` switches between them without reloading anything: each switch
+gives exactly the logits of that mask baked alone, and `use_masks(model,
+None)` gives the base model exactly. Masks of different kernels (here other
+blocks) can be used together; masks of the same kernel are refused.
+"""
+
+answers = [response.split("####")[-1].strip() for response in problems["responses"]]
+short, _ = learn_mask({"prompts": problems["prompts"], "responses": answers}, "0:4", seed=1)
+keras_mft.save_masks(short, "answer.mask")
+
+host = load_model()
+base = logits(host, batch)
+keras_mft.load_masks(host, "math.mask", name="math")
+keras_mft.load_masks(host, "answer.mask", name="answer")
+print("loaded masks:", keras_mft.mask_names(host))
+keras_mft.use_masks(host, "math")
+print("math vs learned, largest logit difference:", np.max(np.abs(logits(host, batch) - learned)))
+keras_mft.use_masks(host, "answer")
+answer_only = logits(keras_mft.bake(keras_mft.load_masks(load_model(), "answer.mask")), batch)
+print(
+    "answer vs its mask baked alone, largest logit difference:",
+    np.max(np.abs(logits(host, batch) - answer_only)),
+)
+keras_mft.use_masks(host, None)
+print(
+    "no mask vs base model, largest logit difference:", np.max(np.abs(logits(host, batch) - base))
+)
+keras_mft.use_masks(host, ["math", "answer"])  # blocks 4-7 and blocks 0-3
+print("both masks in use; changed logits:", np.max(np.abs(logits(host, batch) - base)) > 0)
+
+"""
+`bake` keeps the masks in use and drops the others: the model becomes the
+plain KerasHub model of the answer mask alone.
+"""
+
+keras_mft.use_masks(host, "answer")
+keras_mft.bake(host)
+print(
+    "baked answer vs its mask, largest logit difference:",
+    np.max(np.abs(logits(host, batch) - answer_only)),
+)
+
+"""
 ## A mask only fits its own model
 
 Change one weight of a fresh model, and the file is refused before anything
@@ -130,7 +212,7 @@ query = "transformer_layer_4/self_attention/query/kernel"
 kernel = next(v for v in other.weights if v.path == query)
 kernel.assign(kernel * 1.01)
 try:
-    keras_mft.apply_masks(other, "math.mask")
+    keras_mft.load_masks(other, "math.mask")
 except ValueError as error:
     print("refused:", error)
 print("trainable variables of the refused model:", len(other.trainable_variables))

@@ -9,6 +9,7 @@ from keras_mft.distribution import extend_layout_map
 from keras_mft.embedded.gsm8k import gsm8k
 from keras_mft.embedded.smollm2 import smollm2_135m_instruct
 from keras_mft.embedded.smollm2 import tiny_smollm2
+from keras_mft.hf_export import export_to_transformers
 from keras_mft.instruction_data import instruction_dataset
 from keras_mft.instruction_data import read_jsonl
 from keras_mft.mask_file import apply_masks
@@ -18,6 +19,8 @@ from keras_mft.mask_file import save_masks
 from keras_mft.mask_fine_tuner import MaskFineTuner
 from keras_mft.masked_layers import MaskedDense
 from keras_mft.masked_layers import MaskedEinsumDense
+from keras_mft.named_masks import mask_names
+from keras_mft.named_masks import use_masks
 from keras_mft.preset import save_preset
 from keras_mft.schedules import LinearWarmupDecay
 from keras_mft.training import PaperAdamW
@@ -40,10 +43,12 @@ __all__ = [
     "bake",
     "describe_masks",
     "evaluation",
+    "export_to_transformers",
     "extend_layout_map",
     "gsm8k",
     "instruction_dataset",
     "load_masks",
+    "mask_names",
     "masks_of",
     "paper_loss",
     "plot",
@@ -55,5 +60,6 @@ __all__ = [
     "scores_of",
     "smollm2_135m_instruct",
     "tiny_smollm2",
+    "use_masks",
     "wrap",
 ]

@@ -3,7 +3,7 @@
     keras-mft demo                              # the main job, offline
     keras-mft train --data FILE.jsonl           # MFT on your data and model
     keras-mft eval --data FILE.jsonl [--masks FILE]
-    keras-mft bake --masks FILE --out DIR
+    keras-mft bake --masks FILE --out DIR [--format hf]
     keras-mft inspect FILE
 
 `--backend` (or the `KERAS_BACKEND` environment variable) picks JAX, PyTorch
@@ -36,6 +36,7 @@ from keras_mft.chat_templates import load_chat_template
 from keras_mft.embedded.smollm2 import backbone_config
 from keras_mft.embedded.smollm2 import gguf_reader
 from keras_mft.embedded.smollm2 import smollm2_135m_instruct
+from keras_mft.hf_export import export_to_transformers
 from keras_mft.instruction_data import instruction_dataset
 from keras_mft.instruction_data import read_jsonl
 from keras_mft.mask_file import apply_masks
@@ -268,7 +269,14 @@ def build_parser():
     )
     _model_arguments(bake_command)
     bake_command.add_argument("--masks", required=True, help="the mask file")
-    bake_command.add_argument("--out", required=True, help="the preset directory to write")
+    bake_command.add_argument("--out", required=True, help="the directory to write")
+    bake_command.add_argument(
+        "--format",
+        choices=("keras", "hf"),
+        default="keras",
+        help="keras: a KerasHub preset (the default); hf: a Hugging Face transformers "
+        "checkpoint with its tokenizer",
+    )
 
     generate = _command(
         commands,
@@ -679,6 +687,14 @@ def run_bake(args):
     model = _load_model(args.preset)
     apply_masks(model, args.masks)
     bake(model)
+    if args.format == "hf":
+        export_to_transformers(model, args.out)
+        print(
+            f"Wrote the baked Hugging Face checkpoint {args.out}. Load it with "
+            f"transformers.AutoModelForCausalLM.from_pretrained({args.out!r}) and "
+            f"AutoTokenizer.from_pretrained({args.out!r})."
+        )
+        return
     save_preset(model, args.out)
     print(
         f"Wrote the baked preset {args.out}. Load it with "

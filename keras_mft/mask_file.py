@@ -13,7 +13,8 @@ so any safetensors reader can open it and nothing in it is executed:
 
 The `keras_mft` JSON holds `format` (2), `keras_mft_version`, `wrap` (the
 `layers`, `targets`, `attention_sparsity`, `mlp_sparsity` and `selection`
-that `keras_mft.wrap` takes to rebuild the masked layers) and `masks`: one
+that `keras_mft.wrap` takes to rebuild the masked layers, or null when one
+`wrap` cannot, as for named masks of other blocks used together) and `masks`: one
 record per masked kernel with its `path`, `shape`, `sparsity`, `selection`,
 `num_removed`, the SHA-256 of its packed bits (`bits_sha256`) and the
 `fingerprint` of the frozen kernel the masks were learned on:
@@ -47,6 +48,7 @@ import safetensors
 import safetensors.numpy
 
 from keras_mft import architectures
+from keras_mft import named_masks
 from keras_mft import selection as selections
 from keras_mft.mask import check_sparsity
 from keras_mft.masked_layers import is_masked
@@ -77,6 +79,8 @@ _DIGEST_BYTES = 32
 def save_masks(model, path):
     """Writes the current masks of a wrapped model to the file `path`.
 
+    Of a model holding named masks, the masks in use are written.
+
     It is written beside `path` and renamed over it, so a reader never sees
     a half-written file and an interrupted save leaves the old one intact.
 
@@ -85,7 +89,10 @@ def save_masks(model, path):
         path: where to write, e.g. `"math_band.mask"`.
     """
     tensors, records = {}, {}
-    for layer in masked_layers_of(model):
+    layers = named_masks.layers_in_use(model)
+    if not layers:
+        raise ValueError("No mask of this model is in use: choose some with `keras_mft.use_masks`.")
+    for layer in layers:
         keep = keras.ops.convert_to_numpy(layer.keep_mask()).reshape(-1)
         bits = np.packbits(keep, bitorder="little")
         tensors[layer.kernel_path] = bits
@@ -98,17 +105,21 @@ def save_masks(model, path):
             "bits_sha256": _sha256(bits),
             "fingerprint": _fingerprint(layer._kernel),
         }
+    try:
+        settings = _wrap_settings(model, records, path)[0]
+    except ValueError:  # named masks used together: only a named load takes them
+        settings = None
     header = {
         "format": FORMAT,
         "keras_mft_version": __version__,
-        "wrap": _wrap_settings(model, records, path)[0],
+        "wrap": settings,
         "masks": list(records.values()),
     }
     metadata = {METADATA_KEY: json.dumps(header)}
     _write_atomically(path, safetensors.numpy.save(tensors, metadata=metadata))
 
 
-def load_masks(model, path):
+def load_masks(model, path, name=None):
     """Sets the masks of a model to those saved in `path`, wrapping it if needed.
 
     A model that is not wrapped yet is wrapped as the file says (its blocks,
@@ -125,10 +136,16 @@ def load_masks(model, path):
     saved masks exactly. To resume training with the learned scores
     themselves, use `model.save_weights` / `model.load_weights`.
 
+    With a `name`, the masks are kept under that name beside those already
+    loaded, and `keras_mft.use_masks` switches between them (see
+    `keras_mft.named_masks`).
+
     Args:
         model: a KerasHub causal LM (or backbone) that `keras_mft.wrap`
             accepts, wrapped or not, with the weights the masks were learned on.
         path: a file written by `keras_mft.save_masks`.
+        name: keep the masks under this name, e.g. `"math"`; the model must
+            not be wrapped, or hold named masks only.
 
     Returns:
         The same model object, wrapped.
@@ -146,6 +163,14 @@ def load_masks(model, path):
     ```
     """
     header, records = _read(path)
+    if name is not None:
+        layer_of = _layers_of(model, records, path)
+        for kernel_path, (_, _, layer) in layer_of.items():
+            _check_kernel(kernel_path, records[kernel_path], layer, path)
+        layers = {kernel_path: layer for kernel_path, (_, _, layer) in layer_of.items()}
+        _check_bits(records, layers, lambda kernel_path: layer_of[kernel_path][1], path)
+        named_masks.add(model, name, records, layer_of)
+        return model
     if not any(is_masked(layer) for layer in model._flatten_layers()):
         _wrap_as_saved(model, header, records, path)
     _load_into_wrapped(model, records, path)
@@ -242,11 +267,11 @@ def _aliases_by_path(backbone):
     return where
 
 
-def _wrap_settings(model, records, path):
-    """The `wrap` arguments that mask exactly the kernels of `records`, and those layers.
+def _layers_of(model, records, path):
+    """`{kernel path: (block index, alias, layer)}` of the kernels of `records`.
 
-    Returns `(settings, {kernel path: layer})`; raises if `wrap` cannot give
-    that layout (another model's file, or masks placed by hand).
+    Raises if the model lacks one of them (the file belongs to another model)
+    or holds one quantized.
     """
     where = _aliases_by_path(architectures.backbone_of(model))
     unknown = sorted(set(records) - set(where))
@@ -256,6 +281,24 @@ def _wrap_settings(model, records, path):
             f"{unknown[:3]}. It belongs to another model: load the model the "
             "masks were learned on."
         )
+    for kernel_path in records:
+        layer = where[kernel_path][2]
+        if layer.quantization_mode is not None:
+            raise ValueError(
+                f"{kernel_path} is quantized ({layer.quantization_mode}): masks go onto "
+                "the float model. Load the float checkpoint, load the masks, bake, "
+                "then quantize the baked model."
+            )
+    return {kernel_path: where[kernel_path] for kernel_path in records}
+
+
+def _wrap_settings(model, records, path):
+    """The `wrap` arguments that mask exactly the kernels of `records`, and those layers.
+
+    Returns `(settings, {kernel path: layer})`; raises if `wrap` cannot give
+    that layout (another model's file, or masks placed by hand).
+    """
+    where = _layers_of(model, records, path)
     names = {record["selection"] for record in records.values()}
     if len(names) != 1:
         raise ValueError(f"The mask file {path} mixes selections {sorted(names)}.")

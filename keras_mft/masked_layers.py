@@ -29,12 +29,13 @@ class MaskedKernel:
     """What `MaskedDense` and `MaskedEinsumDense` add to their Keras parent.
 
     Masking adds exactly the attributes `_ATTRIBUTES` (the `selection`
-    object, the `sparsity`, the `scores_initializer`) and the variables
+    object, the `sparsity`, the `scores_initializer`, and the `named_masks`
+    and `mask_name` of `keras_mft.named_masks`) and the variables
     `_VARIABLES` (float32 `scores`, int32 `num_removed_variable`), and the
     methods below; unmasking removes exactly those.
     """
 
-    _ATTRIBUTES = ("selection", "sparsity", "scores_initializer")
+    _ATTRIBUTES = ("selection", "sparsity", "scores_initializer", "named_masks", "mask_name")
     _VARIABLES = ("scores", "num_removed_variable")
 
     def __init__(
@@ -56,6 +57,8 @@ class MaskedKernel:
                 scores_initializer or keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
             )
         self.scores_initializer = scores_initializer
+        self.named_masks = {}
+        self.mask_name = None
 
     def _add_variables(self):
         """Freezes kernel and bias; adds the scores and the number removed."""

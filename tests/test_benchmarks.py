@@ -14,6 +14,7 @@ import keras_mft
 from keras_mft.wrapping import masked_layers_of
 from tests.benchmark_scripts import import_benchmark
 from tests.benchmark_scripts import run_benchmark
+from tests.conftest import tiny_llama
 
 BACKEND = keras.backend.backend()
 # The scripts' module fixture is built once, on one worker.
@@ -275,3 +276,19 @@ def test_report_adds_the_arms_timed_in_a_second_process(tmp_path):
     )
     merged = report.train_step_runs(tmp_path, "llama7b_slice")[BACKEND]
     assert merged == rows(("fft", 3.0), ("mft", 2.0), ("fft_band", 1.0), ("lora8", 0.5))
+
+
+def test_int8_routes_agree_only_where_no_channel_loses_its_largest_weight(batch):
+    int8 = import_benchmark("int8")
+    for score_init in ("random", "magnitude"):
+        _, bake_first, mask_after, differ, kernels = int8.routes(
+            tiny_llama, "0:2", score_init, batch
+        )
+        assert len(differ) == kernels == 14
+        changed = sum(d for d, _ in differ)
+        if score_init == "magnitude":  # never removes a channel's largest |weight|
+            assert changed == 0
+            np.testing.assert_array_equal(bake_first, mask_after)
+        else:
+            assert changed > 0
+            assert np.max(np.abs(bake_first - mask_after)) > 0

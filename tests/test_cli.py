@@ -210,6 +210,21 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
         logits_of(reloaded, batch), logits_of(reference, batch), rtol=1e-5, atol=1e-5
     )
 
+    # --format hf: a transformers checkpoint (tests/test_hf_export.py loads
+    # one in transformers), which KerasHub reads back too.
+    exported = str(tmp_path / "baked_hf")
+    status, stdout, _ = run(
+        capsys, "bake", "--preset", preset, "--masks", masks, "--out", exported, "--format", "hf"
+    )
+    assert status == 0 and "AutoModelForCausalLM.from_pretrained" in stdout
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(exported))
+    np.testing.assert_allclose(
+        logits_of(keras_hub.models.CausalLM.from_preset(exported), batch),
+        logits_of(reference, batch),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
 
 def test_train_and_eval_a_hugging_face_checkpoint(
     capsys, tmp_path, preset, hugging_face_checkpoint, data_file

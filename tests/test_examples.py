@@ -60,8 +60,21 @@ def test_straight_through(tmp_path):
 
 def test_masks_as_adapters(tmp_path):
     output = run_guide("masks_as_adapters.py", tmp_path)
-    for line in ("applied vs learned", "baked vs learned", "reloaded preset vs learned"):
+    for line in (
+        "applied vs learned",
+        "baked vs learned",
+        "reloaded preset vs learned",
+        "math vs learned",
+        "answer vs its mask baked alone",
+        "no mask vs base model",
+        "baked answer vs its mask",
+    ):
         assert f"{line}, largest logit difference: 0.0\n" in output
+    assert "loaded masks: ['answer', 'math']" in output
+    gap = re.search(r"transformers vs learned, largest logit difference: (\S+)", output)
+    assert float(gap.group(1)) < 1e-4
+    assert "transformers' tokens of '2023': [34, 32, 34, 35]" in output
+    assert "both masks in use; changed logits: True" in output
     assert "refused: transformer_layer_4/self_attention/query/kernel" in output
     assert (tmp_path / "math.mask").is_file()
 

@@ -169,6 +169,15 @@ def test_refuses_another_model_in_any_dtype_and_leaves_it_unwrapped(saved, dtype
     assert [variable.trainable for variable in other.variables] == trainable
 
 
+def test_refuses_a_quantized_model_and_says_to_bake_first(saved):
+    _, path = saved
+    quantized = tiny_llama()
+    quantized.backbone.quantize("int8")
+    with pytest.raises(ValueError, match="quantized \\(int8\\): masks go onto the float model"):
+        keras_mft.load_masks(quantized, path)
+    assert not any(is_masked(layer) for layer in quantized._flatten_layers())
+
+
 def test_a_kernel_changed_beyond_rounding_is_another_kernel():
     kernel = np.random.default_rng(0).normal(0.0, 0.02, (64, 48)).astype("float32")
     fingerprint = mask_file._fingerprint(kernel_variable(kernel))

@@ -1,0 +1,164 @@
+"""Several named masks on one model, switched without reloading it.
+
+`keras_mft.load_masks(model, path, name="math")` keeps the file's masks under
+that name and puts them in use; `use_masks` switches:
+
+    keras_mft.load_masks(model, "math.mask", name="math")
+    keras_mft.load_masks(model, "code.mask", name="code")
+    keras_mft.use_masks(model, "math")             # the math masks
+    keras_mft.use_masks(model, None)               # no mask: the base model exactly
+    keras_mft.use_masks(model, ["math", "style"])  # masks of different kernels together
+
+The model is wrapped once (with `selection="per_matrix"`) over every kernel
+that some loaded mask covers. Each masked layer keeps every name's mask as
+packed bits in host memory (`named_masks`, one bit per weight) and which one
+it uses (`mask_name`). A switch writes the chosen mask into the layer's
+scores (1.0 kept, 0.0 removed) and its count of removed weights, a variable:
+no retracing. A layer that no mask in use covers removes nothing, and
+`where(keep, W, 0)` with every entry kept is `W` itself, so the outputs are
+those of the base model, or of each mask baked alone, exactly.
+"""
+
+import keras_hub
+import numpy as np
+
+from keras_mft import selection as selections
+from keras_mft.masked_layers import is_masked
+from keras_mft.masked_layers import mask_layer
+from keras_mft.training import GLOBAL_CLIPNORM
+from keras_mft.training import LEARNING_RATE
+from keras_mft.training import PaperAdamW
+from keras_mft.training import compile_like_paper
+from keras_mft.wrapping import masked_layers_of
+from keras_mft.wrapping import wrap
+
+
+def use_masks(model, names):
+    """Puts the named masks in use: one name, several, or none.
+
+    Args:
+        model: a model that `keras_mft.load_masks(..., name=...)` loaded
+            masks into.
+        names: a name, a list of names whose masks cover different kernels
+            (other blocks or other projections), or `None` for no mask at all:
+            the base model exactly.
+
+    Returns:
+        The same model object.
+
+    Example:
+
+    ```python
+    from keras_mft.embedded.smollm2 import tiny_smollm2
+
+    for name, band in (("math", "0:4"), ("code", "4:8")):
+        keras_mft.save_masks(keras_mft.wrap(tiny_smollm2(), layers=band), f"{name}.mask")
+    model = tiny_smollm2()
+    keras_mft.load_masks(model, "math.mask", name="math")
+    keras_mft.load_masks(model, "code.mask", name="code")
+    keras_mft.use_masks(model, "math")
+    keras_mft.use_masks(model, ["math", "code"])  # blocks 0-3 and 4-7
+    keras_mft.use_masks(model, None)  # the base model exactly
+    ```
+    """
+    layers = [layer for layer in model._flatten_layers() if is_masked(layer)]
+    loaded = mask_names(model)
+    if not loaded:
+        raise ValueError(
+            "This model holds no named masks: load some with "
+            "`keras_mft.load_masks(model, path, name=...)` first."
+        )
+    names = [] if names is None else [names] if isinstance(names, str) else list(names)
+    unknown = [name for name in names if name not in loaded]
+    if unknown:
+        raise ValueError(f"No masks are loaded under the names {unknown}; loaded: {loaded}.")
+    owner = {}
+    for name in names:
+        for layer in layers:
+            if name in layer.named_masks:
+                if layer.kernel_path in owner:
+                    raise ValueError(
+                        f"The masks {owner[layer.kernel_path]!r} and {name!r} both "
+                        f"mask {layer.kernel_path}: masks are used together only "
+                        "when they cover different kernels. Use one of them."
+                    )
+                owner[layer.kernel_path] = name
+    # Every check has passed: from here on the model is changed.
+    for layer in layers:
+        _show(layer, owner.get(layer.kernel_path))
+    return model
+
+
+def mask_names(model):
+    """The names of the masks loaded into `model`, sorted."""
+    layers = [layer for layer in model._flatten_layers() if is_masked(layer)]
+    return sorted({name for layer in layers for name in layer.named_masks})
+
+
+def layers_in_use(model):
+    """The masked layers whose mask is in use: all of them unless masks are named."""
+    return [
+        layer
+        for layer in masked_layers_of(model)
+        if not layer.named_masks or layer.mask_name is not None
+    ]
+
+
+def add(model, name, records, layer_of):
+    """Keeps checked `records` under `name` in `model` and puts them in use.
+
+    Args:
+        model: the model, not wrapped yet or holding named masks.
+        name: a new name.
+        records: `{kernel path: record}` of a mask file, each with its
+            `bits`, already checked against the model's kernels.
+        layer_of: `{kernel path: (block index, alias, layer)}` of the records.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"`name` must be a non-empty string. Received: name={name!r}")
+    masked = [layer for layer in model._flatten_layers() if is_masked(layer)]
+    if masked and not any(layer.named_masks for layer in masked):
+        raise ValueError(
+            "This model is wrapped for training, so its masks are its scores. "
+            "Load named masks onto a model that is not wrapped (or one that "
+            "holds named masks), or load this file without a `name`."
+        )
+    if name in mask_names(model):
+        raise ValueError(f"A mask named {name!r} is already loaded: choose another name.")
+    kinds = {record["selection"] for record in records.values()}
+    if kinds != {selections.PerMatrix.name}:
+        raise ValueError(
+            f"Named masks are per-matrix masks (the paper's); this file's use "
+            f"{sorted(kinds)}. Load it without a `name`."
+        )
+    # Every check has passed: from here on the model is changed.
+    if not masked:
+        blocks = sorted({index for index, _, _ in layer_of.values()})
+        aliases = list(dict.fromkeys(alias for _, alias, _ in layer_of.values()))
+        wrap(model, layers=blocks, targets=aliases, sparsity=0.0, seed=0)
+    else:
+        added = [layer for _, _, layer in layer_of.values() if not is_masked(layer)]
+        for layer in added:
+            mask_layer(layer, 0.0, np.ones(layer._kernel.shape, "float32"))
+        if added and isinstance(model, keras_hub.models.CausalLM):
+            # New trainable variables: the compiled functions must see them.
+            compile_like_paper(model, PaperAdamW(LEARNING_RATE, global_clipnorm=GLOBAL_CLIPNORM))
+    for kernel_path, (_, _, layer) in layer_of.items():
+        record = records[kernel_path]
+        bits = np.packbits(record["bits"], bitorder="little")
+        layer.named_masks[name] = (bits, record["sparsity"])
+    use_masks(model, name)
+
+
+def _show(layer, name):
+    """Makes `layer` use the mask named `name`, or no mask if `name` is None."""
+    shape, size = layer._kernel.shape, int(np.prod(layer._kernel.shape))
+    if name is None:
+        keep, sparsity = np.ones(size, bool), 0.0
+    else:
+        bits, sparsity = layer.named_masks[name]
+        keep = np.unpackbits(bits, count=size, bitorder="little").astype(bool)
+    layer.scores.assign(keep.astype("float32").reshape(shape))
+    layer.num_removed_variable.assign(size - int(keep.sum()))
+    layer.sparsity = sparsity
+    layer.mask_name = name
