@@ -51,11 +51,8 @@ def learn_mask(problems, layers, seed):
     )
     model = keras_mft.wrap(load_model(), layers=layers, sparsity=0.1, seed=seed)
     steps = keras_mft.protocol.total_steps((x, y, sample_weight), batch_size=8, epochs=1)
-    learning_rate = keras_mft.score_budget.learning_rate_for_budget(0.47, steps)
-    model.compile(
-        optimizer=keras_mft.protocol.paper_optimizer(steps, learning_rate),
-        loss=keras_mft.paper_loss(),
-    )
+    # The paper's optimiser, schedule and loss, at its score budget B = 0.47.
+    keras_mft.protocol.compile_mask_fine_tuning(model, steps)
     model.fit(x, y, sample_weight=sample_weight, batch_size=8, epochs=1, verbose=2)
     return model, x
 
