@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 import keras_mft
+from keras_mft.mask import zero_removed
 
 LAYERS, SPARSITY = "4:8", 0.1
 
@@ -42,10 +43,10 @@ def logits(model, batch):
     return keras.ops.convert_to_numpy(keras.ops.cast(model(batch), "float32"))
 
 
-def scales(model, paths):
-    """{kernel path: int8 scales} of the quantized kernels in `paths`."""
+def kernels_of(model, paths):
+    """{kernel path: layer} of the layers whose kernel is in `paths`."""
     return {
-        layer._kernel.path: keras.ops.convert_to_numpy(layer.kernel_scale)
+        layer._kernel.path: layer
         for layer in model._flatten_layers()
         if getattr(layer, "_kernel", None) is not None and layer._kernel.path in paths
     }
@@ -64,27 +65,24 @@ def routes(load, layers, score_init, batch):
         `(float logits, bake-then-quantize logits, quantize-then-mask logits,
         [(scales that differ, scales)] per masked kernel, masked kernels)`.
     """
-    masks = keras_mft.masks_of(
-        keras_mft.wrap(load(), layers=layers, sparsity=SPARSITY, score_init=score_init, seed=0)
+    wrapped = keras_mft.wrap(
+        load(), layers=layers, sparsity=SPARSITY, score_init=score_init, seed=0
     )
-    baked = load()
-    for layer in baked._flatten_layers():
-        if getattr(layer, "_kernel", None) is not None and layer._kernel.path in masks:
-            kernel = keras.ops.convert_to_numpy(layer._kernel)
-            layer._kernel.assign(np.where(masks[layer._kernel.path], kernel, 0.0))
+    masks = keras_mft.masks_of(wrapped)
+    baked = keras_mft.bake(wrapped)
     float_logits = logits(baked, batch)
     baked.backbone.quantize("int8")
     masked_int8 = load()
     masked_int8.backbone.quantize("int8")
-    for layer in masked_int8._flatten_layers():
-        # After quantize, `_kernel` holds the int8 values under the same path.
-        if getattr(layer, "_kernel", None) is not None and layer._kernel.path in masks:
-            keep = masks[layer._kernel.path]
-            layer._kernel.assign(np.where(keep, keras.ops.convert_to_numpy(layer._kernel), 0))
-    differ = [
-        (int(np.sum(a != scales(masked_int8, masks)[path])), a.size)
-        for path, a in scales(baked, masks).items()
-    ]
+    # After quantize, `_kernel` holds the int8 values under the same path.
+    for path, layer in kernels_of(masked_int8, masks).items():
+        layer._kernel.assign(zero_removed(layer._kernel.value, masks[path]))
+    baked_layers, masked_layers = kernels_of(baked, masks), kernels_of(masked_int8, masks)
+    differ = []
+    for path, layer in baked_layers.items():
+        first = keras.ops.convert_to_numpy(layer.kernel_scale)
+        after = keras.ops.convert_to_numpy(masked_layers[path].kernel_scale)
+        differ.append((int(np.sum(first != after)), first.size))
     return float_logits, logits(baked, batch), logits(masked_int8, batch), differ, len(masks)
 
 
