@@ -61,7 +61,7 @@ def use_masks(model, names):
     keras_mft.use_masks(model, None)  # the base model exactly
     ```
     """
-    layers = [layer for layer in model._flatten_layers() if is_masked(layer)]
+    layers = _masked(model)
     loaded = mask_names(model)
     if not loaded:
         raise ValueError(
@@ -91,8 +91,7 @@ def use_masks(model, names):
 
 def mask_names(model):
     """The names of the masks loaded into `model`, sorted."""
-    layers = [layer for layer in model._flatten_layers() if is_masked(layer)]
-    return sorted({name for layer in layers for name in layer.named_masks})
+    return sorted({name for layer in _masked(model) for name in layer.named_masks})
 
 
 def layers_in_use(model):
@@ -116,7 +115,7 @@ def add(model, name, records, layer_of):
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"`name` must be a non-empty string. Received: name={name!r}")
-    masked = [layer for layer in model._flatten_layers() if is_masked(layer)]
+    masked = _masked(model)
     if masked and not any(layer.named_masks for layer in masked):
         raise ValueError(
             "This model is wrapped for training, so its masks are its scores. "
@@ -148,6 +147,11 @@ def add(model, name, records, layer_of):
         bits = np.packbits(record["bits"], bitorder="little")
         layer.named_masks[name] = (bits, record["sparsity"])
     use_masks(model, name)
+
+
+def _masked(model):
+    """The masked layers of `model`, none if it is not wrapped."""
+    return [layer for layer in model._flatten_layers() if is_masked(layer)]
 
 
 def _show(layer, name):
