@@ -91,6 +91,48 @@ def straight_through_gradient(kernel, scores, upstream):
     return ops.cast(ops.multiply(upstream, kernel_sign), scores.dtype)
 
 
+def count_true(flags):
+    """int32 count of the True entries of a boolean tensor."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        # Summing the flags cast to integers took five times as long.
+        return torch.count_nonzero(flags).to(torch.int32)
+    return ops.sum(ops.cast(flags, "int32"))
+
+
+def starts_from_last_threshold(keys):
+    """Whether a selection first looks in last step's high bin (`keras_mft.mask`)."""
+    # On a GPU the 32,768-bin histogram is most of a selection, and two counts
+    # skip it. On a CPU that histogram costs about what the counts do, and
+    # the conditional around it made every backend slower.
+    return _on_gpu(keys)
+
+
+def cond(predicate, true_fn, false_fn):
+    """`keras.ops.cond`. On JAX outside `jax.jit`, a plain `if`: `jax.lax.cond`
+    would trace and compile both branches at every call (0.5 s)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if not isinstance(predicate, jax.core.Tracer):
+            return true_fn() if predicate else false_fn()
+    return ops.cond(predicate, true_fn, false_fn)
+
+
+def remember(variable, value):
+    """`variable.assign(value)`, except where JAX would keep a tracer in it."""
+    if keras.backend.backend() == "jax":
+        import jax
+        from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+        # Keras' steps record the assignment (a stateless scope); a bare
+        # `jax.jit` or `jax.grad` of a layer would leak the tracer instead.
+        if isinstance(value, jax.core.Tracer) and not in_stateless_scope():
+            return
+    variable.assign(value)
+
+
 def cond_skips_work():
     """Whether a pass that `keras.ops.cond` leaves out saves its time."""
     # On XLA a conditional stops the fusion, which costs more than the branch.

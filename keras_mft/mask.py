@@ -10,9 +10,12 @@ from fractions import Fraction
 
 from keras import ops
 
+from keras_mft.backends import cond
 from keras_mft.backends import cond_skips_work
+from keras_mft.backends import count_true
 from keras_mft.backends import histogram
 from keras_mft.backends import histogram_of_bin
+from keras_mft.backends import starts_from_last_threshold
 from keras_mft.backends import straight_through_gradient
 
 # A non-negative float32 read as int32 sorts in the same order, so its 31 value
@@ -43,16 +46,25 @@ def num_removed(size, sparsity):
     return math.floor(Fraction(repr(float(sparsity))) * size)
 
 
-def keep_mask(scores, count):
+def keep_mask(scores, count, last_threshold=-1):
     """Returns a boolean tensor shaped like `scores`: True where an entry is kept.
 
     Args:
         scores: float32 tensor of any shape.
         count: int or int32 tensor, how many entries to remove (`num_removed`).
+        last_threshold: the threshold that `select` returned for these scores
+            a step ago, or -1. It only makes the search faster.
     """
+    return select(scores, count, last_threshold)[0]
+
+
+def select(scores, count, last_threshold=-1):
+    """Returns `(keep, threshold)`: `keep_mask`, and the int32 bit pattern of
+    the `count`-th smallest |score|, which the next step passes as
+    `last_threshold`."""
     columns = scores.shape[-1] if len(scores.shape) else 1
     keys = ops.view(ops.abs(ops.reshape(scores, (-1, columns))), "int32")
-    threshold, ties_to_remove, ties = _kth_smallest(ops.reshape(keys, (-1,)), count)
+    threshold, ties_to_remove, ties = _kth_smallest(ops.reshape(keys, (-1,)), count, last_threshold)
     # Usually every entry equal to the threshold is removed and one comparison
     # gives the mask; only otherwise must the ties be ranked, in another pass.
     if cond_skips_work():
@@ -63,7 +75,7 @@ def keep_mask(scores, count):
         )
     else:
         keep = _remove_ties_in_order(keys, threshold, ties_to_remove)
-    return ops.reshape(keep, ops.shape(scores))
+    return ops.reshape(keep, ops.shape(scores)), threshold
 
 
 def _remove_ties_in_order(keys, threshold, ties_to_remove):
@@ -99,17 +111,37 @@ def _count_per_row(flags):
     return ops.cast(ops.sum(ops.cast(flags, dtype), axis=1), "int32")
 
 
-def _kth_smallest(keys, k):
-    """The k-th smallest (1-based) of non-negative int32 `keys`, by radix select.
+def _kth_smallest(keys, k, last_threshold):
+    """The k-th smallest (1-based) of the non-negative int32 `keys`, by radix select.
 
     Returns `(value, needed, ties)`: the value, how many entries equal to it
     are among the k smallest (0 when k = 0), and how many equal it in all.
     """
     k = ops.convert_to_tensor(k, "int32")
     high = ops.right_shift(keys, _LOW_BITS)
-    high_bin, k_in_high, _ = _select_bin(histogram(high, _HIGH_BINS), k)
+
+    def full_search():
+        return _search_high_bin(keys, high, *_select_bin(histogram(high, _HIGH_BINS), k)[:2])
+
+    if not starts_from_last_threshold(keys):
+        return full_search()
+    # Scores move little in a step, so the k-th key usually lies in the same
+    # high bin as last step's. Two counts tell whether it does, and then the
+    # 32,768-bin histogram is skipped. -1 (no last threshold) always misses.
+    last_bin = ops.right_shift(ops.convert_to_tensor(last_threshold, "int32"), _LOW_BITS)
+    below = count_true(ops.less(high, last_bin))
+    inside = count_true(ops.equal(high, last_bin))
+    return cond(
+        ops.logical_and(ops.less(below, k), ops.less_equal(k, below + inside)),
+        lambda: _search_high_bin(keys, high, last_bin, k - below),
+        full_search,
+    )
+
+
+def _search_high_bin(keys, high, high_bin, k):
+    """`_kth_smallest`, given the high bin of the k-th key and k's rank in it."""
     low_counts = histogram_of_bin(keys, high, high_bin, _LOW_BITS)
-    low_bin, needed, ties = _select_bin(low_counts, k_in_high)
+    low_bin, needed, ties = _select_bin(low_counts, k)
     return high_bin * _LOW_BINS + low_bin, needed, ties
 
 

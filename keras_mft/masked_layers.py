@@ -31,12 +31,12 @@ class MaskedKernel:
     Masking adds exactly the attributes `_ATTRIBUTES` (the `selection`
     object, the `sparsity`, the `scores_initializer`, and the `named_masks`
     and `mask_name` of `keras_mft.named_masks`) and the variables
-    `_VARIABLES` (float32 `scores`, int32 `num_removed_variable`), and the
-    methods below; unmasking removes exactly those.
+    `_VARIABLES` (float32 `scores`, int32 `num_removed_variable` and
+    `last_threshold`), and the methods below; unmasking removes exactly those.
     """
 
     _ATTRIBUTES = ("selection", "sparsity", "scores_initializer", "named_masks", "mask_name")
-    _VARIABLES = ("scores", "num_removed_variable")
+    _VARIABLES = ("scores", "num_removed_variable", "last_threshold")
 
     def __init__(
         self, *args, sparsity=0.1, selection="per_matrix", scores_initializer=None, **kwargs
@@ -82,6 +82,15 @@ class MaskedKernel:
             name="num_removed",
             shape=(),
             initializer=keras.initializers.Constant(self._num_removed_for(self.sparsity)),
+            dtype="int32",
+            trainable=False,
+        )
+        # Where the next selection looks first (`keras_mft.mask.select`). Not
+        # saved: -1, or any stale value, only costs one full search.
+        self.last_threshold = self.add_weight(
+            name="last_threshold",
+            shape=(),
+            initializer=keras.initializers.Constant(-1),
             dtype="int32",
             trainable=False,
         )

@@ -22,8 +22,9 @@ import re
 
 from keras import ops
 
-from keras_mft.mask import keep_mask
+from keras_mft.backends import remember
 from keras_mft.mask import num_removed
+from keras_mft.mask import select
 
 _N_M = re.compile(r"^(\d+):(\d+)$")
 
@@ -65,7 +66,7 @@ class PerMatrix:
 
     def keep(self, layer):
         """The boolean mask of a masked `layer`: True where a weight is kept."""
-        return keep_mask(_scores(layer), ops.convert_to_tensor(layer.num_removed_variable))
+        return _select(layer, _scores(layer), layer.num_removed_variable)
 
 
 class Global(PerMatrix):
@@ -94,7 +95,7 @@ class Global(PerMatrix):
             [ops.reshape(_scores(member), (-1, columns)) for member in self.layers], axis=0
         )
         removed = sum(ops.convert_to_tensor(member.num_removed_variable) for member in self.layers)
-        keep = keep_mask(stacked, removed)
+        keep = _select(layer, stacked, removed)
         rows = ops.shape(stacked)[0] // len(self.layers)
         start = self.layers.index(layer) * rows
         return ops.reshape(keep[start : start + rows], ops.shape(layer.scores))
@@ -123,6 +124,16 @@ class NM:
 
     def keep(self, layer):
         return n_m_keep_mask(_scores(layer), self.n, self.m, input_axes(layer))
+
+
+def _select(layer, scores, count):
+    """`keras_mft.mask.select`, starting from `layer`'s last threshold and
+    keeping the new one there."""
+    keep, threshold = select(
+        scores, ops.convert_to_tensor(count), ops.convert_to_tensor(layer.last_threshold)
+    )
+    remember(layer.last_threshold, threshold)
+    return keep
 
 
 def _scores(layer):

@@ -65,8 +65,12 @@ def logits_of(model, batch):
 
 
 def frozen_values(model):
-    """{path: numpy value} of every variable that is not a score."""
-    return {v.path: to_numpy(v).copy() for v in model.weights if not v.path.endswith("/scores")}
+    """{path: numpy value} of every variable but the scores and the last thresholds."""
+    return {
+        v.path: to_numpy(v).copy()
+        for v in model.weights
+        if not v.path.endswith(("/scores", "/last_threshold"))
+    }
 
 
 @pytest.fixture

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 
 from keras_mft import backends
+from keras_mft import mask as mask_module
 from keras_mft.backends import histogram
 from keras_mft.backends import histogram_of_bin
 from keras_mft.mask import check_sparsity
 from keras_mft.mask import keep_mask
 from keras_mft.mask import masked_kernel
 from keras_mft.mask import num_removed
+from keras_mft.mask import select
 from tests.conftest import to_numpy
 from tests.gradients import gradient
 
@@ -23,6 +25,11 @@ def numpy_keep_mask(scores, removed):
     keep = np.ones(scores.size, "float32")
     keep[order[:removed]] = 0.0
     return keep.reshape(scores.shape)
+
+
+def numpy_threshold(scores, removed):
+    """Reference: the bit pattern of the `removed`-th smallest |score| (removed >= 1)."""
+    return int(np.sort(np.abs(scores).reshape(-1)).view(np.int32)[removed - 1])
 
 
 def assert_every_num_removed_matches_numpy(scores):
@@ -107,6 +114,43 @@ def test_histogram_of_bin_counts_the_low_bits_of_that_bin_only(high_bin):
     assert keras.backend.standardize_dtype(counts.dtype) == "int32"
     expected = np.bincount(keys[high == high_bin] & 15, minlength=16)
     np.testing.assert_array_equal(to_numpy(counts), expected)
+
+
+@pytest.mark.parametrize("on_gpu", [False, True])
+@pytest.mark.parametrize("moved_bins", [0, -1, 1, 3000, "none"])
+def test_select_is_exact_wherever_the_last_threshold_was(moved_bins, on_gpu, monkeypatch):
+    # A GPU starts from the last threshold; a CPU always searches in full.
+    monkeypatch.setattr(backends, "_on_gpu", lambda tensor: on_gpu)
+    scores = np.random.default_rng(2).normal(0, 0.02, (30, 20)).astype("float32")
+    removed = 60
+    threshold = numpy_threshold(scores, removed)
+    last = -1 if moved_bins == "none" else threshold + moved_bins * 2**16
+    keep, new = select(keras.ops.convert_to_tensor(scores), removed, last)
+    np.testing.assert_array_equal(to_numpy(keep), numpy_keep_mask(scores, removed))
+    assert int(to_numpy(new)) == threshold
+
+
+def test_on_a_gpu_a_last_threshold_in_the_right_bin_skips_the_full_histogram(monkeypatch):
+    monkeypatch.setattr(backends, "_on_gpu", lambda tensor: True)
+    rng = np.random.default_rng(3)
+    before = rng.normal(0, 0.02, (30, 20)).astype("float32")
+    removed = 60
+    _, last = select(keras.ops.convert_to_tensor(before), removed)
+    # A typical step moves every score a little; the k-th key stays in its
+    # 2**16-wide high bin, so the 32,768-bin histogram must not run.
+    after = before * (1 + 1e-5 * rng.standard_normal(before.shape)).astype("float32")
+    assert numpy_threshold(after, removed) >> 16 == int(to_numpy(last)) >> 16
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the full histogram ran")
+
+    monkeypatch.setattr(mask_module, "histogram", refuse)
+    keep, new = select(keras.ops.convert_to_tensor(after), removed, last)
+    np.testing.assert_array_equal(to_numpy(keep), numpy_keep_mask(after, removed))
+    assert int(to_numpy(new)) == numpy_threshold(after, removed)
+    # A last threshold one high bin away misses, and the full search runs.
+    with pytest.raises(AssertionError, match="full histogram"):
+        select(keras.ops.convert_to_tensor(after), removed, to_numpy(last) + 2**16)
 
 
 def test_all_equal_scores():

@@ -1,15 +1,18 @@
 """MaskedDense and MaskedEinsumDense on their own."""
 
+import h5py
 import keras
 import numpy as np
 import pytest
 
 import keras_mft
+from keras_mft import backends
 from keras_mft.mask import num_removed
 from tests.conftest import tiny_llama
 from tests.conftest import to_numpy
 from tests.gradients import gradient
 from tests.test_mask import numpy_keep_mask
+from tests.test_mask import numpy_threshold
 
 
 def dense(sparsity=0.25, **kwargs):
@@ -27,7 +30,7 @@ def einsum_dense(sparsity=0.25, **kwargs):
 def randomize(layer, seed=0):
     rng = np.random.default_rng(seed)
     for variable in layer.weights:
-        if variable.name == "num_removed":
+        if variable.name in ("num_removed", "last_threshold"):
             continue
         scale = 0.02 if variable.name == "scores" else 1.0
         variable.assign(scale * rng.standard_normal(variable.shape))
@@ -39,6 +42,7 @@ def test_only_the_scores_are_trainable():
     assert sorted(v.name for v in layer.non_trainable_variables) == [
         "bias",
         "kernel",
+        "last_threshold",
         "num_removed",
     ]
     assert layer.scores.dtype == "float32"
@@ -195,6 +199,7 @@ def test_set_sparsity_changes_the_mask_used_by_call():
     layer = dense(sparsity=0.1)
     randomize(layer)
     x = np.ones((1, 10), "float32")
+    layer(x)  # the next selection starts from this one's threshold
     layer.set_sparsity(0.5)
     assert layer.sparsity == 0.5 and layer.num_removed == 30
     mask = numpy_keep_mask(to_numpy(layer.scores), 30)
@@ -204,3 +209,30 @@ def test_set_sparsity_changes_the_mask_used_by_call():
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         layer.set_sparsity(1.2)
     assert layer.sparsity == 0.5
+
+
+@pytest.mark.parametrize("on_gpu", [False, True])
+def test_the_train_step_keeps_the_last_threshold_which_is_not_saved(on_gpu, tmp_path, monkeypatch):
+    # On a GPU the compiled step starts each selection from the last threshold.
+    monkeypatch.setattr(backends, "_on_gpu", lambda tensor: on_gpu)
+    layer = dense(sparsity=0.25)
+    randomize(layer)
+    assert int(layer.last_threshold) == -1  # none yet: the first search is full
+    model = keras.Sequential([keras.Input((10,)), layer])
+    # A learning rate of 0 keeps the scores, so the threshold is known.
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    model.fit(np.ones((6, 10)), np.zeros((6, 6)), batch_size=2, epochs=1, verbose=0)
+    scores = to_numpy(layer.scores)
+    np.testing.assert_array_equal(to_numpy(layer.keep_mask()), numpy_keep_mask(scores, 15))
+    assert int(layer.last_threshold) == numpy_threshold(scores, layer.num_removed)
+    # Weights files hold the exact training state (kernel, bias, scores,
+    # number removed), not this hint; a stale one only costs a full search.
+    model.save_weights(tmp_path / "masked.weights.h5")
+    with h5py.File(tmp_path / "masked.weights.h5") as file:
+        saved = []
+        file.visititems(
+            lambda name, item: saved.append(name) if isinstance(item, h5py.Dataset) else None
+        )
+    assert len([name for name in saved if name.startswith("layers/")]) == 4, saved
+    layer.last_threshold.assign(12345)
+    np.testing.assert_array_equal(to_numpy(layer.keep_mask()), numpy_keep_mask(scores, 15))
