@@ -65,6 +65,16 @@ SETTINGS = {
     "lora_alpha": 16,
     "optimizer": "paper_adamw",  # keras_mft.protocol.paper_optimizer and paper_loss
 }
+# `--fast`: a tiny random model, a few problems and tokens, to test the scripts.
+FAST_SETTINGS = {
+    "model": "tiny",
+    "train_problems": 8,
+    "validation_problems": 4,
+    "held_out_problems": 6,
+    "sequence_length": 64,
+    "score_length": 512,
+    "epochs": 1,
+}
 MFT_SEEDS = (0, 1, 2, 3, 4)
 CONTINUED_SEEDS = (0, 1, 2)
 BUDGETS = (0.05, 0.15, 0.47, 1.5)
@@ -452,15 +462,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     settings = dict(SETTINGS)
     if args.fast:
-        settings.update(
-            model="tiny",
-            train_problems=8,
-            validation_problems=4,
-            held_out_problems=6,
-            sequence_length=64,
-            score_length=512,
-            epochs=1,
-        )
+        settings.update(FAST_SETTINGS)
     arms = args.arms.split(",") if args.arms else arm_names()
     unknown = [arm for arm in arms if arm not in arm_names()]
     if unknown:

@@ -51,13 +51,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     settings = dict(reproduce.SETTINGS)
     if args.fast:
-        settings.update(
-            model="tiny",
-            train_problems=8,
-            validation_problems=4,
-            held_out_problems=6,
-            sequence_length=64,
-        )
+        settings.update(reproduce.FAST_SETTINGS)
     experiment = reproduce.Experiment("/tmp/threshold_moves", "/tmp/threshold_moves", settings)
     model = experiment.load_model()
     x, y, weights = experiment.shuffled_train(0)
