@@ -10,7 +10,7 @@ import pytest
 from tests.benchmark_scripts import import_benchmark
 from tests.benchmark_scripts import run_benchmark
 
-ARMS = "mft/seed0,mft/seed1,continued_fft/seed0,continued_fft/seed1"
+ARMS = "mft/seed0,mft/seed1,continued_fft/seed0,lora_from_base"
 # The arms' module fixture is built once, on one worker.
 pytestmark = pytest.mark.xdist_group("reproduce")
 
@@ -42,10 +42,10 @@ def record(tmp_path, arm):
 def test_each_arm_is_scored_problem_by_problem(run):
     tmp_path, output = run
     names = sorted(path.name for path in (tmp_path / "results").glob("*.json"))
-    # FFT was trained once, for the first arm that needed it, and scored too.
-    assert names == sorted(
-        ["fft.json"] + [arm.replace("/", "_") + ".json" for arm in ARMS.split(",")]
-    )
+    # FFT was trained once, for the first arm that needed it, and scored too;
+    # LoRA from base first measured LoRA from FFT at each rate to choose its own.
+    arms = ["fft"] + ARMS.split(",") + [f"lora_from_fft/lr{rate}" for rate in (1e-4, 3e-4, 1e-3)]
+    assert names == sorted(arm.replace("/", "_") + ".json" for arm in arms)
     assert output.count("training FFT first") == 1
     assert (tmp_path / "weights" / "fft_backbone.weights.h5").exists()
     mft = record(tmp_path, "mft/seed0")
@@ -56,11 +56,17 @@ def test_each_arm_is_scored_problem_by_problem(run):
     assert mft["score_budget"] == pytest.approx(0.47, rel=1e-4)
     assert 0 < mft["mask_changed"] and mft["median_score_travel"] > 0
     assert mft["held_out"]["loss"] != record(tmp_path, "mft/seed1")["held_out"]["loss"]
+    # LoRA from base ran at the rate best on validation of the three from FFT.
+    losses = {
+        rate: np.mean(record(tmp_path, f"lora_from_fft/lr{rate}")["validation"]["loss"])
+        for rate in (1e-4, 3e-4, 1e-3)
+    }
+    assert record(tmp_path, "lora_from_base")["learning_rate"] == min(losses, key=losses.get)
 
 
 def test_the_report_tests_the_pre_registered_pair(run):
     tmp_path, output = run
-    for pair in ("| mft - fft | 2 vs 1 |", "| mft - continued_fft | 2 vs 2 |"):
+    for pair in ("| mft - fft | 2 vs 1 |", "| mft - continued_fft | 2 vs 1 |"):
         row = next(line for line in output.splitlines() if line.startswith(pair))
         assert len(row.split("|")) == 8 and row.split("|")[-2].strip()  # a Holm p
     assert (tmp_path / "reproduction_forest.png").stat().st_size > 1000
@@ -114,3 +120,39 @@ def test_holm_against_hand_computed_numbers():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.6, 0.2]) == pytest.approx([0.6, 0.4])
     assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # 2 x 0.8 capped at 1
+
+
+@pytest.mark.backend_independent
+def test_lora_is_compared_at_the_rate_best_on_validation_and_the_dose_response_is_drawn(
+    tmp_path,
+):
+    module = import_benchmark("reproduce")
+
+    def write(arm, validation, held_out=1.0, **extra):
+        scores = {"loss": [held_out, held_out], "accuracy": [0.5, 0.5]}
+        record = {"arm": arm, "seconds": 60.0, "held_out": scores, **extra}
+        record["validation"] = {"loss": [validation, validation], "accuracy": [0.5, 0.5]}
+        path = tmp_path / "results" / f"{arm.replace('/', '_')}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(record))
+        return record
+
+    records = {arm: write(arm, 1.0) for arm in ("fft", "mft/seed0", "mft/seed1")}
+    # 3e-4 is best on validation although 1e-3 is best on the held-out problems.
+    for rate, validation, held_out in ((1e-4, 0.9, 0.9), (3e-4, 0.8, 0.95), (1e-3, 0.85, 0.7)):
+        records[f"lora_from_fft/lr{rate}"] = write(f"lora_from_fft/lr{rate}", validation, held_out)
+    assert module.chosen_lora_rate(records) == 3e-4
+    assert module.chosen_lora_rate({**records, "lora_from_fft/lr0.001": None}) is None
+    write("lora_from_base", 0.9, learning_rate=3e-4)
+    for budget, validation in ((0.05, 1.0), (0.15, 0.95), (1.5, 0.9)):
+        write(f"dose/B{budget}", validation)
+
+    output = reproduce(tmp_path, "--report")
+    assert (
+        "chosen on validation loss (0.0001: 0.9000, 0.0003: 0.8000, 0.001: 0.8500): 0.0003"
+        in output
+    )
+    assert "| lora_from_fft/lr0.0003 - fft | 1 vs 1 | -0.0500 |" in output
+    assert "| mft - lora_from_fft/lr0.0003 | 2 vs 1 | +0.0500 |" in output
+    assert "| lora_from_base - fft | 1 vs 1 | +0.0000 |" in output
+    assert (tmp_path / "reproduction_dose.png").stat().st_size > 1000
