@@ -434,6 +434,16 @@ def report(records, images):
         axes.plot(
             [b for b, _ in dose], [loss for _, loss in dose], marker="o", label="FFT + MFT (seed 0)"
         )
+        seeds = values(records, "mft", "validation")
+        if seeds is not None:  # how far the seed alone moves it, at the paper's budget
+            axes.scatter(
+                np.full(len(seeds), SETTINGS["score_budget"]),
+                seeds.mean(axis=1),
+                color="grey",
+                s=12,
+                zorder=3,
+                label=f"FFT + MFT, {len(seeds)} seeds",
+            )
         axes.axhline(
             np.mean(records["fft"]["validation"]["loss"]),
             color="black",
