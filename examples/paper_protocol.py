@@ -13,8 +13,9 @@ for the same number of steps. This guide runs every arm on the embedded
 SmolLM2-135M-Instruct with 32 GSM8K problems, so that it finishes in about 8
 minutes on 2 CPU cores. At this size the differences between arms are within
 noise: the guide shows the workflow. `benchmarks/reproduce.py` runs the same
-arms with more data, several seeds, MFT without the FFT stage and greedy
-exact-match accuracy (hours; results in `docs/reproduction.md`).
+arms with 640 training problems, several seeds, MFT from magnitude scores and
+paired statistics over 319 held-out problems (hours; results in
+`docs/reproduction.md`).
 """
 
 import os

@@ -7,7 +7,7 @@ guide's process (and any process it starts) imports
 `tests/guides/sitecustomize.py` at start-up. Once the guide imports
 `keras_mft`, that module replaces two of its functions:
 `keras_mft.smollm2_135m_instruct()` returns a tiny random Llama with SmolLM2's
-preprocessor and its 30 blocks, and `keras_mft.gsm8k(split)` the first 8
+preprocessor and 12 blocks, and `keras_mft.gsm8k(split)` the first 8
 training or 4 held-out problems, so that each guide trains for a step or two;
 it says so on stderr, and `run_guide` checks that it did. Nothing else
 changes: the guides' code, sizes and settings run as written.
@@ -81,7 +81,7 @@ def test_masks_as_adapters(tmp_path):
 
 def test_band_and_ratio(tmp_path):
     output = run_guide("band_and_ratio.py", tmp_path)
-    assert output.count("learned mask") == 5  # bands 0:4, 4:8, 26:30; ratios 0.05, 0.2
+    assert output.count("learned mask") == 5  # bands 0:4, 4:8, 8:12; ratios 0.05, 0.2
     for image in ("band_sweep.png", "ratio_sweep.png", "mask_change.png", "scores.png"):
         assert (tmp_path / image).stat().st_size > 1000
 

@@ -7,9 +7,10 @@ on the other backends). The guide's code runs as written; only two functions
 of `keras_mft` change, once the guide imports it:
 
 - `keras_mft.smollm2_135m_instruct()` returns a tiny random Llama with
-  SmolLM2's preprocessor and its 30 decoder blocks (width 16, like
-  `keras_mft.tiny_smollm2()`, which has 8), so that every band a guide names
-  exists;
+  SmolLM2's preprocessor and 12 decoder blocks (width 16, like
+  `keras_mft.tiny_smollm2()`, which has 8), so that the bands the guides
+  name (0-3, 4-7 and the last four) are all different; a trace of the
+  training step grows with the blocks, and is most of a guide's time here;
 - `keras_mft.gsm8k(split)` returns the first 8 training or 4 held-out
   problems, so a guide that asks for more gets these.
 
@@ -23,7 +24,7 @@ import importlib.abc
 import importlib.util
 import sys
 
-NUM_BLOCKS = 30  # SmolLM2-135M's
+NUM_BLOCKS = 12
 PROBLEMS = {"train": 8, "held_out": 4}
 
 
