@@ -151,3 +151,8 @@ def paper_loss():
 def compile_like_paper(model, optimizer):
     """Compiles a `CausalLM` with `optimizer` and `paper_loss()`, keeping its sampler."""
     model.compile(optimizer=optimizer, loss=paper_loss(), sampler=model.sampler)
+    # Keras on TensorFlow would create the optimizer's variables while tracing
+    # the first training step, and then trace it a second time without them:
+    # creating them now saves that trace, which grows with the model's blocks.
+    if model.built and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)

@@ -108,6 +108,15 @@ def test_mask_fine_tune_spends_the_score_budget(byte_tokenizer, data):
         )
 
 
+def test_compiling_builds_the_optimizer_for_the_scores_alone(byte_tokenizer):
+    # Built before `fit`, so that TensorFlow traces the first step once.
+    model = keras_mft.wrap(tiny_model(byte_tokenizer), layers="all", seed=0)
+    protocol.compile_mask_fine_tuning(model, steps=4)
+    assert model.optimizer.built
+    scores = keras_mft.scores_of(model)
+    assert len(model.trainable_variables) == len(scores) == len(model.optimizer._momentums)
+
+
 @pytest.mark.parametrize("score_init", ["random", "magnitude"])
 def test_untrained_masks(byte_tokenizer, score_init):
     model = tiny_model(byte_tokenizer)
