@@ -36,9 +36,9 @@ import numpy as np
 from keras import ops
 
 import keras_mft
-from keras_mft import architectures
-from keras_mft.wrapping import masked_layers_of
-from keras_mft.wrapping import parse_layers
+from keras_mft.masking import architectures
+from keras_mft.masking.config import block_indices
+from keras_mft.masking.wrapping import masked_layers_of
 
 # Full FFT needs the most memory, so it runs last.
 ARMS = ("mft", "fft_band", "lora8", "lora64", "fft")
@@ -82,7 +82,7 @@ def build_model(name, num_layers=None):
 
 def band_blocks(model, band):
     blocks = model.backbone.transformer_layers
-    return [blocks[index] for index in parse_layers(band, len(blocks))]
+    return [blocks[index] for index in block_indices(band, len(blocks))]
 
 
 def prepare(model, arm, band):

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 
 import keras_mft
-from keras_mft.mask import zero_removed
+from keras_mft.masking.mask import zero_removed
 
 LAYERS, SPARSITY = "4:8", 0.1
 

@@ -1,6 +1,6 @@
 """Time of mask selection for LLaMA-7B-sized matrices, on the active backend.
 
-Times keras-mft's selection (`keras_mft.mask.select`) both ways it can run,
+Times keras-mft's selection (`keras_mft.masking.mask.select`) both ways it can run,
 on scores that one AdamW step at the paper's rate moved (every score by 2e-5
 either way; std 0.02): "incremental" starts from last step's threshold and
 counts only inside its high bin (what a train step does on a GPU), "radix" is
@@ -27,9 +27,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_mft import mask
-from keras_mft.mask import num_removed
-from keras_mft.mask import select
+from keras_mft.masking import mask
+from keras_mft.masking.mask import num_removed
+from keras_mft.masking.mask import select
 
 
 @functools.cache

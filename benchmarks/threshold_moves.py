@@ -1,7 +1,7 @@
 """How far each mask's threshold moves in one MFT step, on the active backend.
 
 A train step on a GPU starts each selection in the high bin of last step's
-threshold (`keras_mft.mask.select`) and runs the full search only when the
+threshold (`keras_mft.masking.mask.select`) and runs the full search only when the
 threshold left it. This trains MFT the way `reproduce.py` does (SmolLM2-135M,
 blocks 4-7, ratio 0.1, the paper's optimiser at B = 0.47 spread over the
 reproduction's 104 steps, its GSM8K training sequences) for the first
@@ -19,8 +19,11 @@ import numpy as np
 import reproduce
 
 import keras_mft
-from keras_mft import protocol
-from keras_mft.wrapping import masked_layers_of
+from keras_mft.masking.wrapping import masked_layers_of
+from keras_mft.training import score_budget as budgets
+from keras_mft.training.batches import Batches
+from keras_mft.training.optimizer import compile_like_paper
+from keras_mft.training.optimizer import paper_optimizer
 
 
 def threshold(layer):
@@ -54,21 +57,16 @@ def main(argv=None):
         settings.update(reproduce.FAST_SETTINGS)
     experiment = reproduce.Experiment("/tmp/threshold_moves", "/tmp/threshold_moves", settings)
     model = experiment.load_model()
-    x, y, weights = experiment.shuffled_train(0)
     batch_size = settings["batch_size"]
-    total = protocol.total_steps(experiment.train, batch_size, settings["epochs"])
+    batches = Batches(experiment.train, batch_size, settings["epochs"], seed=0)
+    total = batches.total_steps
     keras_mft.wrap(model, layers=settings["band"], sparsity=settings["sparsity"], seed=0)
-    protocol.compile_mask_fine_tuning(model, total, settings["score_budget"], None)
+    # The schedule of the whole run, of which the first `--steps` steps are taken.
+    peak, _ = budgets.peak_learning_rate(total, budgets.score_std(model), settings["score_budget"])
+    compile_like_paper(model, paper_optimizer(total, peak))
     recorder = Thresholds(masked_layers_of(model))
-    count = args.steps * batch_size
     model.fit(
-        {key: value[:count] for key, value in x.items()},
-        y[:count],
-        sample_weight=weights[:count],
-        batch_size=batch_size,
-        epochs=1,
-        verbose=0,
-        callbacks=[recorder],
+        batches.dataset(), steps_per_epoch=args.steps, epochs=1, verbose=0, callbacks=[recorder]
     )
     rows = np.array(recorder.rows)
     moved = np.abs((rows[1:] >> 16) - (rows[:-1] >> 16))

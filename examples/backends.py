@@ -2,15 +2,15 @@
 Title: One script on JAX, PyTorch and TensorFlow
 Author: keras-mft
 Date created: 2026/12/04
-Last modified: 2026/12/04
+Last modified: 2026/12/06
 Description: Run the same Mask Fine-Tuning script on each Keras backend and
 compare the losses and the learned masks.
 Accelerator: None
 
 keras-mft is written against `keras.ops` only, so the backend is a setting,
 not a code change: set `KERAS_BACKEND` before `import keras`. The initial
-scores come from numpy with a fixed seed, so every backend starts from the
-same masks. This guide learns masks on SmolLM2-135M-Instruct on the backend
+scores come from numpy with a fixed seed, and so does the order of the
+batches, so every backend starts from the same masks and sees the same data. This guide learns masks on SmolLM2-135M-Instruct on the backend
 it runs on, then runs itself on every other installed backend and compares.
 It takes about 7 minutes on 2 CPU cores with all three backends installed.
 """
@@ -48,19 +48,12 @@ model.preprocessor = None
 
 train = {key: values[:TRAIN] for key, values in keras_mft.gsm8k("train").items()}
 held_out = {key: values[:HELD_OUT] for key, values in keras_mft.gsm8k("held_out").items()}
-x, y, sample_weight = keras_mft.instruction_dataset(
-    tokenizer, train, sequence_length=SEQUENCE_LENGTH
-)
+train_data = keras_mft.instruction_dataset(tokenizer, train, sequence_length=SEQUENCE_LENGTH)
 held_out_data = keras_mft.instruction_dataset(tokenizer, held_out, sequence_length=SEQUENCE_LENGTH)
 
 model = keras_mft.wrap(model, layers="4:8", sparsity=0.1, seed=0)
 initial_loss = evaluation.response_loss(model, held_out_data)["loss"]
-steps = keras_mft.protocol.total_steps((x, y, sample_weight), batch_size=8, epochs=1)
-learning_rate = keras_mft.score_budget.learning_rate_for_budget(0.47, steps)
-model.compile(
-    optimizer=keras_mft.protocol.paper_optimizer(steps, learning_rate), loss=keras_mft.paper_loss()
-)
-model.fit(x, y, sample_weight=sample_weight, batch_size=8, epochs=1, verbose=0)
+keras_mft.train(model, train_data, epochs=1, batch_size=8, verbose=0)
 learned_loss = evaluation.response_loss(model, held_out_data)["loss"]
 
 masks = keras_mft.masks_of(model)

@@ -2,7 +2,7 @@
 Title: Choosing the band of blocks and the sparse ratio
 Author: keras-mft
 Date created: 2026/12/04
-Last modified: 2026/12/04
+Last modified: 2026/12/06
 Description: Sweep which four decoder blocks MFT masks and how much of each
 matrix it removes, and plot the held-out loss of each choice.
 Accelerator: None
@@ -51,9 +51,7 @@ model = keras_mft.smollm2_135m_instruct()
 tokenizer = model.preprocessor.tokenizer
 train = {key: values[:TRAIN] for key, values in keras_mft.gsm8k("train").items()}
 held_out = {key: values[:HELD_OUT] for key, values in keras_mft.gsm8k("held_out").items()}
-x, y, sample_weight = keras_mft.instruction_dataset(
-    tokenizer, train, sequence_length=SEQUENCE_LENGTH
-)
+train_data = keras_mft.instruction_dataset(tokenizer, train, sequence_length=SEQUENCE_LENGTH)
 held_out_data = keras_mft.instruction_dataset(tokenizer, held_out, sequence_length=SEQUENCE_LENGTH)
 unmasked = evaluation.response_loss(model, held_out_data)["loss"]
 print(f"unmasked model: held-out loss {unmasked:.4f}")
@@ -64,13 +62,7 @@ def mask_fine_tune(layers, sparsity):
     model = keras_mft.wrap(load_model(), layers=layers, sparsity=sparsity, seed=0)
     random_mask = evaluation.response_loss(model, held_out_data)["loss"]
     initial = keras_mft.masks_of(model)
-    steps = keras_mft.protocol.total_steps((x, y, sample_weight), batch_size=8, epochs=1)
-    learning_rate = keras_mft.score_budget.learning_rate_for_budget(0.47, steps)
-    model.compile(
-        optimizer=keras_mft.protocol.paper_optimizer(steps, learning_rate),
-        loss=keras_mft.paper_loss(),
-    )
-    model.fit(x, y, sample_weight=sample_weight, batch_size=8, epochs=1, verbose=0)
+    keras_mft.train(model, train_data, epochs=1, batch_size=8, verbose=0)
     learned = evaluation.response_loss(model, held_out_data)["loss"]
     print(
         f"blocks {layers:>5}, ratio {sparsity:<4}: random mask {random_mask:.4f}, "

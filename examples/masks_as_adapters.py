@@ -2,7 +2,7 @@
 Title: Masks as adapters
 Author: keras-mft
 Date created: 2026/12/04
-Last modified: 2026/12/05
+Last modified: 2026/12/06
 Description: Learn two masks, save them as small files, load them onto one
 freshly loaded model, switch between them, bake one into a plain KerasHub
 model, and load it in Hugging Face transformers.
@@ -46,15 +46,13 @@ def logits(model, batch):
 
 def learn_mask(problems, layers, seed):
     """A mask learned on `problems` over the blocks `layers`, at the paper's budget."""
-    x, y, sample_weight = keras_mft.instruction_dataset(
+    data = keras_mft.instruction_dataset(
         preprocessor.tokenizer, problems, sequence_length=SEQUENCE_LENGTH
     )
     model = keras_mft.wrap(load_model(), layers=layers, sparsity=0.1, seed=seed)
-    steps = keras_mft.protocol.total_steps((x, y, sample_weight), batch_size=8, epochs=1)
     # The paper's optimiser, schedule and loss, at its score budget B = 0.47.
-    keras_mft.protocol.compile_mask_fine_tuning(model, steps)
-    model.fit(x, y, sample_weight=sample_weight, batch_size=8, epochs=1, verbose=2)
-    return model, x
+    keras_mft.train(model, data, epochs=1, batch_size=8, verbose=2)
+    return model, data[0]
 
 
 """
@@ -98,8 +96,8 @@ print(
 ## Apply it to a freshly loaded model
 
 Whoever receives the file loads the same base model and calls `load_masks`.
-It reads the blocks, projections and sparsities from the file, wraps the model
-the same way and loads the masks: the logits are those of the model that
+It reads the `MaskConfig` from the file, wraps the model the same way and
+loads the masks: the logits are those of the model that
 learned them.
 """
 

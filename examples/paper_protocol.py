@@ -2,7 +2,7 @@
 Title: The MFT paper's protocol and its baselines, end to end
 Author: keras-mft
 Date created: 2026/12/04
-Last modified: 2026/12/04
+Last modified: 2026/12/06
 Description: Fine-tune SmolLM2-135M-Instruct on GSM8K, then compare MFT with
 continued fine-tuning, random and L1-magnitude masks and LoRA.
 Accelerator: None
@@ -18,6 +18,7 @@ paired statistics over 319 held-out problems (hours; results in
 `docs/reproduction.md`).
 """
 
+import dataclasses
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # or "torch", "tensorflow"
@@ -69,7 +70,9 @@ def evaluate(model):
 
 The paper's optimiser: AdamW (as PyTorch computes it) at 2e-5 with 3% warm-up
 and linear decay, gradients clipped to a global norm of 1.0, the loss
-averaged over the answer tokens, two epochs. Every arm below trains one epoch.
+averaged over the answer tokens, two epochs. Every arm is one
+`keras_mft.train` run, on batches in the same seeded order; each arm below
+trains one epoch.
 """
 
 results = {"base": evaluate(base)}
@@ -88,10 +91,10 @@ L1-magnitude masks of the same size; and LoRA (rank 64, alpha 16) from the
 base model instead of the fine-tuned one, for FFT's steps.
 """
 
-BAND = {"layers": "4:8", "sparsity": 0.1}
+BAND = keras_mft.MaskConfig(layers="4:8", sparsity=0.1, seed=0)
 
 model = model_with(fft_weights)
-protocol.mask_fine_tune(model, train_data, seed=0, epochs=1, verbose=0, **BAND)
+protocol.mask_fine_tune(model, train_data, BAND, epochs=1, verbose=0)
 results["FFT + MFT"] = evaluate(model)
 
 model = model_with(fft_weights)
@@ -99,11 +102,11 @@ protocol.full_fine_tune(model, train_data, epochs=1, verbose=0)
 results["FFT + continued FFT"] = evaluate(model)
 
 model = model_with(fft_weights)
-protocol.untrained_mask(model, "random", seed=0, **BAND)
+protocol.untrained_mask(model, BAND)  # the random scores MFT starts from
 results["FFT + random mask"] = evaluate(model)
 
 model = model_with(fft_weights)
-protocol.untrained_mask(model, "magnitude", **BAND)
+protocol.untrained_mask(model, dataclasses.replace(BAND, score_init="magnitude"))
 results["FFT + L1 mask"] = evaluate(model)
 
 model = model_with(base_weights)

@@ -8,8 +8,8 @@ import keras
 import keras_hub
 import numpy as np
 
-from keras_mft.chat_templates import resolve_template
-from keras_mft.instruction_data import tokenize_conversations
+from keras_mft.data.chat_templates import resolve_template
+from keras_mft.data.instruction_data import tokenize_conversations
 
 _ANSWER = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
 

@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from keras_mft import architectures
+from keras_mft.masking import architectures
 
 # The block's index ends its name: transformer_layer_3 (Llama), decoder_block_3 (Gemma).
 _BLOCK = re.compile(r"^[^/]*_(\d+)/")

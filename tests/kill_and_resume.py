@@ -6,7 +6,7 @@ continued with `--resume`, must end as an uninterrupted run ends. With
 backed up every 2 steps in `OUT/backup/latest/` by
 `keras_mft.CrashSafeBackupAndRestore` (Keras' `BackupAndRestore` made safe
 against a kill while it writes), and the batches come in an order fixed by
-the seed (`keras_mft.batches.Batches`). This script trains one pass over 12
+the seed (`keras_mft.training.batches.Batches`). This script trains one pass over 12
 GSM8K problems three times with the same seed:
 
 1. without interruption;

@@ -1,46 +1,17 @@
 """wrap -> fit -> bake on a small random model of every supported KerasHub decoder."""
 
 import keras
-import keras_hub
 import numpy as np
 import pytest
 
 import keras_mft
-from keras_mft import architectures
-from keras_mft.masked_layers import is_masked
-from tests.conftest import logits_of
-from tests.conftest import to_numpy
-
-VOCABULARY_SIZE = 64
-SMALL = dict(vocabulary_size=VOCABULARY_SIZE, num_layers=2, hidden_dim=16, intermediate_dim=32)
-GQA = dict(num_query_heads=4, num_key_value_heads=2)
-
-# CausalLM class, backbone class, the backbone's arguments.
-MODELS = {
-    "llama": ("LlamaCausalLM", "LlamaBackbone", {**SMALL, **GQA}),
-    "llama3": ("Llama3CausalLM", "Llama3Backbone", {**SMALL, **GQA}),
-    "mistral": ("MistralCausalLM", "MistralBackbone", {**SMALL, **GQA}),
-    "gemma": ("GemmaCausalLM", "GemmaBackbone", {**SMALL, **GQA, "head_dim": 4}),
-    "gemma3": (
-        "Gemma3CausalLM",
-        "Gemma3Backbone",
-        {**SMALL, **GQA, "head_dim": 4, "image_size": 16, "vision_encoder": None},
-    ),
-    "qwen": ("QwenCausalLM", "QwenBackbone", {**SMALL, **GQA}),
-    "qwen3": ("Qwen3CausalLM", "Qwen3Backbone", {**SMALL, **GQA, "head_dim": 4}),
-    "phi3": ("Phi3CausalLM", "Phi3Backbone", {**SMALL, **GQA}),
-    "gpt2": ("GPT2CausalLM", "GPT2Backbone", {**SMALL, "num_heads": 4, "max_sequence_length": 32}),
-}
-
-
-def small_causal_lm(name):
-    """A random model of family `name`, weights from numpy (the same on every backend)."""
-    causal_lm_name, backbone_name, arguments = MODELS[name]
-    backbone = getattr(keras_hub.models, backbone_name)(**arguments)
-    rng = np.random.default_rng(0)
-    for variable in backbone.weights:
-        variable.assign((0.2 * rng.standard_normal(variable.shape)).astype("float32"))
-    return getattr(keras_hub.models, causal_lm_name)(backbone=backbone, preprocessor=None)
+from keras_mft.masking import architectures
+from keras_mft.masking.layers import is_masked
+from tests.shared.models import FAMILIES
+from tests.shared.models import VOCABULARY_SIZE
+from tests.shared.models import logits_of
+from tests.shared.models import small_causal_lm
+from tests.shared.models import to_numpy
 
 
 def training_data(batch_size=4, sequence_length=8):
@@ -53,7 +24,7 @@ def training_data(batch_size=4, sequence_length=8):
     return x, token_ids[:, 1:]
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(FAMILIES))
 def test_wrap_fit_bake_keeps_the_logits(name):
     model = small_causal_lm(name)
     keras_mft.wrap(model, layers="all", sparsity=0.25, seed=0)

@@ -9,9 +9,9 @@ import keras_hub
 import numpy as np
 import pytest
 
-from tests.backend_guard import NO_BACKEND
-from tests.backend_guard import check_independent_fixtures
-from tests.backend_guard import refuse_backend_use
+from tests.shared.backend_guard import NO_BACKEND
+from tests.shared.backend_guard import check_independent_fixtures
+from tests.shared.backend_guard import refuse_backend_use
 
 USES = {
     "built a Keras layer or model": lambda: keras.layers.Dense(2),

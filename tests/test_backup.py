@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keras_mft
-from tests.conftest import to_numpy
+from tests.shared.models import to_numpy
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((8, 3)).astype("float32")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import keras_mft
-from keras_mft.masked_layers import is_masked
-from tests.conftest import logits_of
-from tests.conftest import to_numpy
+from keras_mft.masking.layers import is_masked
+from tests.shared.models import logits_of
+from tests.shared.models import to_numpy
 
 LOAD_WITH_KERAS_HUB_ONLY = """
 import sys

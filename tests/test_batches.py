@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from keras_mft.batches import Batches
+from keras_mft.training.batches import Batches
 
 
 def data(rows=7, length=3):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import keras_mft
-from keras_mft.wrapping import masked_layers_of
-from tests.benchmark_scripts import import_benchmark
-from tests.benchmark_scripts import run_benchmark
-from tests.conftest import tiny_llama
+from keras_mft.masking.wrapping import masked_layers_of
+from tests.shared.models import tiny_llama
+from tests.shared.scripts import import_benchmark
+from tests.shared.scripts import run_benchmark
 
 BACKEND = keras.backend.backend()
 # The scripts' module fixture is built once, on one worker.

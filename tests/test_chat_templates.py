@@ -9,12 +9,12 @@ import json
 
 import pytest
 
-from keras_mft.chat_templates import TEMPLATES
-from keras_mft.chat_templates import load_chat_template
-from keras_mft.chat_templates import render
-from keras_mft.chat_templates import render_text
-from keras_mft.chat_templates import resolve_template
-from keras_mft.chat_templates import template_for
+from keras_mft.data.chat_templates import TEMPLATES
+from keras_mft.data.chat_templates import load_chat_template
+from keras_mft.data.chat_templates import render
+from keras_mft.data.chat_templates import render_text
+from keras_mft.data.chat_templates import resolve_template
+from keras_mft.data.chat_templates import template_for
 
 pytestmark = pytest.mark.backend_independent
 

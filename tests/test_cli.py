@@ -1,5 +1,6 @@
 """The `keras-mft` command, run in-process on a tiny preset and as a subprocess."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,9 +14,9 @@ import pytest
 import keras_mft
 from keras_mft import cli
 from keras_mft.embedded import smollm2
-from tests.conftest import logits_of
-from tests.conftest import to_numpy
-from tests.conftest import token_batch
+from tests.shared.models import logits_of
+from tests.shared.models import to_numpy
+from tests.shared.models import token_batch
 
 RECORDS = [
     {"prompt": "What is 2 + 3?", "response": "2 + 3 = 5.\n#### 5"},
@@ -129,9 +130,12 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
     history = json.load(open(os.path.join(out, "history.json")))
     assert len(history["epochs"]["loss"]) == 2 and history["step_losses"]
     assert len(history["epochs"]["val_loss"]) == 2
-    settings = json.load(open(os.path.join(out, "config.json")))
-    assert settings["learning_rate"] == 0.01 and settings["targets"] == ["q_proj", "down"]
-    assert "best.mask (lowest epoch val_loss)" in stdout
+    settings = json.load(open(os.path.join(out, "run.json")))
+    assert settings["learning_rate"] == 0.01 and settings["masks"][0]["targets"] == [
+        "q_proj",
+        "down",
+    ]
+    assert "best.mask holds the masks of the epoch with the lowest val_loss" in stdout
     # TensorBoard and CSV logs, with MaskFineTuner's figures beside the losses.
     with open(tmp_path / "logs" / "training.csv") as file:
         header = file.readline().strip().split(",")
@@ -155,7 +159,7 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
 
     # The masked model, rebuilt here from the preset and the mask file.
     reference = keras_hub.models.CausalLM.from_preset(preset)
-    keras_mft.apply_masks(reference, masks)
+    keras_mft.load_masks(reference, masks)
     status, stdout, _ = run(
         capsys,
         "eval",
@@ -179,7 +183,7 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
     # A second run into a finished one would replace its results.
     finished = open(masks, "rb").read()
     line = error_line(capsys, "train", "--preset", preset, "--data", data_file, "--out", out)
-    assert "holds a finished run (masks.mask, best.mask): choose another --out" in line
+    assert "holds a finished run: choose another directory" in line
     assert open(masks, "rb").read() == finished
 
     baked = str(tmp_path / "baked")
@@ -284,56 +288,45 @@ def test_argument_errors_are_one_line(capsys, tmp_path):
         capsys, "eval", "--data", data_file, "--backend", "numpy", status=2
     )
     assert "invalid choice: 'fly'" in error_line(capsys, "fly", status=2)
+    train = ("train", "--data", data_file)
     assert "--learning-rate: not allowed with argument --score-budget" in error_line(
-        capsys,
-        "train",
-        "--data",
-        data_file,
-        "--score-budget",
-        "0.4",
-        "--learning-rate",
-        "1e-3",
-        status=2,
+        capsys, *train, "--score-budget", "0.4", "--learning-rate", "1e-3", status=2
     )
     assert "--score-budget: expected a positive number, got '0'" in error_line(
         capsys, "demo", "--score-budget", "0", status=2
     )
     for bad in ("nan", "inf", "-1"):
         assert f"--learning-rate: expected a positive number, got '{bad}'" in error_line(
-            capsys, "train", "--data", data_file, f"--learning-rate={bad}", status=2
+            capsys, *train, f"--learning-rate={bad}", status=2
         )
-    assert "--sparsity: expected a fraction in [0, 1), got '1'" in error_line(
-        capsys, "train", "--data", data_file, "--sparsity", "1", status=2
-    )
-    assert "--seed: expected a non-negative integer, got '-1'" in error_line(
-        capsys, "train", "--data", data_file, "--seed=-1", status=2
-    )
-    assert "--layers: write a band 'start:stop'" in error_line(
-        capsys, "train", "--data", data_file, "--layers", "x", status=2
-    )
-    assert "--targets: unknown projections ['mlp']" in error_line(
-        capsys, "train", "--data", data_file, "--targets", "q,mlp", status=2
-    )
-    assert "--selection: `selection` must be 'per_matrix'" in error_line(
-        capsys, "train", "--data", data_file, "--selection", "4:2", status=2
-    )
-    assert "--score-init: invalid choice: 'zeros'" in error_line(
-        capsys, "train", "--data", data_file, "--score-init", "zeros", status=2
-    )
     assert "--val-fraction: expected a fraction in (0, 1), got '1'" in error_line(
-        capsys, "train", "--data", data_file, "--val-fraction", "1", status=2
+        capsys, *train, "--val-fraction", "1", status=2
     )
+    # An abbreviation is no flag: a --config file could not name it.
+    assert "unrecognized arguments: --seq 64" in error_line(capsys, *train, "--seq", "64", status=2)
+    # The mask flags are `MaskConfig`'s fields, which it checks.
+    for flags, message in [
+        (("--sparsity", "1"), "--sparsity: `sparsity` must be in [0, 1)"),
+        (("--seed=-1",), "--seed: `seed` must be a non-negative int"),
+        (("--layers", "x"), "--layers: Write a band 'start:stop', block indices '1,5,9' or 'all'"),
+        (("--targets", "q,mlp"), "--targets: Unknown targets ['mlp']"),
+        (("--selection", "4:2"), "--selection: `selection` must be 'per_matrix'"),
+        (("--score-init", "zeros"), "--score-init: `score_init` must be one of"),
+        (("--selection", "2:4", "--mlp-sparsity", "0.3"), "fixes the sparsity at 0.5"),
+    ]:
+        assert message in error_line(capsys, *train, *flags, status=2)
 
 
 @pytest.mark.backend_independent
-def test_renamed_flags_still_work_with_a_warning(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(["demo", "--seq-len", "0", "--lr=1e-3"])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2
-    assert "--seq-len is deprecated, write --sequence-length." in err
-    assert "--lr is deprecated, write --learning-rate." in err
-    assert "--sequence-length: expected a positive integer, got '0'" in err
+def test_the_mask_flags_are_the_fields_of_mask_config():
+    # A value for each field of `MaskConfig`, in order.
+    values = [[1, 3], ["q", "down"], 0.2, 0.1, 0.3, "per_matrix", "magnitude", 7]
+    fields = [field.name for field in dataclasses.fields(keras_mft.MaskConfig)]
+    written = [",".join(map(str, v)) if isinstance(v, list) else str(v) for v in values]
+    flags = [f"--{field.replace('_', '-')}={text}" for field, text in zip(fields, written)]
+    args = cli.build_parser().parse_args(["train", "--data", "d.jsonl", *flags])
+    given = keras_mft.MaskConfig(**{field: getattr(args, field) for field in fields})
+    assert given == keras_mft.MaskConfig(*values)
 
 
 def test_input_errors_are_one_line(capsys, tmp_path, preset, data_file):
@@ -354,7 +347,7 @@ def test_input_errors_are_one_line(capsys, tmp_path, preset, data_file):
     assert "--layers: The band '2:9' selects no valid blocks" in error_line(
         capsys, "train", "--preset", preset, "--data", data_file, "--layers", "2:9", status=2
     )
-    assert "--targets: Unknown targets ['ffw_gating']" in error_line(  # Gemma's, not Llama's
+    assert "--targets: Unknown targets ['ffw_gating']. This model's" in error_line(  # Gemma's
         capsys,
         "train",
         "--preset",
@@ -366,10 +359,6 @@ def test_input_errors_are_one_line(capsys, tmp_path, preset, data_file):
         status=2,
     )
     train = ("train", "--preset", preset, "--data", data_file)
-    assert (
-        "--selection: selection='2:4' fixes the sparsity at 0.5; leave mlp_sparsity unset"
-        in error_line(capsys, *train, "--selection", "2:4", "--mlp-sparsity", "0.3", status=2)
-    )
     assert "--selection: Layer 'query' has 16 inputs, which do not split into runs of 5" in (
         error_line(capsys, *train, "--selection", "2:5", status=2)
     )
@@ -427,7 +416,8 @@ def test_demo_smoke(capsys, tmp_path):
     assert results["settings"]["backend"] == keras.backend.backend()
     before, random_masks, after = results["results"].values()
     assert before["tokens"] == random_masks["tokens"] == after["tokens"] > 0
-    assert 0 < after["loss"] < 10 and results["losses"]
+    assert 0 < after["loss"] < 10
+    assert json.load(open(os.path.join(out, "history.json")))["step_losses"]
     assert results["settings"]["score_budget"] == 0.47
     assert open(os.path.join(out, "results.md")).read().strip() in stdout
     masked = [r["path"] for r in keras_mft.describe_masks(os.path.join(out, "masks.mask"))]
@@ -439,6 +429,8 @@ def test_demo_smoke(capsys, tmp_path):
     assert config["config"]["tie_word_embeddings"] is True
     for name in ("training_curve.png", "mask_change.png"):
         assert os.path.getsize(os.path.join(out, name)) > 1000
+    line = error_line(capsys, "demo", "--out", out, "--train-examples", "6")
+    assert f"{out} holds a finished run" in line
 
 
 def test_kill_and_resume_script(tmp_path, preset):
@@ -458,53 +450,21 @@ def test_kill_and_resume_script(tmp_path, preset):
     assert not (tmp_path / "interrupted" / "backup").exists()
 
 
-@pytest.mark.backend_independent
-def test_val_fraction_holds_out_the_last_records():
-    records = {"prompts": list("abcdefghij"), "responses": list("ABCDEFGHIJ")}
-    train, validation = cli._split(records, 0.2)
-    assert train == {"prompts": list("abcdefgh"), "responses": list("ABCDEFGH")}
-    assert validation == {"prompts": ["i", "j"], "responses": ["I", "J"]}
-    assert cli._split(records, 0.01)[1]["prompts"] == ["j"]  # at least one each
-    assert cli._split(records, 0.99)[0]["prompts"] == ["a"]
-    conversations = {"messages": [[{"role": "user", "content": c}] for c in "abcd"]}
-    train, validation = cli._split(conversations, 0.25)
-    assert len(train["messages"]) == 3 and validation["messages"] == conversations["messages"][3:]
-
-
-@pytest.mark.backend_independent
-def test_a_resumed_run_starts_from_the_best_loss_saved(tmp_path):
-    progress = cli._Progress(str(tmp_path / "progress.json"))
-    assert progress.saved_best("loss") is None
-    (tmp_path / "progress.json").write_text(
-        json.dumps({"epochs": {"loss": [2.5, 1.5, 1.75]}, "step_losses": []}), "utf-8"
-    )
-    assert progress.saved_best("loss") == 1.5
-
-
-def test_train_refuses_to_overwrite_an_interrupted_run(capsys, tmp_path, preset, data_file):
-    (tmp_path / "backup").mkdir()
-    line = error_line(
-        capsys, "train", "--preset", preset, "--data", data_file, "--out", str(tmp_path)
-    )
-    assert "holds an interrupted run: pass --resume" in line
-    line = error_line(
-        capsys,
-        "train",
-        "--preset",
-        preset,
-        "--data",
-        data_file,
-        "--out",
-        str(tmp_path / "new"),
-        "--resume",
-    )
+def test_train_refuses_an_out_that_is_not_its_own(capsys, tmp_path, preset, data_file):
+    train = ("train", "--preset", preset, "--data", data_file)
+    preset_files = sorted(os.listdir(preset))
+    for taken in (preset, "."):  # a model directory, the working directory
+        line = error_line(capsys, *train, "--out", taken)
+        assert "exists and is not a keras-mft run directory" in line
+    assert sorted(os.listdir(preset)) == preset_files
+    line = error_line(capsys, *train, "--out", str(tmp_path / "new"), "--resume")
     assert "holds no interrupted run" in line
-    # The interrupted run's settings, as `train` saved them: resuming with others is refused.
-    train = ("train", "--preset", preset, "--data", data_file, "--out", str(tmp_path))
-    args = cli.build_parser().parse_args([*train, "--learning-rate", "0.01"])
-    (tmp_path / "config.json").write_text(json.dumps(cli._settings(args)))
-    line = error_line(capsys, *train, "--learning-rate", "0.02", "--resume")
-    assert "--resume: these settings differ from the interrupted run's" in line
+    # An interrupted run, as `train` started it: resuming with other settings is refused.
+    (tmp_path / "run.json").write_text(json.dumps({"learning_rate": 0.01}))
+    line = error_line(capsys, *train, "--out", str(tmp_path))
+    assert "holds an interrupted run: resume it" in line
+    line = error_line(capsys, *train, "--out", str(tmp_path), "--learning-rate", "0.02", "--resume")
+    assert "These settings differ from the interrupted run's" in line
     assert "learning_rate 0.01 -> 0.02" in line
 
 
@@ -517,18 +477,26 @@ def test_a_config_file_sets_flags_and_flags_override_it(tmp_path, capsys):
     )
     parser = cli.build_parser()
     argv = ["train", "--data", "d.jsonl", "--config", str(config), "--learning-rate", "0.02"]
-    args = parser.parse_args(cli._with_config(parser, argv))
+
+    def parse(argv):
+        return parser.parse_args(
+            cli._with_config(parser.commands["train"], parser.parse_args(argv), argv)
+        )
+
+    args = parse(argv)
     assert args.learning_rate == 0.02  # the command line wins
-    assert (args.sequence_length, args.targets, args.layers) == (64, ["q_proj", "v"], "4:8")
+    assert (args.sequence_length, args.targets, args.layers) == (64, "q_proj,v", "4:8")
     assert args.val_fraction == 0.1
-    config.write_text("lr_schedule = 'cosine'\n")
-    with pytest.raises(SystemExit) as exit_:
-        cli._with_config(parser, argv)
-    assert exit_.value.code == 2
-    assert "sets 'lr_schedule', which is not a train flag" in capsys.readouterr().err
+    for setting in ("lr_schedule = 'cosine'", "help = true", "backend = 'jax'", "resume = true"):
+        config.write_text(setting + "\n")
+        with pytest.raises(SystemExit) as exit_:
+            parse(argv)
+        assert exit_.value.code == 2
+        key = setting.split(" ")[0]
+        assert f"sets '{key}', which is not a flag" in capsys.readouterr().err
     config.write_text("sequence_length = 0\n")  # checked as the flag is
     with pytest.raises(SystemExit):
-        parser.parse_args(cli._with_config(parser, argv))
+        parse(argv)
     assert "--sequence-length: expected a positive integer, got '0'" in capsys.readouterr().err
 
 

@@ -5,15 +5,16 @@ import numpy as np
 import pytest
 
 import keras_mft
-from keras_mft.masked_layers import is_masked
-from keras_mft.masked_layers import mask_layer
-from tests.conftest import fit_a_little
-from tests.conftest import logits_of
-from tests.conftest import tiny_llama
-from tests.conftest import to_numpy
-from tests.conftest import token_batch
-from tests.gradients import gradient
-from tests.test_mask import numpy_keep_mask
+from keras_mft.masking.layers import mask_layer
+from tests.shared.models import fit_a_little
+from tests.shared.models import gradient
+from tests.shared.models import logits_of
+from tests.shared.models import masked
+from tests.shared.models import small_causal_lm
+from tests.shared.models import tiny_llama
+from tests.shared.models import to_numpy
+from tests.shared.models import token_batch
+from tests.shared.references import numpy_keep_mask
 
 
 def lora_dense(rank=2, alpha=4, seed=0):
@@ -21,16 +22,17 @@ def lora_dense(rank=2, alpha=4, seed=0):
     layer = keras.layers.Dense(6)
     layer.build((None, 10))
     layer.enable_lora(rank, lora_alpha=alpha)
+    mask_layer(layer, 0.3)
     rng = np.random.default_rng(seed)
-    for variable in (layer._kernel, layer.lora_kernel_a, layer.lora_kernel_b):
+    for variable in (layer.frozen_kernel, layer.lora_kernel_a, layer.lora_kernel_b):
         variable.assign(rng.standard_normal(variable.shape).astype("float32"))
-    mask_layer(layer, 0.3, 0.02 * rng.standard_normal((10, 6)).astype("float32"))
+    layer.scores.assign(0.02 * rng.standard_normal((10, 6)).astype("float32"))
     return layer
 
 
 def test_kernel_is_masked_kernel_plus_lora_delta():
     layer = lora_dense()
-    kernel, scores = to_numpy(layer._kernel), to_numpy(layer.scores)
+    kernel, scores = to_numpy(layer.frozen_kernel), to_numpy(layer.scores)
     a, b = to_numpy(layer.lora_kernel_a), to_numpy(layer.lora_kernel_b)
     expected = kernel * numpy_keep_mask(scores, layer.num_removed) + (4 / 2) * a @ b
     np.testing.assert_allclose(to_numpy(layer.kernel), expected, rtol=1e-5, atol=1e-5)
@@ -51,7 +53,7 @@ def test_gradients_of_scores_and_lora_factors_match_numpy():
     def loss():
         return keras.ops.sum(keras.ops.multiply(layer(x), upstream))
 
-    kernel, scores = to_numpy(layer._kernel), to_numpy(layer.scores)
+    kernel, scores = to_numpy(layer.frozen_kernel), to_numpy(layer.scores)
     a, b = to_numpy(layer.lora_kernel_a), to_numpy(layer.lora_kernel_b)
     np.testing.assert_allclose(
         to_numpy(gradient(loss, layer.scores)),
@@ -117,8 +119,7 @@ def test_a_masked_layer_refuses_lora_afterwards():
 def test_int8_models_are_refused_before_any_change():
     model = tiny_llama()
     keras_mft.wrap(model, layers="1:2", seed=0)
-    masked = [layer for layer in model._flatten_layers() if is_masked(layer)]
-    for quantizing in (model, model.backbone, masked[0]):
+    for quantizing in (model, model.backbone, masked(model)[0]):
         with pytest.raises(
             ValueError, match=r"holds masks and cannot be quantized\. Call `keras_mft\.bake"
         ):
@@ -140,8 +141,6 @@ def test_int8_models_are_refused_before_any_change():
 
 def test_lora_layers_with_biases_keep_keras_hubs_trainable_flags():
     """Qwen's query/value have biases: frozen while wrapped, trainable after bake as in KerasHub."""
-    from tests.test_architectures import small_causal_lm
-
     model = small_causal_lm("qwen")
     model.backbone.enable_lora(2)  # query and value
     expected_after_bake = sorted(v.path for v in model.trainable_variables)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import keras_mft
-from tests.conftest import logits_of
-from tests.conftest import to_numpy
-from tests.conftest import token_batch
+from tests.shared.models import logits_of
+from tests.shared.models import to_numpy
+from tests.shared.models import token_batch
 
 
 @pytest.mark.parametrize("tied", [False, True])  # SmolLM2 ties its embeddings

@@ -10,7 +10,7 @@ import pytest
 
 import keras_mft
 from keras_mft.embedded.smollm2 import tiny_smollm2
-from tests.conftest import logits_of
+from tests.shared.models import logits_of
 
 DATA = pathlib.Path(__file__).parent / "data"
 TOKEN_CASES = json.loads((DATA / "smollm2_tokens.json").read_text(encoding="utf-8"))["cases"]

@@ -11,8 +11,9 @@ from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
 from keras_mft import instruction_dataset
 from keras_mft import read_jsonl
+from keras_mft.data.instruction_data import _pack
+from keras_mft.data.instruction_data import split_records
 from keras_mft.embedded import smollm2
-from keras_mft.instruction_data import _pack
 
 DATA = {
     "prompts": ["What is 2 + 3?", "Name a colour.", "Say <|im_end|> please"],
@@ -258,3 +259,18 @@ def test_unknown_template_and_missing_special_token(tokenizer):
         instruction_dataset(plain, DATA, sequence_length=8, template="chatml")
     with pytest.raises(ValueError, match="--template .* --chat-template"):
         instruction_dataset(plain, DATA, sequence_length=8)
+
+
+@pytest.mark.backend_independent
+def test_split_records_holds_out_the_last_records():
+    records = {"prompts": list("abcdefghij"), "responses": list("ABCDEFGHIJ")}
+    train, validation = split_records(records, 0.2)
+    assert train == {"prompts": list("abcdefgh"), "responses": list("ABCDEFGH")}
+    assert validation == {"prompts": ["i", "j"], "responses": ["I", "J"]}
+    assert split_records(records, 0.01)[1]["prompts"] == ["j"]  # at least one each
+    assert split_records(records, 0.99)[0]["prompts"] == ["a"]
+    conversations = {"messages": [[{"role": "user", "content": c}] for c in "abcd"]}
+    train, validation = split_records(conversations, 0.25)
+    assert len(train["messages"]) == 3 and validation["messages"] == conversations["messages"][3:]
+    with pytest.raises(ValueError, match="one record, too few"):
+        split_records({"prompts": ["a"], "responses": ["A"]}, 0.5)

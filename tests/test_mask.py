@@ -6,30 +6,19 @@ import keras
 import numpy as np
 import pytest
 
-from keras_mft import backends
-from keras_mft import mask as mask_module
-from keras_mft.backends import histogram
-from keras_mft.backends import histogram_of_bin
-from keras_mft.mask import check_sparsity
-from keras_mft.mask import keep_mask
-from keras_mft.mask import masked_kernel
-from keras_mft.mask import num_removed
-from keras_mft.mask import select
-from tests.conftest import to_numpy
-from tests.gradients import gradient
-
-
-def numpy_keep_mask(scores, removed):
-    """Reference: stable ascending sort of |score|, remove the first `removed`."""
-    order = np.argsort(np.abs(scores).reshape(-1), kind="stable")
-    keep = np.ones(scores.size, "float32")
-    keep[order[:removed]] = 0.0
-    return keep.reshape(scores.shape)
-
-
-def numpy_threshold(scores, removed):
-    """Reference: the bit pattern of the `removed`-th smallest |score| (removed >= 1)."""
-    return int(np.sort(np.abs(scores).reshape(-1)).view(np.int32)[removed - 1])
+from keras_mft.masking import backends
+from keras_mft.masking import mask as mask_module
+from keras_mft.masking.backends import histogram
+from keras_mft.masking.backends import histogram_of_bin
+from keras_mft.masking.mask import check_sparsity
+from keras_mft.masking.mask import keep_mask
+from keras_mft.masking.mask import masked_kernel
+from keras_mft.masking.mask import num_removed
+from keras_mft.masking.mask import select
+from tests.shared.models import gradient
+from tests.shared.models import to_numpy
+from tests.shared.references import numpy_keep_mask
+from tests.shared.references import numpy_threshold
 
 
 def assert_every_num_removed_matches_numpy(scores):

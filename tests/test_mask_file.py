@@ -1,6 +1,5 @@
 """keras_mft.save_masks / load_masks."""
 
-import hashlib
 import json
 import os
 import signal
@@ -15,11 +14,11 @@ import safetensors
 import safetensors.numpy
 
 import keras_mft
-from keras_mft import mask_file
-from keras_mft.masked_layers import is_masked
-from tests.conftest import logits_of
-from tests.conftest import tiny_llama
-from tests.conftest import to_numpy
+from keras_mft.saving import mask_file
+from tests.shared.models import logits_of
+from tests.shared.models import masked
+from tests.shared.models import tiny_llama
+from tests.shared.models import to_numpy
 
 
 def wrapped(seed=0, model_seed=0, **kwargs):
@@ -50,10 +49,7 @@ def test_round_trip_onto_a_fresh_model_gives_identical_logits(saved, batch):
     assert not np.array_equal(logits_of(fresh, batch), logits_of(model, batch))
     keras_mft.load_masks(fresh, path)
     np.testing.assert_array_equal(logits_of(fresh, batch), logits_of(model, batch))
-    for a, b in zip(
-        [layer for layer in model._flatten_layers() if is_masked(layer)],
-        [layer for layer in fresh._flatten_layers() if is_masked(layer)],
-    ):
+    for a, b in zip(masked(model), masked(fresh)):
         np.testing.assert_array_equal(to_numpy(a.hard_mask()), to_numpy(b.hard_mask()))
 
 
@@ -66,12 +62,16 @@ def test_file_is_safetensors_with_one_bit_per_weight(saved):
     assert set(packed) == set(keras_mft.masks_of(model))
     assert all(bits.dtype == np.uint8 for bits in packed.values())
     assert weights / 8 <= sum(bits.size for bits in packed.values()) <= weights / 8 + 14
+    # The `MaskConfig` the model was wrapped with.
     assert header["wrap"] == {
-        "layers": [0, 1],
-        "targets": ["q", "k", "v", "o", "gate", "up", "down"],
-        "attention_sparsity": 0.2,
-        "mlp_sparsity": 0.2,
+        "layers": "0:2",
+        "targets": None,
+        "sparsity": 0.2,
+        "attention_sparsity": None,
+        "mlp_sparsity": None,
         "selection": "per_matrix",
+        "score_init": "random",
+        "seed": 0,
     }
 
 
@@ -82,6 +82,7 @@ def test_file_is_safetensors_with_one_bit_per_weight(saved):
         ({"layers": "1:3"}, "does not match this model's masked layers"),
         ({"targets": ["q"]}, "does not match this model's masked layers"),
         ({"sparsity": 0.1}, "saved with sparsity 0.2"),
+        ({"selection": "global"}, "saved with selection 'per_matrix'"),
     ],
 )
 def test_refuses_masks_of_another_model(saved, other, message):
@@ -138,11 +139,10 @@ def test_save_refuses_an_unwrapped_model(saved):
         keras_mft.save_masks(tiny_llama(), path)
 
 
-@pytest.mark.parametrize("load", [keras_mft.load_masks, keras_mft.apply_masks])
-def test_loading_onto_an_unwrapped_model_wraps_it_as_saved(saved, batch, load):
+def test_loading_onto_an_unwrapped_model_wraps_it_as_saved(saved, batch):
     model, path = saved
     fresh = tiny_llama()
-    assert load(fresh, path) is fresh
+    assert keras_mft.load_masks(fresh, path) is fresh
     np.testing.assert_array_equal(logits_of(fresh, batch), logits_of(model, batch))
     assert set(keras_mft.masks_of(fresh)) == set(keras_mft.masks_of(model))
 
@@ -165,7 +165,7 @@ def test_refuses_another_model_in_any_dtype_and_leaves_it_unwrapped(saved, dtype
     trainable = [variable.trainable for variable in other.variables]
     with pytest.raises(ValueError, match="belongs to another model"):
         keras_mft.load_masks(other, path)
-    assert not any(is_masked(layer) for layer in other._flatten_layers())
+    assert not masked(other)
     assert [variable.trainable for variable in other.variables] == trainable
 
 
@@ -175,7 +175,7 @@ def test_refuses_a_quantized_model_and_says_to_bake_first(saved):
     quantized.backbone.quantize("int8")
     with pytest.raises(ValueError, match="quantized \\(int8\\): masks go onto the float model"):
         keras_mft.load_masks(quantized, path)
-    assert not any(is_masked(layer) for layer in quantized._flatten_layers())
+    assert not masked(quantized)
 
 
 def test_a_kernel_changed_beyond_rounding_is_another_kernel():
@@ -219,73 +219,6 @@ def rewrite_header(path, change, tensors=None):
     path.write_bytes(safetensors.numpy.save(tensors or original, metadata=metadata))
 
 
-def save_format_1(model, path):
-    """The writer of format 1, as keras-mft 0.1 had it."""
-    records, chunks, offset = [], [], 0
-    for layer in [layer for layer in model._flatten_layers() if is_masked(layer)]:
-        keep = to_numpy(layer.keep_mask())
-        bits = np.packbits(keep.reshape(-1), bitorder="little").tobytes()
-        kernel = np.ascontiguousarray(to_numpy(layer.frozen_kernel))
-        records.append(
-            {
-                "path": layer.kernel_path,
-                "shape": list(layer.frozen_kernel.shape),
-                "sparsity": layer.sparsity,
-                "selection": layer.selection.name,
-                "num_removed": int(np.sum(~keep)),
-                "kernel_sha256": hashlib.sha256(kernel.tobytes()).hexdigest(),
-                "offset": offset,
-                "nbytes": len(bits),
-            }
-        )
-        chunks.append(bits)
-        offset += len(bits)
-    header = json.dumps({"format": 1, "keras_mft_version": "0.1.0", "masks": records})
-    header = header.encode("utf-8")
-    body = mask_file.MAGIC + mask_file._LENGTH.pack(len(header)) + header + b"".join(chunks)
-    path.write_bytes(body + hashlib.sha256(body).digest())
-
-
-def rewrite_header_format_1(path, change):
-    """The format-1 file at `path` with its JSON header changed and a valid checksum."""
-    data = path.read_bytes()[: -mask_file._DIGEST_BYTES]
-    prefix = len(mask_file.MAGIC) + mask_file._LENGTH.size
-    (length,) = mask_file._LENGTH.unpack_from(data, len(mask_file.MAGIC))
-    header = json.loads(data[prefix : prefix + length])
-    change(header)
-    encoded = json.dumps(header).encode("utf-8")
-    body = (
-        mask_file.MAGIC + mask_file._LENGTH.pack(len(encoded)) + encoded + data[prefix + length :]
-    )
-    path.write_bytes(body + hashlib.sha256(body).digest())
-
-
-@pytest.fixture
-def saved_format_1(saved, tmp_path):
-    model, _ = saved
-    path = tmp_path / "old.mask"
-    save_format_1(model, path)
-    return model, path
-
-
-def test_a_file_of_format_1_still_loads(saved, saved_format_1, batch):
-    model, path = saved_format_1
-    assert path.read_bytes()[:8] == b"KERASMFT"
-    for fresh in (wrapped(seed=3), tiny_llama()):
-        keras_mft.load_masks(fresh, path)
-        np.testing.assert_array_equal(logits_of(fresh, batch), logits_of(model, batch))
-    assert keras_mft.describe_masks(path) == keras_mft.describe_masks(saved[1])
-
-
-@pytest.mark.parametrize("how", ["truncated", "bit flipped in the masks", "not a mask file"])
-def test_refuses_damaged_files_of_format_1(saved_format_1, tmp_path, how):
-    _, path = saved_format_1
-    damaged = tmp_path / "damaged.mask"
-    damaged.write_bytes(corrupt(path.read_bytes(), how))
-    with pytest.raises(ValueError, match="not a valid keras-mft mask file"):
-        keras_mft.load_masks(tiny_llama(), damaged)
-
-
 def test_a_file_from_another_version_of_the_same_format_loads(saved, batch):
     model, path = saved
     rewrite_header(path, lambda header: header.update(keras_mft_version="0.0.1"))
@@ -320,6 +253,7 @@ def assert_refused_before_unpacking(path, message, monkeypatch):
     "change, message",
     [
         (lambda header: header.update(format=3), "it has format 3, and this keras-mft"),
+        (lambda header: header.update(format=1), "it has format 1, and this keras-mft"),
         (set_first("shape", [2**40, 2**40]), r"not U8 of shape \[\d{20,}\]"),
         (set_first("shape", [-4, 8]), "is incomplete"),
         (set_first("shape", "float32"), "is incomplete"),
@@ -341,24 +275,6 @@ def assert_refused_before_unpacking(path, message, monkeypatch):
 def test_refuses_hostile_headers_before_allocating(saved, change, message, monkeypatch):
     _, path = saved
     rewrite_header(path, change)
-    assert_refused_before_unpacking(path, message, monkeypatch)
-
-
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (lambda header: header.update(format=2), "it has format 2, and this keras-mft"),
-        (set_first("shape", [2**40, 2**40]), "is inconsistent"),
-        (set_first("nbytes", 2**62), "is inconsistent"),
-        (set_first("offset", -1), "is incomplete"),
-        (lambda header: header["masks"][0].pop("kernel_sha256"), "is incomplete"),
-        (set_first("num_removed", 10**9), "is inconsistent"),
-        (lambda header: header.update(masks=[7]), "is incomplete"),
-    ],
-)
-def test_refuses_hostile_headers_of_format_1(saved_format_1, change, message, monkeypatch):
-    _, path = saved_format_1
-    rewrite_header_format_1(path, change)
     assert_refused_before_unpacking(path, message, monkeypatch)
 
 
@@ -402,21 +318,31 @@ def test_refuses_metadata_that_is_not_a_header(saved, metadata, message):
         keras_mft.describe_masks(path)
 
 
-def test_refuses_wrap_settings_that_contradict_the_masks(saved):
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"layers": [0]}, "its wrap settings .* do not give its masks' kernels"),
+        ({"selection": "global"}, "its wrap settings .* do not give its masks' kernels"),
+        ({"layers": "0:9"}, "do not fit this model: The band '0:9' selects no valid blocks"),
+        ({"rank": 4}, "its wrap settings are not those of a `MaskConfig`"),
+        ({"sparsity": 2.0}, "its wrap settings are not those of a `MaskConfig`"),
+    ],
+)
+def test_refuses_wrap_settings_that_contradict_the_masks(saved, settings, message):
     _, path = saved
-    rewrite_header(path, lambda header: header["wrap"].update(layers=[0]))
+    rewrite_header(path, lambda header: header["wrap"].update(settings))
     model = tiny_llama()
-    with pytest.raises(ValueError, match="its wrap settings"):
+    with pytest.raises(ValueError, match=message):
         keras_mft.load_masks(model, path)
-    assert not any(is_masked(layer) for layer in model._flatten_layers())
+    assert not masked(model)
 
 
-def test_apply_masks_refuses_impossible_masks_before_changing_the_model(saved):
+def test_refuses_impossible_masks_before_changing_the_model(saved):
     # A valid checksum, but bits that sparsity 0.3 cannot give (they remove 20%).
     _, path = saved
 
     def change(header):
-        header["wrap"].update(attention_sparsity=0.3, mlp_sparsity=0.3)
+        header["wrap"].update(sparsity=0.3)
         for record in header["masks"]:
             record.update(sparsity=0.3)
 
@@ -424,19 +350,19 @@ def test_apply_masks_refuses_impossible_masks_before_changing_the_model(saved):
     model = tiny_llama()
     trainable = [variable.trainable for variable in model.variables]
     with pytest.raises(ValueError, match=r"removes \d+ weights, but sparsity 0.3 removes"):
-        keras_mft.apply_masks(model, path)
-    assert not any(is_masked(layer) for layer in model._flatten_layers())
+        keras_mft.load_masks(model, path)
+    assert not masked(model)
     assert [variable.trainable for variable in model.variables] == trainable
 
 
-def test_refuses_a_header_of_format_1_nested_too_deeply(saved):
-    _, path = saved
-    encoded = b'{"format": 1, "masks": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    body = mask_file.MAGIC + mask_file._LENGTH.pack(len(encoded)) + encoded
-    path.write_bytes(body + hashlib.sha256(body).digest())
-    for read in (keras_mft.describe_masks, lambda p: keras_mft.load_masks(wrapped(seed=5), p)):
-        with pytest.raises(ValueError, match="nested too deeply"):
-            read(path)
+def test_masks_saved_in_the_middle_of_a_ramp_load_as_saved(batch, tmp_path):
+    model = wrapped(seed=0)
+    for layer in masked(model):
+        layer.set_sparsity(0.05)  # a ramp towards 0.2, a quarter of the way
+    keras_mft.save_masks(model, tmp_path / "ramp.mask")
+    fresh = keras_mft.load_masks(tiny_llama(), tmp_path / "ramp.mask")
+    assert {layer.sparsity for layer in masked(fresh)} == {0.05}
+    np.testing.assert_array_equal(logits_of(fresh, batch), logits_of(model, batch))
 
 
 @pytest.mark.backend_independent
@@ -452,8 +378,8 @@ def test_refuses_what_is_not_a_regular_file(tmp_path):
 KEEP_SAVING = """
 import sys
 import keras_mft
-from tests.test_mask_file import wrapped
-models = [wrapped(seed=1), wrapped(seed=2)]
+from tests.shared.models import tiny_llama
+models = [keras_mft.wrap(tiny_llama(), layers="0:2", sparsity=0.2, seed=s) for s in (1, 2)]
 print("ready", flush=True)
 for step in range(10**6):
     keras_mft.save_masks(models[step % 2], sys.argv[1])

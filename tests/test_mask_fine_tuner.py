@@ -5,23 +5,19 @@ import numpy as np
 import pytest
 
 import keras_mft
-from keras_mft.mask import num_removed
-from keras_mft.masked_layers import is_masked
-from tests.conftest import logits_of
-from tests.conftest import tiny_llama
-from tests.conftest import to_numpy
-from tests.conftest import token_batch
-from tests.test_mask import numpy_keep_mask
+from keras_mft.masking.mask import num_removed
+from tests.shared.models import logits_of
+from tests.shared.models import masked
+from tests.shared.models import tiny_llama
+from tests.shared.models import to_numpy
+from tests.shared.models import token_batch
+from tests.shared.references import numpy_keep_mask
 
 
 def wrapped(seed=0):
     model = keras_mft.wrap(tiny_llama(), layers="0:2", sparsity=0.2, seed=seed)
     model.compile(optimizer=keras.optimizers.Adam(0.02))
     return model
-
-
-def masked(model):
-    return [layer for layer in model._flatten_layers() if is_masked(layer)]
 
 
 class Recorder(keras.callbacks.Callback):

@@ -9,13 +9,13 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from keras_mft import backends
-from keras_mft.mask import keep_mask
-from keras_mft.mask import num_removed
-from keras_mft.mask import select
-from tests.conftest import to_numpy
-from tests.test_mask import numpy_keep_mask
-from tests.test_mask import numpy_threshold
+from keras_mft.masking import backends
+from keras_mft.masking.mask import keep_mask
+from keras_mft.masking.mask import num_removed
+from keras_mft.masking.mask import select
+from tests.shared.models import to_numpy
+from tests.shared.references import numpy_keep_mask
+from tests.shared.references import numpy_threshold
 
 # Few distinct values force many ties; the edge values test the bit-pattern
 # radix select at its ends (zeros of both signs, subnormals, the largest float).

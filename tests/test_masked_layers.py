@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 import keras_mft
-from keras_mft import backends
-from keras_mft.mask import num_removed
-from tests.conftest import tiny_llama
-from tests.conftest import to_numpy
-from tests.gradients import gradient
-from tests.test_mask import numpy_keep_mask
-from tests.test_mask import numpy_threshold
+from keras_mft.masking import backends
+from keras_mft.masking.mask import num_removed
+from tests.shared.models import gradient
+from tests.shared.models import tiny_llama
+from tests.shared.models import to_numpy
+from tests.shared.references import numpy_keep_mask
+from tests.shared.references import numpy_threshold
 
 
 def dense(sparsity=0.25, **kwargs):
@@ -58,7 +58,7 @@ def test_forward_is_kernel_times_mask(make):
         .standard_normal((2, 10) if make is dense else (2, 5, 10))
         .astype("float32")
     )
-    kernel, scores = to_numpy(layer._kernel), to_numpy(layer.scores)
+    kernel, scores = to_numpy(layer.frozen_kernel), to_numpy(layer.scores)
     effective = kernel * numpy_keep_mask(scores, layer.num_removed)
     equation = "bm,mn->bn" if make is dense else "bqm,muh->bquh"
     expected = np.einsum(equation, x, effective)
@@ -88,7 +88,7 @@ def test_score_gradient_matches_numpy(make):
     def loss():
         return keras.ops.sum(keras.ops.multiply(layer(x), upstream))
 
-    scores, kernel = to_numpy(layer.scores), to_numpy(layer._kernel)
+    scores, kernel = to_numpy(layer.scores), to_numpy(layer.frozen_kernel)
     expected = np.sign(scores) * kernel * grad_effective
     actual = to_numpy(gradient(loss, layer.scores))
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
@@ -107,7 +107,7 @@ def test_trains_and_predicts_exactly_when_compiled_with_jit_compile():
     model.train_on_batch(x, rng.standard_normal((8, 24)).astype("float32"))
     scores = to_numpy(layer.scores)
     assert not np.array_equal(scores, before)
-    effective = to_numpy(layer._kernel) * numpy_keep_mask(scores, layer.num_removed)
+    effective = to_numpy(layer.frozen_kernel) * numpy_keep_mask(scores, layer.num_removed)
     expected = x @ effective + to_numpy(layer.bias)
     np.testing.assert_allclose(model.predict_on_batch(x), expected, rtol=1e-5, atol=1e-5)
 
@@ -159,8 +159,12 @@ def test_config_of_layers_masked_in_place_rebuilds_them(model):
     keras_mft.wrap(model, layers=[0], targets=["q", "up"], seed=0)
     magnitude = tiny_llama()
     keras_mft.wrap(magnitude, layers=[0], targets=["up"], score_init="magnitude")
+    # A layer of a global group: rebuilt on its own, it is a group of one.
+    global_ = tiny_llama(num_layers=1)
+    keras_mft.wrap(global_, targets=["down"], selection="global", sparsity=0.3, seed=0)
     up = model.backbone.transformer_layers[0]._feedforward_intermediate_dense
     up_magnitude = magnitude.backbone.transformer_layers[0]._feedforward_intermediate_dense
+    down_global = global_.backbone.transformer_layers[0]._feedforward_output_dense
     # The scores' origin: drawn from N(0, 0.02) by `wrap`, or |kernel|.
     initializer = up.get_config()["scores_initializer"]
     assert initializer["class_name"] == "RandomNormal" and initializer["config"]["stddev"] == 0.02
@@ -169,6 +173,7 @@ def test_config_of_layers_masked_in_place_rebuilds_them(model):
         (lora, np.ones((2, 5, 32), "float32")),
         (up, np.ones((2, 32), "float32")),
         (up_magnitude, np.ones((2, 32), "float32")),
+        (down_global, np.ones((2, 48), "float32")),
     ]:
         clone = type(layer).from_config(layer.get_config())
         clone.build(x.shape)
@@ -178,19 +183,17 @@ def test_config_of_layers_masked_in_place_rebuilds_them(model):
         np.testing.assert_array_equal(to_numpy(clone(x)), to_numpy(layer(x)))
     fresh = keras_mft.MaskedDense(4, scores_initializer="magnitude")
     fresh.build((None, 8))
-    np.testing.assert_array_equal(to_numpy(fresh.scores), np.abs(to_numpy(fresh._kernel)))
-
-
-def test_removed_count_is_a_deprecated_name():
-    layer = dense()
-    with pytest.warns(DeprecationWarning, match="num_removed_variable"):
-        assert layer.removed_count is layer.num_removed_variable
+    np.testing.assert_array_equal(to_numpy(fresh.scores), np.abs(to_numpy(fresh.frozen_kernel)))
 
 
 def test_refuses_lora_afterwards_and_quantization():
     layer = dense()
-    with pytest.raises(ValueError, match="bake"):
+    assert "quantize" not in type(layer).__dict__  # Keras' own, which asks the class first
+    with pytest.raises(ValueError, match="holds masks and cannot be quantized.*bake"):
         layer.quantize("int8")
+    model = keras.Sequential([keras.Input((10,)), layer])
+    with pytest.raises(ValueError, match="holds masks"):
+        model.quantize("int8")
     with pytest.raises(NotImplementedError, match="LoRA"):
         layer.enable_lora(2)
 
@@ -204,7 +207,7 @@ def test_set_sparsity_changes_the_mask_used_by_call():
     assert layer.sparsity == 0.5 and layer.num_removed == 30
     mask = numpy_keep_mask(to_numpy(layer.scores), 30)
     np.testing.assert_array_equal(to_numpy(layer.hard_mask()), mask)
-    expected = x @ (to_numpy(layer._kernel) * mask) + to_numpy(layer.bias)
+    expected = x @ (to_numpy(layer.frozen_kernel) * mask) + to_numpy(layer.bias)
     np.testing.assert_allclose(to_numpy(layer(x)), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         layer.set_sparsity(1.2)

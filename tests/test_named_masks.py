@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import keras_mft
-from keras_mft.masked_layers import is_masked
-from tests.conftest import logits_of
-from tests.conftest import tiny_llama
+from keras_mft.masking.layers import is_masked
+from tests.shared.models import logits_of
+from tests.shared.models import tiny_llama
 
 
 def save(path, **wrap_arguments):

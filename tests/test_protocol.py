@@ -9,10 +9,10 @@ import pytest
 import keras_mft
 from keras_mft import evaluation
 from keras_mft import protocol
-from keras_mft.chat_templates import TEMPLATES
-from keras_mft.masked_layers import is_masked
-from tests.conftest import to_numpy
-from tests.test_mask import numpy_keep_mask
+from keras_mft.data.chat_templates import TEMPLATES
+from tests.shared.models import masked
+from tests.shared.models import to_numpy
+from tests.shared.references import numpy_keep_mask
 
 DATA = {
     "prompts": ["What is 2 + 3?", "Name a colour.", "Count to three.", "Hi"],
@@ -40,32 +40,32 @@ def data(byte_tokenizer):
 def test_full_fine_tune_trains_every_weight(byte_tokenizer, data):
     model = tiny_model(byte_tokenizer)
     before = [to_numpy(v).copy() for v in model.weights]
-    history = protocol.full_fine_tune(
+    result = protocol.full_fine_tune(
         model, data, epochs=2, batch_size=2, learning_rate=1e-2, verbose=0
     )
     assert len(model.trainable_variables) == len(model.weights)
     assert all(np.any(to_numpy(v) != b) for v, b in zip(model.weights, before))
-    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert result["epochs"]["loss"][-1] < result["epochs"]["loss"][0]
+    assert result["score_budget"] is None and result["learning_rate"] == 1e-2
     assert isinstance(model.optimizer, keras_mft.PaperAdamW)
     assert model.optimizer.global_clipnorm == 1.0
+    with pytest.raises(ValueError, match="this model has none"):
+        protocol.full_fine_tune(model, data, score_budget=0.47, verbose=0)
 
 
 def test_mask_fine_tune_bakes_a_trained_mask(byte_tokenizer, data):
     model = tiny_model(byte_tokenizer)
-    history = protocol.mask_fine_tune(
+    result = protocol.mask_fine_tune(
         model,
         data,
-        layers="all",
-        sparsity=0.2,
-        seed=0,
+        keras_mft.MaskConfig(layers="all", sparsity=0.2, seed=0),
         epochs=2,
         batch_size=2,
         learning_rate=1e-2,
         verbose=0,
-        callbacks=[keras_mft.MaskFineTuner()],
     )
-    assert history.history["mask_changed"][-1] > 0
-    assert not any(is_masked(layer) for layer in model._flatten_layers())
+    assert result["epochs"]["mask_changed"][-1] > 0
+    assert not masked(model)
     kernel = to_numpy(model.backbone.transformer_layers[0]._feedforward_gate_dense.kernel)
     assert int(np.sum(kernel == 0)) == int(0.2 * kernel.size)
 
@@ -80,27 +80,28 @@ def test_mask_fine_tune_spends_the_score_budget(byte_tokenizer, data):
     ]:
         with pytest.raises(error, match=message):
             protocol.mask_fine_tune(model, data, **bad)
-    assert not any(is_masked(layer) for layer in model._flatten_layers())
-    history = protocol.mask_fine_tune(
+    assert not masked(model)
+    result = protocol.mask_fine_tune(
         model,
         data,
-        layers="all",
-        seed=0,
+        keras_mft.MaskConfig(layers="all", seed=0),
         epochs=2,
         batch_size=2,
         verbose=0,
         bake_after=False,
-        callbacks=[keras_mft.MaskFineTuner()],
     )
     # The default budget, the paper's math run, is spent to the last step.
-    assert history.history["score_budget"][-1] == pytest.approx(0.47, rel=1e-4)
-    steps = protocol.total_steps(data, batch_size=2, epochs=2)
-    assert int(to_numpy(model.optimizer.iterations)) == steps
+    assert result["epochs"]["score_budget"][-1] == pytest.approx(0.47, rel=1e-4)
+    assert result["score_budget"] == 0.47
+    steps = -(-len(data[1]) // 2) * 2  # batches of 2, 2 epochs
+    assert int(to_numpy(model.optimizer.iterations)) == result["updates"] == steps
+    # Built before `fit`, so that TensorFlow traces the first step once: for the scores alone.
+    assert len(model.optimizer._momentums) == len(keras_mft.scores_of(model))
     with pytest.warns(UserWarning, match="score budget is B = "):
         protocol.mask_fine_tune(
             tiny_model(byte_tokenizer),
             data,
-            layers="all",
+            keras_mft.MaskConfig(layers="all"),
             epochs=1,
             batch_size=2,
             learning_rate=2e-5,
@@ -108,21 +109,13 @@ def test_mask_fine_tune_spends_the_score_budget(byte_tokenizer, data):
         )
 
 
-def test_compiling_builds_the_optimizer_for_the_scores_alone(byte_tokenizer):
-    # Built before `fit`, so that TensorFlow traces the first step once.
-    model = keras_mft.wrap(tiny_model(byte_tokenizer), layers="all", seed=0)
-    protocol.compile_mask_fine_tuning(model, steps=4)
-    assert model.optimizer.built
-    scores = keras_mft.scores_of(model)
-    assert len(model.trainable_variables) == len(scores) == len(model.optimizer._momentums)
-
-
 @pytest.mark.parametrize("score_init", ["random", "magnitude"])
 def test_untrained_masks(byte_tokenizer, score_init):
     model = tiny_model(byte_tokenizer)
     layer = model.backbone.transformer_layers[1]._feedforward_output_dense
     kernel = to_numpy(layer.kernel).copy()
-    protocol.untrained_mask(model, score_init, layers=[1], sparsity=0.25, seed=0)
+    config = keras_mft.MaskConfig(layers=[1], sparsity=0.25, score_init=score_init, seed=0)
+    protocol.untrained_mask(model, config)
     baked = to_numpy(layer.kernel)
     assert int(np.sum(baked == 0)) == int(0.25 * kernel.size)
     if score_init == "magnitude":

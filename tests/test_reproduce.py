@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from tests.benchmark_scripts import import_benchmark
-from tests.benchmark_scripts import run_benchmark
+from tests.shared.scripts import import_benchmark
+from tests.shared.scripts import run_benchmark
 
 ARMS = "mft/seed0,mft/seed1,continued_fft/seed0,lora_from_base"
 # The arms' module fixture is built once, on one worker.

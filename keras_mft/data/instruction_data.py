@@ -14,10 +14,10 @@ import warnings
 
 import numpy as np
 
-from keras_mft.chat_templates import KNOWN_SPECIAL_TOKENS
-from keras_mft.chat_templates import OPTIONAL_SPECIAL_TOKENS
-from keras_mft.chat_templates import render
-from keras_mft.chat_templates import resolve_template
+from keras_mft.data.chat_templates import KNOWN_SPECIAL_TOKENS
+from keras_mft.data.chat_templates import OPTIONAL_SPECIAL_TOKENS
+from keras_mft.data.chat_templates import render
+from keras_mft.data.chat_templates import resolve_template
 
 ROLES = ("system", "user", "assistant")
 RECORD_SHAPES = (
@@ -65,6 +65,16 @@ def read_jsonl(path):
     if all(isinstance(record, tuple) for record in records):
         return {"prompts": [p for p, _ in records], "responses": [r for _, r in records]}
     return {"messages": [_as_messages(record) for record in records]}
+
+
+def split_records(records, fraction):
+    """`read_jsonl`'s records before and after their last `fraction` (at least one each)."""
+    count = len(next(iter(records.values())))  # prompts, or messages
+    held = min(max(1, round(count * fraction)), count - 1)
+    if held < 1:
+        raise ValueError("There is one record, too few to split off a part for validation.")
+    first = {key: values[: count - held] for key, values in records.items()}
+    return first, {key: values[count - held :] for key, values in records.items()}
 
 
 def _record(record, where):

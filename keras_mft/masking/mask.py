@@ -10,13 +10,13 @@ from fractions import Fraction
 
 from keras import ops
 
-from keras_mft.backends import cond
-from keras_mft.backends import cond_skips_work
-from keras_mft.backends import count_true
-from keras_mft.backends import histogram
-from keras_mft.backends import histogram_of_bin
-from keras_mft.backends import starts_from_last_threshold
-from keras_mft.backends import straight_through_gradient
+from keras_mft.masking.backends import cond
+from keras_mft.masking.backends import cond_skips_work
+from keras_mft.masking.backends import count_true
+from keras_mft.masking.backends import histogram
+from keras_mft.masking.backends import histogram_of_bin
+from keras_mft.masking.backends import starts_from_last_threshold
+from keras_mft.masking.backends import straight_through_gradient
 
 # A non-negative float32 read as int32 sorts in the same order, so its 31 value
 # bits are searched in two passes (radix select): the high 15, then the low 16.

@@ -12,7 +12,8 @@
 
 Each is a small object (`get(name)` makes one): `keep(layer)` gives a masked
 layer's boolean mask, `fixed_sparsity` is set when the pattern fixes the
-sparsity, and `check(layer)` refuses a kernel the pattern cannot cover. Of
+sparsity, and `check(layer, kernel_shape)` refuses a kernel the pattern
+cannot cover. Of
 equal scores, the one that comes first (in flat order, the group's matrices
 stacked in block order) is removed first, on every backend.
 """
@@ -22,9 +23,9 @@ import re
 
 from keras import ops
 
-from keras_mft.backends import remember
-from keras_mft.mask import num_removed
-from keras_mft.mask import select
+from keras_mft.masking.backends import remember
+from keras_mft.masking.mask import num_removed
+from keras_mft.masking.mask import select
 
 _N_M = re.compile(r"^(\d+):(\d+)$")
 
@@ -57,7 +58,7 @@ class PerMatrix:
     name = "per_matrix"
     fixed_sparsity = None  # any sparsity in [0, 1)
 
-    def check(self, layer):
+    def check(self, layer, kernel_shape):
         """Raises if `layer`'s kernel cannot be masked this way (every kernel can)."""
 
     def num_removed(self, size, sparsity):
@@ -75,7 +76,8 @@ class Global(PerMatrix):
     `keras_mft.wrap` gives the members of a group one `Global` object, whose
     `layers` lists them in block order. Each member selects over the whole
     group and keeps its own rows, so L members cost L times the work of
-    per-matrix selection.
+    per-matrix selection. A layer outside any group (built on its own, or
+    from its config) is a group of one: its own threshold.
     """
 
     name = "global"
@@ -84,20 +86,17 @@ class Global(PerMatrix):
         self.layers = list(layers)
 
     def keep(self, layer):
-        if layer not in self.layers:
-            raise ValueError(
-                f"Layer '{layer.name}' uses selection='global' but belongs "
-                "to no group. Wrap the model with "
-                "`keras_mft.wrap(model, selection='global')`."
-            )
+        group = self.layers or [layer]
+        if layer not in group:
+            raise ValueError(f"Layer '{layer.name}' is not one of its global group's layers.")
         columns = layer.frozen_kernel.shape[-1]
         stacked = ops.concatenate(
-            [ops.reshape(_scores(member), (-1, columns)) for member in self.layers], axis=0
+            [ops.reshape(_scores(member), (-1, columns)) for member in group], axis=0
         )
-        removed = sum(ops.convert_to_tensor(member.num_removed_variable) for member in self.layers)
+        removed = sum(ops.convert_to_tensor(member.num_removed_variable) for member in group)
         keep = _select(layer, stacked, removed)
-        rows = ops.shape(stacked)[0] // len(self.layers)
-        start = self.layers.index(layer) * rows
+        rows = ops.shape(stacked)[0] // len(group)
+        start = group.index(layer) * rows
         return ops.reshape(keep[start : start + rows], ops.shape(layer.scores))
 
 
@@ -109,9 +108,8 @@ class NM:
         self.name = f"{n}:{m}"
         self.fixed_sparsity = (m - n) / m
 
-    def check(self, layer):
-        # `_kernel`: Keras' own name for the stored kernel, masked or not yet.
-        inputs = math.prod(layer._kernel.shape[axis] for axis in input_axes(layer))
+    def check(self, layer, kernel_shape):
+        inputs = math.prod(kernel_shape[axis] for axis in input_axes(layer))
         if inputs % self.m:
             raise ValueError(
                 f"Layer '{layer.name}' has {inputs} inputs, which do not split into "
@@ -137,7 +135,7 @@ def _select(layer, scores, count):
 
 
 def _scores(layer):
-    # The scores get their gradient from `keras_mft.mask.masked_kernel`.
+    # The scores get their gradient from `keras_mft.masking.mask.masked_kernel`.
     return ops.stop_gradient(ops.convert_to_tensor(layer.scores))
 
 

@@ -12,12 +12,11 @@ so any safetensors reader can open it and nothing in it is executed:
 |           | tensor of its keep mask, `numpy.packbits(..., bitorder="little")` |
 
 The `keras_mft` JSON holds `format` (2), `keras_mft_version`, `wrap` (the
-`layers`, `targets`, `attention_sparsity`, `mlp_sparsity` and `selection`
-that `keras_mft.wrap` takes to rebuild the masked layers, or null when one
-`wrap` cannot, as for named masks of other blocks used together) and `masks`: one
-record per masked kernel with its `path`, `shape`, `sparsity`, `selection`,
-`num_removed`, the SHA-256 of its packed bits (`bits_sha256`) and the
-`fingerprint` of the frozen kernel the masks were learned on:
+`MaskConfig` that placed the masks, as `get_config()` gives it, or null when
+no one config did, as for named masks of other blocks used together) and
+`masks`: one record per masked kernel with its `path`, `shape`, `sparsity`,
+`selection`, `num_removed`, the SHA-256 of its packed bits (`bits_sha256`)
+and the `fingerprint` of the frozen kernel the masks were learned on:
 
 - `dtype`: the kernel's dtype when saved;
 - `sha256`: SHA-256 of the kernel cast to float32;
@@ -29,9 +28,6 @@ dtype (a float32 mask on a bfloat16 or float16 load of the same checkpoint)
 rounds every weight, so no hash survives it: there the sampled values and the
 norm must agree within the rounding of the two dtypes, which another model's
 weights do not.
-
-Files of format 1 (magic `KERASMFT`, a JSON header, the bits and a SHA-256
-of the whole) still load; only format 2 is written.
 """
 
 import hashlib
@@ -47,15 +43,15 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from keras_mft import architectures
-from keras_mft import named_masks
-from keras_mft import selection as selections
-from keras_mft.mask import check_sparsity
-from keras_mft.masked_layers import is_masked
-from keras_mft.selection import input_axes
+from keras_mft.masking import architectures
+from keras_mft.masking import named_masks
+from keras_mft.masking import selection as selections
+from keras_mft.masking.config import MaskConfig
+from keras_mft.masking.mask import check_sparsity
+from keras_mft.masking.wrapping import is_wrapped
+from keras_mft.masking.wrapping import masked_layers_of
+from keras_mft.masking.wrapping import wrap
 from keras_mft.version import __version__
-from keras_mft.wrapping import masked_layers_of
-from keras_mft.wrapping import wrap
 
 FORMAT = 2
 METADATA_KEY = "keras_mft"
@@ -70,10 +66,6 @@ ROUNDING = {
     "bfloat16": (2.0**-8, 0.0),
     "float16": (2.0**-11, 2.0**-25),
 }
-# Format 1.
-MAGIC = b"KERASMFT"
-_LENGTH = struct.Struct("<I")
-_DIGEST_BYTES = 32
 
 
 def save_masks(model, path):
@@ -88,32 +80,31 @@ def save_masks(model, path):
         model: a model returned by `keras_mft.wrap`.
         path: where to write, e.g. `"math_band.mask"`.
     """
-    tensors, records = {}, {}
+    tensors, records = {}, []
     layers = named_masks.layers_in_use(model)
     if not layers:
         raise ValueError("No mask of this model is in use: choose some with `keras_mft.use_masks`.")
     for layer in layers:
         keep = keras.ops.convert_to_numpy(layer.keep_mask()).reshape(-1)
-        bits = np.packbits(keep, bitorder="little")
-        tensors[layer.kernel_path] = bits
-        records[layer.kernel_path] = {
-            "path": layer.kernel_path,
-            "shape": list(layer.frozen_kernel.shape),
-            "sparsity": layer.sparsity,
-            "selection": layer.selection.name,
-            "num_removed": int(np.sum(~keep)),
-            "bits_sha256": _sha256(bits),
-            "fingerprint": _fingerprint(layer._kernel),
-        }
-    try:
-        settings = _wrap_settings(model, records, path)[0]
-    except ValueError:  # named masks used together: only a named load takes them
-        settings = None
+        tensors[layer.kernel_path] = bits = np.packbits(keep, bitorder="little")
+        records.append(
+            {
+                "path": layer.kernel_path,
+                "shape": list(layer.frozen_kernel.shape),
+                "sparsity": layer.sparsity,
+                "selection": layer.selection.name,
+                "num_removed": int(np.sum(~keep)),
+                "bits_sha256": _sha256(bits),
+                "fingerprint": _fingerprint(layer.frozen_kernel),
+            }
+        )
+    configs = {layer.mask_config for layer in layers}
+    config = configs.pop() if len(configs) == 1 else None
     header = {
         "format": FORMAT,
         "keras_mft_version": __version__,
-        "wrap": settings,
-        "masks": list(records.values()),
+        "wrap": config.get_config() if config else None,
+        "masks": records,
     }
     metadata = {METADATA_KEY: json.dumps(header)}
     _write_atomically(path, safetensors.numpy.save(tensors, metadata=metadata))
@@ -122,11 +113,10 @@ def save_masks(model, path):
 def load_masks(model, path, name=None):
     """Sets the masks of a model to those saved in `path`, wrapping it if needed.
 
-    A model that is not wrapped yet is wrapped as the file says (its blocks,
-    projections, sparsities and selection), as KerasHub's
-    `load_lora_weights` enables LoRA: load the base model, load the masks,
-    then bake or keep training. A wrapped model must be wrapped like the
-    saved one.
+    A model that is not wrapped yet is wrapped with the file's `MaskConfig`,
+    as KerasHub's `load_lora_weights` enables LoRA: load the base model, load
+    the masks, then bake or keep training. A wrapped model must be wrapped
+    like the saved one.
 
     The file must come from the same model: the same masked kernels, shapes
     and frozen weights, in any of float32, bfloat16 and float16 (a mask
@@ -138,7 +128,7 @@ def load_masks(model, path, name=None):
 
     With a `name`, the masks are kept under that name beside those already
     loaded, and `keras_mft.use_masks` switches between them (see
-    `keras_mft.named_masks`).
+    `keras_mft.masking.named_masks`).
 
     Args:
         model: a KerasHub causal LM (or backbone) that `keras_mft.wrap`
@@ -153,37 +143,26 @@ def load_masks(model, path, name=None):
     Example:
 
     ```python
-    from keras_mft.embedded.smollm2 import tiny_smollm2
-
-    model = keras_mft.wrap(tiny_smollm2(), layers="0:2", seed=0)
+    model = keras_mft.wrap(keras_mft.tiny_smollm2(), layers="0:2", seed=0)
     keras_mft.save_masks(model, "band.mask")
-    fresh = tiny_smollm2()  # the same weights, not wrapped
+    fresh = keras_mft.tiny_smollm2()  # the same weights, not wrapped
     keras_mft.load_masks(fresh, "band.mask")  # wraps it as the file says
     # keras_mft.bake(fresh), or keep training
     ```
     """
-    header, records = _read(path)
+    config, records = _read(path)
     if name is not None:
-        layer_of = _layers_of(model, records, path)
-        for kernel_path, (_, _, layer) in layer_of.items():
-            _check_kernel(kernel_path, records[kernel_path], layer, path)
+        layer_of = _projections(model, records, path)
         layers = {kernel_path: layer for kernel_path, (_, _, layer) in layer_of.items()}
+        _check_kernels(records, layers, path)
         _check_bits(records, layers, lambda kernel_path: layer_of[kernel_path][1], path)
-        named_masks.add(model, name, records, layer_of)
+        named_masks.add(model, name, records, layer_of, config)
         return model
-    if not any(is_masked(layer) for layer in model._flatten_layers()):
-        _wrap_as_saved(model, header, records, path)
-    _load_into_wrapped(model, records, path)
+    if is_wrapped(model):
+        _load_into_wrapped(model, records, path)
+    else:
+        _wrap_as_saved(model, config, records, path)
     return model
-
-
-def apply_masks(model, path):
-    """`load_masks` of a model that is not wrapped yet: kept for older code.
-
-    Returns:
-        The same model object, wrapped.
-    """
-    return load_masks(model, path)
 
 
 def describe_masks(path):
@@ -193,15 +172,10 @@ def describe_masks(path):
         `[{"path", "shape", "sparsity", "selection", "num_removed"}]`, one per
         masked kernel, in file order.
     """
+    fields = ("path", "shape", "sparsity", "selection")
     return [
-        {
-            "path": kernel_path,
-            "shape": list(record["shape"]),
-            "sparsity": record["sparsity"],
-            "selection": record["selection"],
-            "num_removed": int(np.sum(~record["bits"])),
-        }
-        for kernel_path, record in _read(path)[1].items()
+        {**{field: record[field] for field in fields}, "num_removed": int(np.sum(~record["bits"]))}
+        for record in _read(path)[1].values()
     ]
 
 
@@ -220,60 +194,70 @@ def _load_into_wrapped(model, records, path):
         )
     for kernel_path, layer in by_path.items():
         record = records[kernel_path]
-        if record["selection"] != layer.selection.name:
-            raise ValueError(
-                f"{kernel_path}: the mask file was saved with selection "
-                f"{record['selection']!r} but this layer uses {layer.selection.name!r}. "
-                "Wrap with the same `selection`."
-            )
-        if record["sparsity"] != layer.sparsity:
-            raise ValueError(
-                f"{kernel_path}: the mask file was saved with sparsity "
-                f"{record['sparsity']} but this layer has sparsity "
-                f"{layer.sparsity}. Wrap with the same sparsity."
-            )
-        _check_kernel(kernel_path, record, layer, path)
+        for setting in ("selection", "sparsity"):
+            saved, here = record[setting], getattr(layer, setting)
+            here = here.name if setting == "selection" else here
+            if saved != here:
+                raise ValueError(
+                    f"{kernel_path}: the mask file was saved with {setting} {saved!r} "
+                    f"but this layer has {setting} {here!r}. Wrap with the same {setting}."
+                )
+    _check_kernels(records, by_path, path)
     _check_bits(records, by_path, lambda kernel_path: id(by_path[kernel_path].selection), path)
     # Every check has passed: from here on the model is changed.
-    for kernel_path, layer in by_path.items():
+    _set_scores(by_path, records)
+
+
+def _wrap_as_saved(model, config, records, path):
+    """Wraps a model that is not wrapped with the file's config, after every check."""
+    layer_of = _projections(model, records, path)
+    if config is None:
+        raise ValueError(
+            f"The mask file {path} holds masks placed by no one `MaskConfig` (named "
+            "masks used together), so `wrap` cannot rebuild its layout. Load it "
+            "with a `name`, or wrap the model by hand and load it into the wrapped model."
+        )
+    try:
+        planned = config.plan(architectures.backbone_of(model))
+    except ValueError as error:
+        raise ValueError(f"The settings in {path} do not fit this model: {error}") from None
+    planned = {architectures.kernel_of(layer).path: sel.name for _, layer, _, sel in planned}
+    if planned != {kernel_path: record["selection"] for kernel_path, record in records.items()}:
+        raise ValueError(
+            f"{path} is not a valid keras-mft mask file: its wrap settings "
+            f"{config.get_config()} do not give its masks' kernels and selection. "
+            "Save it again with `keras_mft.save_masks`."
+        )
+    layers = {kernel_path: layer for kernel_path, (_, _, layer) in layer_of.items()}
+    _check_kernels(records, layers, path)
+    # A global selection's group: one projection over the blocks.
+    _check_bits(records, layers, lambda kernel_path: layer_of[kernel_path][1], path)
+    # Every check has passed: from here on the model is changed.
+    wrap(model, config)
+    for layer in layers.values():
+        sparsity = records[layer.kernel_path]["sparsity"]
+        if sparsity != layer.sparsity:  # saved in the middle of a ramp
+            layer.set_sparsity(sparsity)
+    _set_scores(layers, records)
+
+
+def _set_scores(layers, records):
+    for kernel_path, layer in layers.items():
         record = records[kernel_path]
         layer.scores.assign(record["bits"].astype("float32").reshape(record["shape"]))
 
 
-def _wrap_as_saved(model, header, records, path):
-    """Wraps a model that is not wrapped as the file says, after every check."""
-    settings, layer_of = _wrap_settings(model, records, path)
-    if header.get("wrap", settings) != settings:
-        raise ValueError(
-            f"{path} is not a valid keras-mft mask file: its wrap settings "
-            f"{header['wrap']} do not match its masks, which give {settings}. "
-            "Save it again with `keras_mft.save_masks`."
-        )
-    for kernel_path, layer in layer_of.items():
-        _check_kernel(kernel_path, records[kernel_path], layer, path)
-    # A global selection's group: one projection over the blocks.
-    where = _aliases_by_path(architectures.backbone_of(model))
-    _check_bits(records, layer_of, lambda kernel_path: where[kernel_path][1], path)
-    # Every check has passed: from here on the model is changed.
-    wrap(model, **settings)
-
-
-def _aliases_by_path(backbone):
-    """{kernel path: (block index, alias, layer)} of every maskable projection."""
-    where = {}
-    for index, block in enumerate(backbone.transformer_layers):
-        for alias, layer in architectures.projections_of(backbone, block).items():
-            where[layer._kernel.path] = (index, alias, layer)
-    return where
-
-
-def _layers_of(model, records, path):
+def _projections(model, records, path):
     """`{kernel path: (block index, alias, layer)}` of the kernels of `records`.
 
     Raises if the model lacks one of them (the file belongs to another model)
     or holds one quantized.
     """
-    where = _aliases_by_path(architectures.backbone_of(model))
+    backbone = architectures.backbone_of(model)
+    where = {}
+    for index, block in enumerate(backbone.transformer_layers):
+        for alias, layer in architectures.projections_of(backbone, block).items():
+            where[architectures.kernel_of(layer).path] = (index, alias, layer)
     unknown = sorted(set(records) - set(where))
     if unknown:
         raise ValueError(
@@ -292,62 +276,22 @@ def _layers_of(model, records, path):
     return {kernel_path: where[kernel_path] for kernel_path in records}
 
 
-def _wrap_settings(model, records, path):
-    """The `wrap` arguments that mask exactly the kernels of `records`, and those layers.
-
-    Returns `(settings, {kernel path: layer})`; raises if `wrap` cannot give
-    that layout (another model's file, or masks placed by hand).
-    """
-    where = _layers_of(model, records, path)
-    names = {record["selection"] for record in records.values()}
-    if len(names) != 1:
-        raise ValueError(f"The mask file {path} mixes selections {sorted(names)}.")
-    selection = names.pop()
-    blocks = sorted({where[p][0] for p in records})
-    aliases = [a for a in architectures.ALIASES if any(where[p][1] == a for p in records)]
-    sparsities = {"attention": set(), "mlp": set()}
-    for kernel_path, record in records.items():
-        sparsities[architectures.GROUP_OF[where[kernel_path][1]]].add(record["sparsity"])
-    if len(records) != len(blocks) * len(aliases) or any(len(s) > 1 for s in sparsities.values()):
-        raise ValueError(
-            f"The mask file {path} does not mask the same projections in every "
-            "block with one sparsity for attention and one for the MLP, so "
-            "`wrap` cannot rebuild its layout. Wrap the model by hand and "
-            "load the masks into the wrapped model."
-        )
-    only = {group: values.pop() if values else None for group, values in sparsities.items()}
-    if selections.get(selection).fixed_sparsity is not None:
-        only = {"attention": None, "mlp": None}  # N:M fixes the sparsity
-    settings = {
-        "layers": blocks,
-        "targets": aliases,
-        "attention_sparsity": only["attention"],
-        "mlp_sparsity": only["mlp"],
-        "selection": selection,
-    }
-    return settings, {p: where[p][2] for p in records}
-
-
-def _check_kernel(kernel_path, record, layer, path):
-    """Refuses a record whose kernel's shape or weights differ from `layer`'s."""
-    # `_kernel`: Keras' own name for the stored kernel, masked or not yet.
-    if tuple(record["shape"]) != tuple(layer._kernel.shape):
-        raise ValueError(
-            f"{kernel_path}: the mask file holds shape {record['shape']} "
-            f"but the model's kernel has shape {list(layer._kernel.shape)}."
-        )
-    if "kernel_sha256" in record:  # format 1: the exact bytes, in the saved dtype
-        kernel = keras.ops.convert_to_numpy(layer._kernel)
-        same = record["kernel_sha256"] == _sha256(kernel)
-    else:
-        same = _same_kernel(record["fingerprint"], layer._kernel)
-    if not same:
-        raise ValueError(
-            f"{kernel_path}: the frozen kernel differs from the one the "
-            f"masks in {path} were learned on, beyond any rounding to "
-            "float32, bfloat16 or float16: the file belongs to another model. "
-            "Load the same model (same preset and weights) before using these masks."
-        )
+def _check_kernels(records, layers, path):
+    """Refuses records whose kernel's shape or weights differ from their layer's."""
+    for kernel_path, layer in layers.items():
+        record, kernel = records[kernel_path], architectures.kernel_of(layer)
+        if tuple(record["shape"]) != tuple(kernel.shape):
+            raise ValueError(
+                f"{kernel_path}: the mask file holds shape {record['shape']} "
+                f"but the model's kernel has shape {list(kernel.shape)}."
+            )
+        if not _same_kernel(record["fingerprint"], kernel):
+            raise ValueError(
+                f"{kernel_path}: the frozen kernel differs from the one the "
+                f"masks in {path} were learned on, beyond any rounding to "
+                "float32, bfloat16 or float16: the file belongs to another model. "
+                "Load the same model (same preset and weights) before using these masks."
+            )
 
 
 def _check_bits(records, layers, group_of, path):
@@ -363,10 +307,10 @@ def _check_bits(records, layers, group_of, path):
         keep = record["bits"]
         removed = int(np.sum(~keep))
         selection = selections.get(record["selection"])
-        selection.check(layer)
+        selection.check(layer, record["shape"])
         if isinstance(selection, selections.NM):
             if record["sparsity"] != selection.fixed_sparsity or not _is_n_m(
-                keep, layer, selection
+                keep.reshape(record["shape"]), layer, selection
             ):
                 raise ValueError(
                     f"{kernel_path}: the mask in {path} is not a {selection.name} "
@@ -393,9 +337,9 @@ def _check_bits(records, layers, group_of, path):
 
 
 def _is_n_m(keep, layer, selection):
-    """Whether flat `keep` keeps exactly N of every M input weights of `layer`."""
-    axes = input_axes(layer)
-    moved = np.moveaxis(keep.reshape(layer._kernel.shape), axes, range(len(axes)))
+    """Whether `keep` keeps exactly N of every M input weights of `layer`."""
+    axes = selections.input_axes(layer)
+    moved = np.moveaxis(keep, axes, range(len(axes)))
     inputs = int(np.prod(moved.shape[: len(axes)]))
     groups = moved.reshape(inputs // selection.m, selection.m, -1)
     return bool(np.all(groups.sum(axis=1) == selection.n))
@@ -465,9 +409,10 @@ def _write_atomically(path, data):
 
 
 def _read(path):
-    """Reads and validates a mask file of either format: `(header, {kernel path: record})`.
+    """Reads and validates a mask file: `(MaskConfig or None, {kernel path: record})`.
 
-    Each record gets `bits`, its flat boolean keep mask.
+    Each record gets `bits`, its flat boolean keep mask. Everything is
+    checked before safetensors allocates anything.
     """
 
     def refuse(problem):
@@ -485,32 +430,29 @@ def _read(path):
         )
     with open(path, "rb") as file:
         start = file.read(8)
-    if start == MAGIC:
-        return {}, _read_format_1(path, info.st_size, refuse)
-    return _read_format_2(path, info.st_size, start, refuse)
-
-
-def _read_format_2(path, size, start, refuse):
-    """A safetensors mask file, checked before safetensors allocates anything."""
     if len(start) < 8:
         raise refuse("it is shorter than a safetensors header")
     (length,) = struct.unpack("<Q", start)
-    if length > MAX_HEADER_BYTES or 8 + length > size:
+    if length > MAX_HEADER_BYTES or 8 + length > info.st_size:
         raise refuse(
-            f"its header claims {length:,} bytes, more than the file's {size:,} "
+            f"its header claims {length:,} bytes, more than the file's {info.st_size:,} "
             f"or the {MAX_HEADER_BYTES:,} a mask file needs"
         )
     try:
         with safetensors.safe_open(path, framework="numpy") as file:
-            metadata = file.metadata() or {}
-            header = _parsed_header(metadata.get(METADATA_KEY), 2, refuse)
-            records = [_checked_record(record, 2, refuse) for record in header["masks"]]
+            header = _parsed_header((file.metadata() or {}).get(METADATA_KEY), refuse)
+            records = [_checked_record(record, refuse) for record in header["masks"]]
             paths = [record["path"] for record in records]
             if len(set(paths)) != len(paths) or set(file.keys()) != set(paths):
                 raise refuse("its tensors are not those its records name")
-            return header, {record["path"]: _bits_of(file, record, refuse) for record in records}
+            records = {record["path"]: _bits_of(file, record, refuse) for record in records}
     except safetensors.SafetensorError as error:
         raise refuse(f"safetensors cannot read it ({error})") from None
+    try:
+        config = header.get("wrap") and MaskConfig.from_config(header["wrap"])
+    except (TypeError, ValueError, AttributeError):
+        raise refuse("its wrap settings are not those of a `MaskConfig`") from None
+    return config or None, records
 
 
 def _bits_of(file, record, refuse):
@@ -529,57 +471,20 @@ def _bits_of(file, record, refuse):
     return {**record, "bits": bits.astype(bool)}
 
 
-def _read_format_1(path, size, refuse):
-    """A file of format 1: magic, JSON header, bits, SHA-256 of all that."""
-    prefix = len(MAGIC) + _LENGTH.size
-    with open(path, "rb") as file:
-        data = file.read(size)
-    if len(data) < prefix + _DIGEST_BYTES:
-        raise refuse("it does not start with the keras-mft mask header")
-    body, digest = data[:-_DIGEST_BYTES], data[-_DIGEST_BYTES:]
-    if hashlib.sha256(body).digest() != digest:
-        raise refuse("its checksum does not match (truncated or corrupted)")
-    (header_length,) = _LENGTH.unpack_from(body, len(MAGIC))
-    if prefix + header_length > len(body):
-        raise refuse("its header is longer than the file")
-    header = _parsed_header(body[prefix : prefix + header_length], 1, refuse)
-    payload = body[prefix + header_length :]
-    records = {}
-    expected_offset = 0
-    for record in header["masks"]:
-        record = _checked_record(record, 1, refuse)
-        kernel_path, shape = record["path"], record["shape"]
-        offset, nbytes, size = record["offset"], record["nbytes"], math.prod(shape)
-        if (
-            offset != expected_offset
-            or nbytes != (size + 7) // 8
-            or offset + nbytes > len(payload)
-            or kernel_path in records
-        ):
-            raise refuse(f"the record of {kernel_path} is inconsistent")
-        packed = np.frombuffer(payload, np.uint8, count=nbytes, offset=offset)
-        bits = np.unpackbits(packed, count=size, bitorder="little")
-        records[kernel_path] = {**record, "bits": bits.astype(bool)}
-        expected_offset += nbytes
-    if expected_offset != len(payload):
-        raise refuse("its payload length does not match its header")
-    return records
-
-
-def _parsed_header(text, file_format, refuse):
-    """The JSON header of a mask file of `file_format`, with a non-empty `masks` list."""
+def _parsed_header(text, refuse):
+    """The JSON header of a mask file, with a non-empty `masks` list."""
     if text is None:
         raise refuse(f"it has no {METADATA_KEY!r} metadata")
     try:
         header = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except json.JSONDecodeError:
         raise refuse("its header is not JSON") from None
     except RecursionError:
         raise refuse("its header is nested too deeply") from None
-    if not isinstance(header, dict) or header.get("format") != file_format:
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise refuse(
             f"it has format {header.get('format') if isinstance(header, dict) else None!r}, "
-            f"and this keras-mft ({__version__}) reads formats 1 and {FORMAT}"
+            f"and this keras-mft ({__version__}) reads format {FORMAT}"
         )
     masks = header.get("masks")
     if not isinstance(masks, list) or not masks:
@@ -599,14 +504,14 @@ def _is_sha256(value):
     return isinstance(value, str) and len(value) == 64
 
 
-def _checked_record(record, file_format, refuse):
+def _checked_record(record, refuse):
     """One mask record with every field present and of its type, or a refusal."""
-    fields = ["path", "shape", "sparsity", "num_removed"]
-    fields += ["kernel_sha256", "offset", "nbytes"] if file_format == 1 else ["bits_sha256"]
+    fields = ["path", "shape", "sparsity", "selection", "num_removed", "bits_sha256"]
     try:
         checked = {field: record[field] for field in fields}
-        checked["selection"] = record.get("selection", "per_matrix")
         checked["shape"] = list(checked["shape"])
+        fingerprint = checked["fingerprint"] = record["fingerprint"]
+        size = math.prod(checked["shape"])
         valid = (
             isinstance(checked["path"], str)
             and checked["shape"]
@@ -615,43 +520,23 @@ def _checked_record(record, file_format, refuse):
             and 0.0 <= checked["sparsity"] < 1.0
             and isinstance(checked["selection"], str)
             and _natural(checked["num_removed"])
+            and _is_sha256(checked["bits_sha256"])
+            and isinstance(fingerprint["dtype"], str)
+            and _is_sha256(fingerprint["sha256"])
+            and isinstance(fingerprint["positions"], list)
+            and isinstance(fingerprint["values"], list)
+            and len(fingerprint["positions"]) == len(fingerprint["values"]) <= SAMPLE_SIZE
+            and all(_natural(p) and p < size for p in fingerprint["positions"])
+            and all(_is_number(v) for v in fingerprint["values"])
+            and _is_number(fingerprint["norm"])
         )
-        if file_format == 1:
-            valid = (
-                valid
-                and _is_sha256(checked["kernel_sha256"])
-                and _natural(checked["offset"])
-                and _natural(checked["nbytes"])
-            )
-        else:
-            checked["fingerprint"] = record["fingerprint"]
-            valid = (
-                valid
-                and _is_sha256(checked["bits_sha256"])
-                and _checked_fingerprint(checked["fingerprint"], math.prod(checked["shape"]))
-            )
         if valid:
             selections.get(checked["selection"])
     except (KeyError, TypeError, ValueError, AttributeError):
         valid = False
     if not valid:
         raise refuse("a mask record is incomplete or has a field of the wrong type")
-    if checked["num_removed"] > math.prod(checked["shape"]):
+    if checked["num_removed"] > size:
         raise refuse(f"the record of {checked['path']} is inconsistent")
     checked["sparsity"] = float(checked["sparsity"])
     return checked
-
-
-def _checked_fingerprint(fingerprint, size):
-    """Whether a format-2 fingerprint has its fields, of their types, inside the kernel."""
-    positions, values = fingerprint["positions"], fingerprint["values"]
-    return (
-        isinstance(fingerprint["dtype"], str)
-        and _is_sha256(fingerprint["sha256"])
-        and isinstance(positions, list)
-        and isinstance(values, list)
-        and len(positions) == len(values) <= SAMPLE_SIZE
-        and all(_natural(p) and p < size for p in positions)
-        and all(_is_number(v) for v in values)
-        and _is_number(fingerprint["norm"])
-    )

@@ -12,7 +12,7 @@ gradients of about 1e-6 that shrinks the first steps several times over, so
 import keras
 from keras import ops
 
-from keras_mft.schedules import LinearWarmupDecay
+from keras_mft.training.schedule import LinearWarmupDecay
 
 # The paper's peak learning rate for MFT (and for its full fine-tuning).
 LEARNING_RATE = 2e-5
@@ -148,8 +148,13 @@ def paper_loss():
     )
 
 
-def compile_like_paper(model, optimizer):
-    """Compiles a `CausalLM` with `optimizer` and `paper_loss()`, keeping its sampler."""
+def compile_like_paper(model, optimizer=None):
+    """Compiles a `CausalLM` with `optimizer` and `paper_loss()`, keeping its sampler.
+
+    The default optimizer is `PaperAdamW` at a constant 2e-5, clipped as in
+    the paper's run.
+    """
+    optimizer = optimizer or PaperAdamW(LEARNING_RATE, global_clipnorm=GLOBAL_CLIPNORM)
     model.compile(optimizer=optimizer, loss=paper_loss(), sampler=model.sampler)
     # Keras on TensorFlow would create the optimizer's variables while tracing
     # the first training step, and then trace it a second time without them:

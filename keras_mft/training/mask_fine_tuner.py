@@ -7,12 +7,12 @@ import warnings
 import keras
 import numpy as np
 
-from keras_mft.mask_file import save_masks
-from keras_mft.score_budget import learning_rate_sum
-from keras_mft.score_budget import score_std
-from keras_mft.score_budget import warn_if_small
-from keras_mft.wrapping import bake
-from keras_mft.wrapping import masked_layers_of
+from keras_mft.masking.wrapping import bake
+from keras_mft.masking.wrapping import masked_layers_of
+from keras_mft.saving.mask_file import save_masks
+from keras_mft.training.score_budget import learning_rate_sum
+from keras_mft.training.score_budget import score_std
+from keras_mft.training.score_budget import warn_if_small
 
 
 class MaskFineTuner(keras.callbacks.Callback):
@@ -202,9 +202,9 @@ class MaskFineTuner(keras.callbacks.Callback):
     def _score_budget(self, steps):
         optimizer = self.model.optimizer
         # The schedule itself, not its value at the current step.
-        learning_rate = optimizer._learning_rate
-        if not isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-            learning_rate = float(keras.ops.convert_to_numpy(learning_rate))
+        learning_rate = optimizer.get_config()["learning_rate"]
+        if isinstance(learning_rate, dict):
+            learning_rate = keras.optimizers.schedules.deserialize(learning_rate)
         updates = steps // (optimizer.gradient_accumulation_steps or 1)
         return learning_rate_sum(learning_rate, updates) / self._score_std
 

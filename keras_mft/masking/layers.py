@@ -11,15 +11,14 @@ place, as `enable_lora` does, so its name, variables and paths stay.
 
 import gc
 import math
-import warnings
 
 import keras
 from keras import ops
 
-from keras_mft import selection as selections
-from keras_mft.mask import check_sparsity
-from keras_mft.mask import masked_kernel
-from keras_mft.mask import zero_removed
+from keras_mft.masking import selection as selections
+from keras_mft.masking.mask import check_sparsity
+from keras_mft.masking.mask import masked_kernel
+from keras_mft.masking.mask import zero_removed
 
 # `scores_initializer` that starts the scores at |kernel|: the L1-magnitude mask.
 MAGNITUDE = "magnitude"
@@ -29,13 +28,21 @@ class MaskedKernel:
     """What `MaskedDense` and `MaskedEinsumDense` add to their Keras parent.
 
     Masking adds exactly the attributes `_ATTRIBUTES` (the `selection`
-    object, the `sparsity`, the `scores_initializer`, and the `named_masks`
-    and `mask_name` of `keras_mft.named_masks`) and the variables
-    `_VARIABLES` (float32 `scores`, int32 `num_removed_variable` and
-    `last_threshold`), and the methods below; unmasking removes exactly those.
+    object, the `sparsity`, the `scores_initializer`, the `mask_config`
+    that placed the mask, and the `named_masks` and `mask_name` of
+    `keras_mft.masking.named_masks`) and the variables `_VARIABLES` (float32
+    `scores`, int32 `num_removed_variable` and `last_threshold`), and the
+    methods below; unmasking removes exactly those.
     """
 
-    _ATTRIBUTES = ("selection", "sparsity", "scores_initializer", "named_masks", "mask_name")
+    _ATTRIBUTES = (
+        "selection",
+        "sparsity",
+        "scores_initializer",
+        "mask_config",
+        "named_masks",
+        "mask_name",
+    )
     _VARIABLES = ("scores", "num_removed_variable", "last_threshold")
 
     def __init__(
@@ -57,12 +64,14 @@ class MaskedKernel:
                 scores_initializer or keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
             )
         self.scores_initializer = scores_initializer
+        # The `keras_mft.MaskConfig` that `wrap` masked this layer with.
+        self.mask_config = None
         self.named_masks = {}
         self.mask_name = None
 
     def _add_variables(self):
         """Freezes kernel and bias; adds the scores and the number removed."""
-        self.selection.check(self)
+        self.selection.check(self, self._kernel.shape)
         self._kernel.trainable = False
         if self.bias is not None:
             self.bias.trainable = False
@@ -120,16 +129,6 @@ class MaskedKernel:
             return int(keep.size - keep.sum())
         return int(self.num_removed_variable)
 
-    @property
-    def removed_count(self):
-        """Deprecated name of `num_removed_variable`, kept for one release."""
-        warnings.warn(
-            "`removed_count` is deprecated: use `num_removed_variable` (or the int `num_removed`).",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.num_removed_variable
-
     def set_sparsity(self, sparsity):
         """Changes the fraction of the kernel that the mask removes."""
         if self.selection.fixed_sparsity is not None:
@@ -165,8 +164,9 @@ class MaskedKernel:
         """The current mask as a float32 tensor of 0s and 1s, no gradient."""
         return ops.cast(self.keep_mask(), "float32")
 
-    def quantize(self, mode=None, **kwargs):
-        raise quantize_error(self)
+    def _check_quantize_args(self, mode, compute_dtype):
+        # Keras calls this first in every `quantize`, the layer's or a model's.
+        raise quantize_error(self.name)
 
     def enable_lora(self, *args, **kwargs):
         if getattr(self, "scores", None) is None:
@@ -291,25 +291,21 @@ def check_maskable(layer):
         )
 
 
-def mask_layer(layer, sparsity, initial_scores, selection="per_matrix", scores_initializer=None):
+def mask_layer(layer, sparsity, selection="per_matrix", scores_initializer=None):
     """Turns a built `Dense`/`EinsumDense` into its masked twin, in place.
 
     Args:
         layer: a layer accepted by `check_maskable`.
         sparsity: float in [0, 1), the fraction of kernel entries removed
             (ignored for an N:M `selection`).
-        initial_scores: array shaped like the kernel.
-        selection: a name or an object of `keras_mft.selection`.
-        scores_initializer: what the layer's config reports as the origin
-            of `initial_scores`.
+        selection: a name or an object of `keras_mft.masking.selection`.
+        scores_initializer: as for `MaskedDense`.
     """
     check_maskable(layer)
     layer.__class__ = _MASKED_TWIN[type(layer)]
-    refuse_quantize(layer)
     layer._set_attributes(selection, sparsity, scores_initializer)
     layer.trainable = True
     layer._add_variables()
-    layer.scores.assign(initial_scores)
 
 
 def unmask(masked):
@@ -326,38 +322,17 @@ def unmask(masked):
         for name in MaskedKernel._ATTRIBUTES:
             delattr(layer, name)
         layer.__class__ = next(base for base, twin in _MASKED_TWIN.items() if type(layer) is twin)
-        allow_quantize(layer)
-        for variable in layer.variables:
-            variable.trainable = True
-        if layer.lora_enabled:
-            layer._kernel.trainable = False
     gc.collect()
 
 
-def quantize_error(layer):
+def train_like_lora(layer):
+    """Trains a LoRA-enabled layer as Keras' `enable_lora` leaves it: all but its kernel."""
+    layer.trainable = True
+    layer._kernel.trainable = False
+
+
+def quantize_error(name):
     return ValueError(
-        f"'{layer.name}' holds masks and cannot be quantized. Call "
+        f"'{name}' holds masks and cannot be quantized. Call "
         "`keras_mft.bake(model)` first, then quantize the baked model."
     )
-
-
-def refuse_quantize(layer):
-    """Makes `layer.quantize` (a layer's or a model's) refuse, until `allow_quantize`."""
-    # Keras binds `quantize` to each object when it is created, so a swapped
-    # class keeps `Dense`'s; and a model's would quantize the plain layers
-    # before the first masked one.
-    layer._plain_quantize = layer.__dict__.get("quantize")
-
-    def quantize(*args, **kwargs):
-        raise quantize_error(layer)
-
-    layer.quantize = quantize
-
-
-def allow_quantize(layer):
-    """Undoes `refuse_quantize`."""
-    if layer._plain_quantize is None:
-        layer.__dict__.pop("quantize")  # the class's own, as before
-    else:
-        layer.quantize = layer._plain_quantize
-    del layer._plain_quantize

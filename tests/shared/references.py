@@ -1,10 +1,37 @@
-"""A Llama forward pass in plain numpy: the independent reference for logits.
-
-It follows the Llama architecture (RMS norm, rotary embeddings, grouped-query
-attention, SwiGLU) as KerasHub lays out its weights, with no Keras code.
-"""
+"""Numpy references, independent of keras-mft and Keras: masks and Llama logits."""
 
 import numpy as np
+
+
+def numpy_keep_mask(scores, removed):
+    """The mask: a stable ascending sort of |score|, remove the first `removed`."""
+    order = np.argsort(np.abs(scores).reshape(-1), kind="stable")
+    keep = np.ones(scores.size, "float32")
+    keep[order[:removed]] = 0.0
+    return keep.reshape(scores.shape)
+
+
+def numpy_threshold(scores, removed):
+    """The bit pattern of the `removed`-th smallest |score| (removed >= 1)."""
+    return int(np.sort(np.abs(scores).reshape(-1)).view(np.int32)[removed - 1])
+
+
+def numpy_n_m_mask(scores, n, m, axes):
+    """N:M: per run of m input weights, a stable sort; remove the first m - n."""
+    others = [axis for axis in range(scores.ndim) if axis not in axes]
+    moved = np.transpose(np.abs(scores), list(axes) + others)
+    flat = moved.reshape(-1, m, int(np.prod([scores.shape[a] for a in others], dtype=int)))
+    keep = np.ones_like(flat)
+    for g in range(flat.shape[0]):
+        for c in range(flat.shape[2]):
+            order = np.argsort(flat[g, :, c], kind="stable")
+            keep[g, order[: m - n], c] = 0.0
+    keep = keep.reshape(moved.shape)
+    return np.transpose(keep, np.argsort(list(axes) + others))
+
+
+# A Llama forward pass: RMS norm, rotary embeddings, grouped-query attention
+# and SwiGLU, as KerasHub lays out its weights.
 
 
 def rms_norm(x, scale, epsilon):

@@ -29,6 +29,7 @@ system, user and assistant messages, without any default system prompt.
 import datetime
 import functools
 import json
+import os
 import re
 
 import jinja2
@@ -195,6 +196,17 @@ def load_chat_template(path):
             "that has one, or the template itself in a .jinja file."
         )
     return template
+
+
+def checkpoint_chat_template(directory):
+    """The chat template of a Hugging Face checkpoint directory, or None if it has none."""
+    config = os.path.join(directory, "tokenizer_config.json")
+    if not os.path.isfile(config):
+        return None
+    try:
+        return load_chat_template(config)
+    except ValueError:  # a checkpoint without a template: the fallbacks decide
+        return None
 
 
 @functools.lru_cache(maxsize=16)

@@ -3,7 +3,7 @@
 import json
 import os
 
-from keras_mft import architectures
+from keras_mft.masking import architectures
 
 
 def save_preset(model, directory):

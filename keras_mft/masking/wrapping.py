@@ -1,0 +1,179 @@
+"""`wrap` puts learnable masks on a KerasHub causal LM; `bake` multiplies them in."""
+
+import dataclasses
+import zlib
+
+import keras
+import keras_hub
+import numpy as np
+
+from keras_mft.masking import architectures
+from keras_mft.masking import selection as selections
+from keras_mft.masking.config import MaskConfig
+from keras_mft.masking.layers import MAGNITUDE
+from keras_mft.masking.layers import is_masked
+from keras_mft.masking.layers import mask_layer
+from keras_mft.masking.layers import quantize_error
+from keras_mft.masking.layers import train_like_lora
+from keras_mft.masking.layers import unmask
+from keras_mft.training.optimizer import compile_like_paper
+
+
+def wrap(model, config=None, **kwargs):
+    """Prepares a KerasHub causal LM for Mask Fine-Tuning, in place.
+
+    Every weight is frozen, and the projections that `config` names become
+    `MaskedDense` / `MaskedEinsumDense` layers whose float32 `scores` are
+    the only trainable variables (with the LoRA factors, if `enable_lora`
+    was called first: the kernel is then `kernel * mask` plus LoRA's delta).
+    A `CausalLM` is recompiled with `PaperAdamW` at a constant 2e-5 and
+    `paper_loss`, so `model.fit` works at once; `keras_mft.train` trains
+    with the paper's schedule and score budget. Until `bake`, the model and
+    its backbone refuse `quantize`: Keras quantizes layer by layer, and a
+    refusal at the first masked layer would leave the layers before it
+    quantized.
+
+    Args:
+        model: a KerasHub `CausalLM` or its backbone: Llama, Llama3, Mistral,
+            Gemma, Gemma3, Qwen (2), Qwen3, Phi3 or GPT-2.
+        config: a `keras_mft.MaskConfig`; or give its fields as keywords,
+            `wrap(model, layers="20:24", sparsity=0.1)`. Defaults to
+            `MaskConfig()`: blocks 0-3, every projection, 10% removed.
+
+    Returns:
+        The same model object, wrapped.
+
+    Example:
+
+    ```python
+    # Or any KerasHub Llama: keras_hub.models.Llama3CausalLM.from_preset(...)
+    model = keras_mft.tiny_smollm2()
+    model = keras_mft.wrap(model, layers="4:8", sparsity=0.1)
+    [v.path for v in model.trainable_variables][:2]
+    # ['transformer_layer_4/self_attention/query/scores', ...]
+    # model.fit(...) learns the masks; then a plain KerasHub model:
+    model = keras_mft.bake(model)
+    ```
+    """
+    if config is not None and kwargs:
+        raise TypeError("Pass a `MaskConfig` or its fields as keywords, not both.")
+    config = MaskConfig(**kwargs) if config is None else config
+    if not isinstance(config, MaskConfig):
+        raise TypeError(f"`config` must be a `keras_mft.MaskConfig`. Received: {config!r}")
+    backbone = architectures.backbone_of(model)
+    if is_wrapped(model):
+        raise ValueError(
+            "This model is already wrapped. Call `keras_mft.bake(model)` to "
+            "finish the current masks, or wrap a freshly loaded model."
+        )
+    planned = config.plan(backbone)
+    if config.seed is None:  # recorded, so that a mask file says where its scores began
+        config = dataclasses.replace(config, seed=int(np.random.SeedSequence().entropy % 2**32))
+
+    # Every check has passed: from here on the model is changed.
+    model.trainable = True
+    for layer in model._flatten_layers(include_self=False):
+        layer.trainable = False
+    for _, layer, sparsity, selection in planned:
+        magnitude = config.score_init == "magnitude"
+        mask_layer(layer, sparsity, selection, MAGNITUDE if magnitude else None)
+        layer.mask_config = config
+        if not magnitude:
+            layer.scores.assign(random_scores(layer, config.seed))
+        if isinstance(selection, selections.Global):
+            selection.layers.append(layer)
+    for refusing in {id(model): model, id(backbone): backbone}.values():
+        refusing.quantize = _RefuseQuantize(refusing)
+    for layer in model._flatten_layers(include_self=False):
+        if getattr(layer, "lora_enabled", False):
+            _train_lora_and_scores(layer)
+    if isinstance(model, keras_hub.models.CausalLM):
+        compile_like_paper(model)
+    return model
+
+
+class _RefuseQuantize:
+    """The `quantize` of a wrapped model and its backbone, until `bake` puts back Keras' own."""
+
+    def __init__(self, model):
+        self.model_name, self.keras_quantize = model.name, model.quantize
+
+    def __call__(self, *args, **kwargs):
+        raise quantize_error(self.model_name)
+
+
+def _train_lora_and_scores(layer):
+    """Keeps the LoRA factors (and any scores) of a LoRA layer trainable."""
+    layer.trainable = True
+    for variable in layer.variables:
+        variable.trainable = variable is layer.lora_kernel_a or variable is layer.lora_kernel_b
+    if is_masked(layer):
+        layer.scores.trainable = True
+
+
+def random_scores(layer, seed):
+    """A masked layer's starting scores: N(0, 0.02) in numpy, the same on every backend."""
+    # Seeded by `seed` and the kernel's path: the same whichever other layers are wrapped.
+    rng = np.random.default_rng([seed, zlib.crc32(layer.kernel_path.encode("utf-8"))])
+    return rng.normal(0.0, 0.02, size=layer.frozen_kernel.shape).astype("float32")
+
+
+def is_wrapped(model):
+    """Whether any layer of `model` holds a mask."""
+    return any(is_masked(layer) for layer in model._flatten_layers())
+
+
+def masked_layers_of(model):
+    """The masked layers of `model`, in model order; raises if there are none."""
+    layers = [layer for layer in model._flatten_layers() if is_masked(layer)]
+    if not layers:
+        raise ValueError("This model has no masks: call `keras_mft.wrap(model)` first.")
+    return layers
+
+
+def masks_of(model):
+    """The current masks of a wrapped model: `{kernel path: boolean array, True where kept}`."""
+    return {
+        layer.kernel_path: keras.ops.convert_to_numpy(layer.keep_mask())
+        for layer in masked_layers_of(model)
+    }
+
+
+def scores_of(model):
+    """The current scores of a wrapped model: `{kernel path: float32 array}`."""
+    return {
+        layer.kernel_path: keras.ops.convert_to_numpy(layer.scores)
+        for layer in masked_layers_of(model)
+    }
+
+
+def bake(model):
+    """Makes a wrapped model a plain KerasHub model again, in place.
+
+    Each masked kernel is multiplied by its current mask, the scores are
+    dropped and the layers become plain `Dense` / `EinsumDense`. Every weight
+    is trainable again (with LoRA: as after `enable_lora`), and a `CausalLM`
+    is recompiled with KerasHub's defaults. The result saves with
+    `save_to_preset` and loads with KerasHub alone.
+
+    Args:
+        model: a model returned by `keras_mft.wrap`.
+
+    Returns:
+        The same model object.
+    """
+    unmask(masked_layers_of(model))
+    for layer in model._flatten_layers():
+        if isinstance(layer.__dict__.get("quantize"), _RefuseQuantize):
+            layer.quantize = layer.quantize.keras_quantize
+        # Layer by layer: on TensorFlow, `model.trainable` does not reach them all.
+        layer.trainable = True
+    lora = [layer for layer in model._flatten_layers() if getattr(layer, "lora_enabled", False)]
+    if lora:  # as after KerasHub's `enable_lora`: only LoRA trains
+        for layer in model._flatten_layers(include_self=False):
+            layer.trainable = False
+        for layer in lora:
+            train_like_lora(layer)
+    if isinstance(model, keras_hub.models.CausalLM):
+        model.compile(sampler=model.sampler)
+    return model

@@ -1,0 +1,1 @@
+"""Files: mask files, KerasHub presets and the transformers export."""
