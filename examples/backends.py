@@ -10,8 +10,9 @@ Accelerator: None
 keras-mft is written against `keras.ops` only, so the backend is a setting,
 not a code change: set `KERAS_BACKEND` before `import keras`. The initial
 scores come from numpy with a fixed seed, and so does the order of the
-batches, so every backend starts from the same masks and sees the same data. This guide learns masks on SmolLM2-135M-Instruct on the backend
-it runs on, then runs itself on every other installed backend and compares.
+batches, so every backend starts from the same masks and sees the same data.
+This guide learns masks on SmolLM2-135M-Instruct on the backend it runs on,
+then runs itself on every other installed backend and compares.
 It takes about 7 minutes on 2 CPU cores with all three backends installed.
 """
 
