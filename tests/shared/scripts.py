@@ -6,7 +6,7 @@ import io
 import pathlib
 import sys
 
-BENCHMARKS = pathlib.Path(__file__).parent.parent / "benchmarks"
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def import_benchmark(name):
