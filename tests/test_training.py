@@ -98,8 +98,9 @@ class RecordMasks(keras.callbacks.Callback):
         self.masks.append(mask)
 
 
-def keras_masks(kernel, scores, x, target, scale, optimizer=None):
-    """The same run with keras-mft: a `MaskedDense` and `paper_optimizer`."""
+def keras_masks(kernel, scores, x, target, scale, optimizer=None, batch_size=ROWS):
+    """The same run with keras-mft: a `MaskedDense` and `paper_optimizer`; the mask
+    after each batch."""
     inputs = keras.Input((IN,))
     layer = keras_mft.MaskedDense(
         OUT,
@@ -115,7 +116,13 @@ def keras_masks(kernel, scores, x, target, scale, optimizer=None):
     )
     recorder = RecordMasks()
     model.fit(
-        x, target, batch_size=ROWS, epochs=STEPS, shuffle=False, verbose=0, callbacks=[recorder]
+        x,
+        target,
+        batch_size=batch_size,
+        epochs=STEPS,
+        shuffle=False,
+        verbose=0,
+        callbacks=[recorder],
     )
     return recorder.masks
 
@@ -235,30 +242,8 @@ def test_gradient_accumulation_is_hugging_face_step_for_step():
     optimizer = paper_optimizer(
         STEPS, LEARNING_RATE, WARMUP_FRACTION, gradient_accumulation_steps=2
     )
-    inputs = keras.Input((IN,))
-    layer = keras_mft.MaskedDense(
-        OUT,
-        use_bias=False,
-        sparsity=0.1,
-        kernel_initializer=keras.initializers.Constant(kernel),
-        scores_initializer=keras.initializers.Constant(scores),
-    )
-    model = keras.Model(inputs, layer(inputs))
-    model.compile(
-        optimizer=optimizer,
-        loss=lambda y, y_pred: scale * 0.5 * keras.ops.sum(keras.ops.square(y_pred - y)),
-    )
-    recorder = RecordMasks()
-    model.fit(
-        x,
-        target,
-        batch_size=ROWS // 2,
-        epochs=STEPS,
-        shuffle=False,
-        verbose=0,
-        callbacks=[recorder],
-    )
-    masks = recorder.masks[1::2]  # after the second batch of each update
+    masks = keras_masks(kernel, scores, x, target, scale, optimizer, batch_size=ROWS // 2)
+    masks = masks[1::2]  # after the second batch of each update
     for step, (mask, expected) in enumerate(zip(masks, reference, strict=True)):
         assert np.array_equal(mask, expected), f"update {step}: {np.sum(mask != expected)} differ"
     assert np.mean(reference[-1] != reference[0]) > 0.02

@@ -35,9 +35,7 @@ def run_demo(
     sequence_length=512,
     batch_size=4,
     epochs=1,
-    score_budget=None,
-    learning_rate=None,
-    seed=0,
+    **training,
 ):
     """Runs the demo and returns its results.
 
@@ -48,8 +46,9 @@ def run_demo(
         train_examples: GSM8K training problems to learn the masks on.
         eval_examples: held-out GSM8K problems to evaluate on.
         sequence_length: tokens per packed training sequence.
-        batch_size, epochs, score_budget, learning_rate, seed: passed to
-            `keras_mft.train` (`seed` orders the batches).
+        batch_size, epochs: of the training run.
+        **training: more arguments of `keras_mft.train`: `score_budget`,
+            `learning_rate`, `seed` (the order of the batches).
 
     Returns:
         `{"results": {arm: metrics}, "table": str, "files": {what: path}, "seconds": ...}`.
@@ -81,15 +80,7 @@ def run_demo(
     )
     print(f"Mask fine-tuning {band} on {train_examples} GSM8K problems:")
     run = train(
-        model,
-        train_data,
-        epochs=epochs,
-        batch_size=batch_size,
-        score_budget=score_budget,
-        learning_rate=learning_rate,
-        seed=seed,
-        out_dir=out_dir,
-        verbose=1,
+        model, train_data, epochs=epochs, batch_size=batch_size, out_dir=out_dir, **training
     )
     print("Held-out loss after MFT:")
     results[f"+ MFT ({band})"] = evaluation.response_loss(model, held_out, batch_size, verbose=True)
@@ -112,7 +103,7 @@ def run_demo(
         "updates": run["updates"],
         "learning_rate": run["learning_rate"],
         "score_budget": run["score_budget"],
-        "seed": seed,
+        "seed": training.get("seed", 0),
         "backend": keras.backend.backend(),
     }
     files["results"] = os.path.join(out_dir, "results.json")

@@ -116,19 +116,17 @@ def load_masks(model, path, name=None):
     A model that is not wrapped yet is wrapped with the file's `MaskConfig`,
     as KerasHub's `load_lora_weights` enables LoRA: load the base model, load
     the masks, then bake or keep training. A wrapped model must be wrapped
-    like the saved one.
+    like the saved one. With a `name`, the masks are kept under that name
+    beside those already loaded, and `keras_mft.use_masks` switches between
+    them (see `keras_mft.masking.named_masks`).
 
     The file must come from the same model: the same masked kernels, shapes
     and frozen weights, in any of float32, bfloat16 and float16 (a mask
     learned on float32 loads onto a bfloat16 load of the same checkpoint).
     Everything is checked before the model changes. Each score becomes 1.0
     where the saved mask keeps a weight and 0.0 elsewhere, which gives the
-    saved masks exactly. To resume training with the learned scores
+    saved masks exactly; to resume training with the learned scores
     themselves, use `model.save_weights` / `model.load_weights`.
-
-    With a `name`, the masks are kept under that name beside those already
-    loaded, and `keras_mft.use_masks` switches between them (see
-    `keras_mft.masking.named_masks`).
 
     Args:
         model: a KerasHub causal LM (or backbone) that `keras_mft.wrap`
@@ -151,17 +149,25 @@ def load_masks(model, path, name=None):
     ```
     """
     config, records = _read(path)
+    layer_of = _projections(model, records, path)
+    if name is None and is_wrapped(model):
+        _check_wrapped_like_saved(model, records, path)
+    elif name is None:
+        _check_config(model, config, records, path)
+    for kernel_path, (_, _, layer) in layer_of.items():
+        _check_kernel(kernel_path, records[kernel_path], layer, path)
+    _check_bits(records, layer_of, path)
+    # Every check has passed: from here on the model is changed.
     if name is not None:
-        layer_of = _projections(model, records, path)
-        layers = {kernel_path: layer for kernel_path, (_, _, layer) in layer_of.items()}
-        _check_kernels(records, layers, path)
-        _check_bits(records, layers, lambda kernel_path: layer_of[kernel_path][1], path)
         named_masks.add(model, name, records, layer_of, config)
         return model
-    if is_wrapped(model):
-        _load_into_wrapped(model, records, path)
-    else:
-        _wrap_as_saved(model, config, records, path)
+    if not is_wrapped(model):
+        wrap(model, config)
+    for kernel_path, (_, _, layer) in layer_of.items():
+        record = records[kernel_path]
+        if record["sparsity"] != layer.sparsity:  # saved in the middle of a ramp
+            layer.set_sparsity(record["sparsity"])
+        layer.scores.assign(record["bits"].astype("float32").reshape(record["shape"]))
     return model
 
 
@@ -177,74 +183,6 @@ def describe_masks(path):
         {**{field: record[field] for field in fields}, "num_removed": int(np.sum(~record["bits"]))}
         for record in _read(path)[1].values()
     ]
-
-
-def _load_into_wrapped(model, records, path):
-    """Checks `records` against a wrapped model, then sets its scores."""
-    by_path = {layer.kernel_path: layer for layer in masked_layers_of(model)}
-    missing = sorted(set(by_path) - set(records))
-    extra = sorted(set(records) - set(by_path))
-    if missing or extra:
-        raise ValueError(
-            f"The mask file {path} does not match this model's masked layers. "
-            f"Masked here but not in the file: {missing}. In the file but not "
-            f"masked here: {extra}. Wrap the model with the `layers` and "
-            "`targets` used when the file was saved, or load the file onto "
-            "a model that is not wrapped yet."
-        )
-    for kernel_path, layer in by_path.items():
-        record = records[kernel_path]
-        for setting in ("selection", "sparsity"):
-            saved, here = record[setting], getattr(layer, setting)
-            here = here.name if setting == "selection" else here
-            if saved != here:
-                raise ValueError(
-                    f"{kernel_path}: the mask file was saved with {setting} {saved!r} "
-                    f"but this layer has {setting} {here!r}. Wrap with the same {setting}."
-                )
-    _check_kernels(records, by_path, path)
-    _check_bits(records, by_path, lambda kernel_path: id(by_path[kernel_path].selection), path)
-    # Every check has passed: from here on the model is changed.
-    _set_scores(by_path, records)
-
-
-def _wrap_as_saved(model, config, records, path):
-    """Wraps a model that is not wrapped with the file's config, after every check."""
-    layer_of = _projections(model, records, path)
-    if config is None:
-        raise ValueError(
-            f"The mask file {path} holds masks placed by no one `MaskConfig` (named "
-            "masks used together), so `wrap` cannot rebuild its layout. Load it "
-            "with a `name`, or wrap the model by hand and load it into the wrapped model."
-        )
-    try:
-        planned = config.plan(architectures.backbone_of(model))
-    except ValueError as error:
-        raise ValueError(f"The settings in {path} do not fit this model: {error}") from None
-    planned = {architectures.kernel_of(layer).path: sel.name for _, layer, _, sel in planned}
-    if planned != {kernel_path: record["selection"] for kernel_path, record in records.items()}:
-        raise ValueError(
-            f"{path} is not a valid keras-mft mask file: its wrap settings "
-            f"{config.get_config()} do not give its masks' kernels and selection. "
-            "Save it again with `keras_mft.save_masks`."
-        )
-    layers = {kernel_path: layer for kernel_path, (_, _, layer) in layer_of.items()}
-    _check_kernels(records, layers, path)
-    # A global selection's group: one projection over the blocks.
-    _check_bits(records, layers, lambda kernel_path: layer_of[kernel_path][1], path)
-    # Every check has passed: from here on the model is changed.
-    wrap(model, config)
-    for layer in layers.values():
-        sparsity = records[layer.kernel_path]["sparsity"]
-        if sparsity != layer.sparsity:  # saved in the middle of a ramp
-            layer.set_sparsity(sparsity)
-    _set_scores(layers, records)
-
-
-def _set_scores(layers, records):
-    for kernel_path, layer in layers.items():
-        record = records[kernel_path]
-        layer.scores.assign(record["bits"].astype("float32").reshape(record["shape"]))
 
 
 def _projections(model, records, path):
@@ -276,36 +214,75 @@ def _projections(model, records, path):
     return {kernel_path: where[kernel_path] for kernel_path in records}
 
 
-def _check_kernels(records, layers, path):
-    """Refuses records whose kernel's shape or weights differ from their layer's."""
-    for kernel_path, layer in layers.items():
-        record, kernel = records[kernel_path], architectures.kernel_of(layer)
-        if tuple(record["shape"]) != tuple(kernel.shape):
-            raise ValueError(
-                f"{kernel_path}: the mask file holds shape {record['shape']} "
-                f"but the model's kernel has shape {list(kernel.shape)}."
-            )
-        if not _same_kernel(record["fingerprint"], kernel):
-            raise ValueError(
-                f"{kernel_path}: the frozen kernel differs from the one the "
-                f"masks in {path} were learned on, beyond any rounding to "
-                "float32, bfloat16 or float16: the file belongs to another model. "
-                "Load the same model (same preset and weights) before using these masks."
-            )
+def _check_wrapped_like_saved(model, records, path):
+    by_path = {layer.kernel_path: layer for layer in masked_layers_of(model)}
+    missing, extra = sorted(set(by_path) - set(records)), sorted(set(records) - set(by_path))
+    if missing or extra:
+        raise ValueError(
+            f"The mask file {path} does not match this model's masked layers. "
+            f"Masked here but not in the file: {missing}. In the file but not "
+            f"masked here: {extra}. Wrap the model with the `layers` and "
+            "`targets` used when the file was saved, or load the file onto "
+            "a model that is not wrapped yet."
+        )
+    for kernel_path, layer in by_path.items():
+        for setting, here in (("selection", layer.selection.name), ("sparsity", layer.sparsity)):
+            if records[kernel_path][setting] != here:
+                raise ValueError(
+                    f"{kernel_path}: the mask file was saved with {setting} "
+                    f"{records[kernel_path][setting]!r} but this layer has {setting} "
+                    f"{here!r}. Wrap with the same {setting}."
+                )
 
 
-def _check_bits(records, layers, group_of, path):
+def _check_config(model, config, records, path):
+    """Refuses a file whose `MaskConfig` does not wrap exactly its masks' kernels."""
+    if config is None:
+        raise ValueError(
+            f"The mask file {path} holds masks placed by no one `MaskConfig` (named "
+            "masks used together), so `wrap` cannot rebuild its layout. Load it "
+            "with a `name`, or wrap the model by hand and load it into the wrapped model."
+        )
+    try:
+        planned = config.plan(architectures.backbone_of(model))
+    except ValueError as error:
+        raise ValueError(f"The settings in {path} do not fit this model: {error}") from None
+    planned = {architectures.kernel_of(layer).path: sel.name for _, layer, _, sel in planned}
+    if planned != {kernel_path: record["selection"] for kernel_path, record in records.items()}:
+        raise ValueError(
+            f"{path} is not a valid keras-mft mask file: its wrap settings "
+            f"{config.get_config()} do not give its masks' kernels and selection. "
+            "Save it again with `keras_mft.save_masks`."
+        )
+
+
+def _check_kernel(kernel_path, record, layer, path):
+    """Refuses a record whose kernel's shape or weights differ from `layer`'s."""
+    kernel = architectures.kernel_of(layer)
+    if tuple(record["shape"]) != tuple(kernel.shape):
+        raise ValueError(
+            f"{kernel_path}: the mask file holds shape {record['shape']} "
+            f"but the model's kernel has shape {list(kernel.shape)}."
+        )
+    if not _same_kernel(record["fingerprint"], kernel):
+        raise ValueError(
+            f"{kernel_path}: the frozen kernel differs from the one the "
+            f"masks in {path} were learned on, beyond any rounding to "
+            "float32, bfloat16 or float16: the file belongs to another model. "
+            "Load the same model (same preset and weights) before using these masks."
+        )
+
+
+def _check_bits(records, layer_of, path):
     """Refuses masks that their record's selection and sparsity cannot give.
 
-    A file with a valid checksum can still be crafted or written by a bug.
-    `layers` maps kernel paths to layers, masked or not yet; `group_of` maps
-    a kernel path to the key of its global group.
+    A file with a valid checksum can still be crafted or written by a bug. A
+    global selection's group is one projection over the blocks.
     """
     removed_by_group, expected_by_group = {}, {}
-    for kernel_path, layer in layers.items():
+    for kernel_path, (_, alias, layer) in layer_of.items():
         record = records[kernel_path]
-        keep = record["bits"]
-        removed = int(np.sum(~keep))
+        keep, removed = record["bits"], int(np.sum(~record["bits"]))
         selection = selections.get(record["selection"])
         selection.check(layer, record["shape"])
         if isinstance(selection, selections.NM):
@@ -318,11 +295,9 @@ def _check_bits(records, layers, group_of, path):
                 )
             continue
         expected = selection.num_removed(keep.size, check_sparsity(record["sparsity"]))
-        if isinstance(selection, selections.Global):
-            # A global group removes a total, shared unevenly by its members.
-            group = group_of(kernel_path)
-            removed_by_group[group] = removed_by_group.get(group, 0) + removed
-            expected_by_group[group] = expected_by_group.get(group, 0) + expected
+        if isinstance(selection, selections.Global):  # a group total, shared unevenly
+            removed_by_group[alias] = removed_by_group.get(alias, 0) + removed
+            expected_by_group[alias] = expected_by_group.get(alias, 0) + expected
         elif removed != expected:
             raise ValueError(
                 f"{kernel_path}: the mask in {path} removes {removed} weights, but "
@@ -506,37 +481,33 @@ def _is_sha256(value):
 
 def _checked_record(record, refuse):
     """One mask record with every field present and of its type, or a refusal."""
-    fields = ["path", "shape", "sparsity", "selection", "num_removed", "bits_sha256"]
     try:
-        checked = {field: record[field] for field in fields}
-        checked["shape"] = list(checked["shape"])
-        fingerprint = checked["fingerprint"] = record["fingerprint"]
-        size = math.prod(checked["shape"])
+        shape, fingerprint = list(record["shape"]), record["fingerprint"]
+        positions, values = fingerprint["positions"], fingerprint["values"]
+        size = math.prod(shape)
         valid = (
-            isinstance(checked["path"], str)
-            and checked["shape"]
-            and all(_natural(n) and n > 0 for n in checked["shape"])
-            and _is_number(checked["sparsity"])
-            and 0.0 <= checked["sparsity"] < 1.0
-            and isinstance(checked["selection"], str)
-            and _natural(checked["num_removed"])
-            and _is_sha256(checked["bits_sha256"])
+            isinstance(record["path"], str)
+            and shape
+            and all(_natural(n) and n > 0 for n in shape)
+            and _is_number(record["sparsity"])
+            and 0.0 <= record["sparsity"] < 1.0
+            and bool(selections.get(record["selection"]))
+            and _natural(record["num_removed"])
+            and _is_sha256(record["bits_sha256"])
             and isinstance(fingerprint["dtype"], str)
             and _is_sha256(fingerprint["sha256"])
-            and isinstance(fingerprint["positions"], list)
-            and isinstance(fingerprint["values"], list)
-            and len(fingerprint["positions"]) == len(fingerprint["values"]) <= SAMPLE_SIZE
-            and all(_natural(p) and p < size for p in fingerprint["positions"])
-            and all(_is_number(v) for v in fingerprint["values"])
+            and isinstance(positions, list)
+            and isinstance(values, list)
+            and len(positions) == len(values) <= SAMPLE_SIZE
+            and all(_natural(p) and p < size for p in positions)
+            and all(_is_number(v) for v in values)
             and _is_number(fingerprint["norm"])
         )
-        if valid:
-            selections.get(checked["selection"])
     except (KeyError, TypeError, ValueError, AttributeError):
         valid = False
     if not valid:
         raise refuse("a mask record is incomplete or has a field of the wrong type")
-    if checked["num_removed"] > size:
-        raise refuse(f"the record of {checked['path']} is inconsistent")
-    checked["sparsity"] = float(checked["sparsity"])
-    return checked
+    if record["num_removed"] > size:
+        raise refuse(f"the record of {record['path']} is inconsistent")
+    fields = ("path", "num_removed", "selection", "bits_sha256", "fingerprint")
+    return {**{f: record[f] for f in fields}, "shape": shape, "sparsity": float(record["sparsity"])}

@@ -105,7 +105,7 @@ def train(
     tokenizer = model.preprocessor.tokenizer
     model.preprocessor = None  # the data below is token ids
     pairs = {"prompts": ["What is 2 + 2?"] * 8, "responses": ["4"] * 8}
-    data = keras_mft.instruction_dataset(tokenizer, pairs, sequence_length=32)
+    data = keras_mft.instruction_dataset(tokenizer, pairs, sequence_length=64)
     result = keras_mft.train(model, data, epochs=1, batch_size=4, out_dir="run", verbose=0)
     result["files"]["masks"]  # 'run/masks.mask'
     ```
