@@ -156,7 +156,7 @@ def _with_config(command, args, argv):
             settings = tomllib.load(file)
     except (OSError, tomllib.TOMLDecodeError) as error:
         command.error(f"argument --config: cannot read {args.config}: {error}")
-    known = set(vars(args)) - {"run", "command", "config", "backend", "resume"}
+    known = set(vars(args)) - {"run", "command", "config", "backend"}
     flags = []
     for key, value in settings.items():
         if key not in known:

@@ -449,7 +449,7 @@ def test_a_config_file_sets_flags_and_flags_override_it(tmp_path, capsys):
     assert args.learning_rate == 0.02  # the command line wins
     assert (args.sequence_length, args.targets, args.layers) == (64, "q_proj,v", "4:8")
     assert args.val_fraction == 0.1
-    for setting in ("lr_schedule = 'cosine'", "help = true", "backend = 'jax'", "resume = true"):
+    for setting in ("lr_schedule = 'cosine'", "help = true", "backend = 'jax'"):
         config.write_text(setting + "\n")
         with pytest.raises(SystemExit) as exit_:
             parse(argv)
