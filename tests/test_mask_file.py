@@ -227,6 +227,16 @@ def test_a_file_from_another_version_of_the_same_format_loads(saved, batch):
     np.testing.assert_array_equal(logits_of(fresh, batch), logits_of(model, batch))
 
 
+def test_a_file_with_the_wrap_settings_of_before_mask_config_loads(saved, batch):
+    # Files written before `MaskConfig` hold five of its fields.
+    model, path = saved
+    wrap = {"layers": [0, 1], "targets": ["q", "k", "v", "o", "gate", "up", "down"]}
+    wrap |= {"attention_sparsity": 0.2, "mlp_sparsity": 0.2, "selection": "per_matrix"}
+    rewrite_header(path, lambda header: header.update(wrap=wrap))
+    fresh = keras_mft.load_masks(tiny_llama(), path)
+    np.testing.assert_array_equal(logits_of(fresh, batch), logits_of(model, batch))
+
+
 def set_first(key, value):
     return lambda header: header["masks"][0].update({key: value})
 

@@ -19,6 +19,7 @@ from keras_mft.masking.mask import check_sparsity
 DEFAULT_BAND = "0:4"
 DEFAULT_SPARSITY = 0.1
 SCORE_INITS = ("random", "magnitude")
+SPARSITIES = ("sparsity", "attention_sparsity", "mlp_sparsity")
 
 
 class InvalidArgument(ValueError):
@@ -88,19 +89,17 @@ class MaskConfig:
         # Lists (and the comma-separated names and indices the command line
         # writes) become tuples: a config is a value, equal to its round trip.
         with checking("layers"):
-            object.__setattr__(self, "layers", _as_tuple(self.layers, int, ("all", ":")))
-            _check_layers(self.layers)
+            object.__setattr__(self, "layers", _checked_layers(self.layers))
         object.__setattr__(self, "targets", _as_tuple(self.targets, str))
         with checking("targets"):
             _check_targets(self.targets)
-        for field in ("sparsity", "attention_sparsity", "mlp_sparsity"):
+        for field in SPARSITIES:
             with checking(field):
                 if getattr(self, field) is not None:
                     object.__setattr__(self, field, check_sparsity(getattr(self, field), field))
         with checking("selection"):
             fixed = selections.get(self.selection).fixed_sparsity
-            given = [f for f in ("sparsity", "attention_sparsity", "mlp_sparsity")]
-            given = [f for f in given if getattr(self, f) is not None]
+            given = [f for f in SPARSITIES if getattr(self, f) is not None]
             if fixed is not None and given:
                 raise ValueError(
                     f"selection={self.selection!r} fixes the sparsity at {fixed}; "
@@ -178,12 +177,13 @@ def _as_tuple(value, kind, keep=()):
     return tuple(value) if isinstance(value, list) else value
 
 
-def _check_layers(layers):
-    if layers is None or layers == "all":
-        return
-    if isinstance(layers, str):
-        _band(layers)
-        return
+def _checked_layers(layers):
+    """`layers` as a `MaskConfig` holds it: a band, `"all"`, None or a tuple of ints."""
+    layers = _as_tuple(layers, int, ("all", ":"))
+    if layers is None or isinstance(layers, str):
+        if layers not in (None, "all"):
+            _band(layers)
+        return layers
     if not isinstance(layers, tuple):
         raise TypeError(
             "`layers` must be a band like '20:24', a list of block indices, "
@@ -198,6 +198,7 @@ def _check_layers(layers):
             raise ValueError(f"Block {index} does not exist: blocks are numbered from 0.")
     if len(set(layers)) != len(layers):
         raise ValueError(f"`layers` lists a block twice. Received: layers={list(layers)!r}")
+    return tuple(int(index) for index in layers)  # numpy ints too: JSON writes only ints
 
 
 def _band(band):
