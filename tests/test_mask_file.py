@@ -262,8 +262,8 @@ def assert_refused_before_unpacking(path, message, monkeypatch):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda header: header.update(format=3), "it has format 3, and this keras-mft"),
-        (lambda header: header.update(format=1), "it has format 1, and this keras-mft"),
+        (lambda header: header.update(format=3), "it has format 3; keras-mft"),
+        (lambda header: header.update(format=1), "it has format 1; keras-mft"),
         (set_first("shape", [2**40, 2**40]), r"not U8 of shape \[\d{20,}\]"),
         (set_first("shape", [-4, 8]), "is incomplete"),
         (set_first("shape", "float32"), "is incomplete"),

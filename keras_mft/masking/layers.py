@@ -27,22 +27,13 @@ MAGNITUDE = "magnitude"
 class MaskedKernel:
     """What `MaskedDense` and `MaskedEinsumDense` add to their Keras parent.
 
-    Masking adds exactly the attributes `_ATTRIBUTES` (the `selection`
-    object, the `sparsity`, the `scores_initializer`, the `mask_config`
-    that placed the mask, and the `named_masks` and `mask_name` of
-    `keras_mft.masking.named_masks`) and the variables `_VARIABLES` (float32
-    `scores`, int32 `num_removed_variable` and `last_threshold`), and the
-    methods below; unmasking removes exactly those.
+    Masking adds exactly the attributes `_ATTRIBUTES`, the variables
+    `_VARIABLES` (float32 `scores`, int32 `num_removed_variable` and
+    `last_threshold`) and the methods below; unmasking removes exactly those.
     """
 
-    _ATTRIBUTES = (
-        "selection",
-        "sparsity",
-        "scores_initializer",
-        "mask_config",
-        "named_masks",
-        "mask_name",
-    )
+    _ATTRIBUTES = ("selection", "sparsity", "scores_initializer", "mask_config")
+    _ATTRIBUTES += ("named_masks", "mask_name")
     _VARIABLES = ("scores", "num_removed_variable", "last_threshold")
 
     def __init__(
@@ -64,8 +55,7 @@ class MaskedKernel:
                 scores_initializer or keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
             )
         self.scores_initializer = scores_initializer
-        # The `keras_mft.MaskConfig` that `wrap` masked this layer with.
-        self.mask_config = None
+        self.mask_config = None  # the `keras_mft.MaskConfig` `wrap` masked this layer with
         self.named_masks = {}
         self.mask_name = None
 
@@ -87,21 +77,15 @@ class MaskedKernel:
             trainable=True,
         )
         # A variable, so that changing the sparsity does not retrace the step.
+        count = keras.initializers.Constant(self._num_removed_for(self.sparsity))
         self.num_removed_variable = self.add_weight(
-            name="num_removed",
-            shape=(),
-            initializer=keras.initializers.Constant(self._num_removed_for(self.sparsity)),
-            dtype="int32",
-            trainable=False,
+            name="num_removed", shape=(), initializer=count, dtype="int32", trainable=False
         )
-        # Where the next selection looks first (`keras_mft.mask.select`). Not
-        # saved: -1, or any stale value, only costs one full search.
+        # Where the next selection looks first (`keras_mft.masking.mask.select`).
+        # Not saved: -1, or any stale value, only costs one full search.
+        none = keras.initializers.Constant(-1)
         self.last_threshold = self.add_weight(
-            name="last_threshold",
-            shape=(),
-            initializer=keras.initializers.Constant(-1),
-            dtype="int32",
-            trainable=False,
+            name="last_threshold", shape=(), initializer=none, dtype="int32", trainable=False
         )
         self._tracker.lock()
         if magnitude:
@@ -198,11 +182,9 @@ class MaskedKernel:
         variables = self._own_variables()
         if len(store.keys()) != len(variables):
             raise ValueError(
-                f"Masked layer '{self.name}' expected {len(variables)} "
-                "variables (kernel, bias if any, scores, num_removed, LoRA "
-                "factors if any) but the "
-                f"weights file has {len(store.keys())}. Load weights saved from a model "
-                "wrapped with the same `layers` and `targets`."
+                f"Masked layer '{self.name}' holds {len(variables)} variables (kernel, bias, "
+                f"scores, num_removed, LoRA factors) but the weights file has "
+                f"{len(store.keys())}. Load weights saved from a model wrapped the same way."
             )
         for index, variable in enumerate(variables):
             variable.assign(store[str(index)])
@@ -322,6 +304,8 @@ def unmask(masked):
         for name in MaskedKernel._ATTRIBUTES:
             delattr(layer, name)
         layer.__class__ = next(base for base, twin in _MASKED_TWIN.items() if type(layer) is twin)
+        for variable in layer.variables:  # `layer.trainable` misses some on TensorFlow
+            variable.trainable = True
     gc.collect()
 
 

@@ -27,17 +27,13 @@ _LOW_BINS = 2**_LOW_BITS
 
 def check_sparsity(sparsity, name="sparsity"):
     """Returns `sparsity` as a float, or raises if it is not in [0, 1)."""
+    fraction = (
+        f"the fraction of weights to remove (the paper uses 0.1). Received: {name}={sparsity!r}"
+    )
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
-        raise TypeError(
-            f"`{name}` must be a number in [0, 1), the fraction of weights to "
-            f"remove (the paper uses 0.1). Received: {name}={sparsity!r}"
-        )
+        raise TypeError(f"`{name}` must be a number in [0, 1), {fraction}")
     if not 0.0 <= float(sparsity) < 1.0:  # NaN fails this test too
-        raise ValueError(
-            f"`{name}` must be in [0, 1): it is the fraction of weights to "
-            f"remove, and 1 would remove them all (the paper uses 0.1). "
-            f"Received: {name}={sparsity!r}"
-        )
+        raise ValueError(f"`{name}` must be in [0, 1) (1 would remove every weight): {fraction}")
     return float(sparsity)
 
 
@@ -47,14 +43,9 @@ def num_removed(size, sparsity):
 
 
 def keep_mask(scores, count, last_threshold=-1):
-    """Returns a boolean tensor shaped like `scores`: True where an entry is kept.
-
-    Args:
-        scores: float32 tensor of any shape.
-        count: int or int32 tensor, how many entries to remove (`num_removed`).
-        last_threshold: the threshold that `select` returned for these scores
-            a step ago, or -1. It only makes the search faster.
-    """
+    """A boolean tensor shaped like the float32 `scores`, True where an entry is
+    kept, when `count` entries (an int or int32 tensor, `num_removed`) are
+    removed. `last_threshold`, as for `select`, only makes the search faster."""
     return select(scores, count, last_threshold)[0]
 
 

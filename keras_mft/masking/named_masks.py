@@ -1,23 +1,16 @@
 """Several named masks on one model, switched without reloading it.
 
 `keras_mft.load_masks(model, path, name="math")` keeps the file's masks under
-that name and puts them in use; `use_masks` switches:
-
-    keras_mft.load_masks(model, "math.mask", name="math")
-    keras_mft.load_masks(model, "code.mask", name="code")
-    keras_mft.use_masks(model, "math")             # the math masks
-    keras_mft.use_masks(model, None)               # no mask: the base model exactly
-    keras_mft.use_masks(model, ["math", "style"])  # masks of different kernels together
-
-The model is wrapped once (with `selection="per_matrix"`) over every kernel
-that some loaded mask covers. Each masked layer keeps every name's mask as
-packed bits in host memory (`named_masks`, one bit per weight, with its
-sparsity and the `MaskConfig` of its file) and which one it uses
-(`mask_name`). A switch writes the chosen mask into the layer's
-scores (1.0 kept, 0.0 removed) and its count of removed weights, a variable:
-no retracing. A layer that no mask in use covers removes nothing, and
-`where(keep, W, 0)` with every entry kept is `W` itself, so the outputs are
-those of the base model, or of each mask baked alone, exactly.
+that name and puts them in use; `use_masks` switches. The model is wrapped
+once (per-matrix selection) over every kernel that some loaded mask covers.
+Each masked layer keeps every name's mask as packed bits in host memory
+(`named_masks`, one bit per weight, with its sparsity and its file's
+`MaskConfig`) and which one it uses (`mask_name`). A switch writes the
+chosen mask into the layer's scores (1.0 kept, 0.0 removed) and its count of
+removed weights, a variable: no retracing. A layer that no mask in use
+covers removes nothing, and `where(keep, W, 0)` with every entry kept is `W`
+itself, so the outputs are those of the base model, or of each mask baked
+alone, exactly.
 """
 
 import keras_hub

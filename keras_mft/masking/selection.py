@@ -1,7 +1,7 @@
 """How the removed entries are chosen: per matrix, globally, or N:M.
 
 - `"per_matrix"` (the paper): each masked matrix removes its own
-  `floor(sparsity * size)` smallest-|score| entries (`keras_mft.mask`).
+  `floor(sparsity * size)` smallest-|score| entries (`keras_mft.masking.mask`).
 - `"global"`: the same projection of every masked block (e.g. all `q`
   kernels of the band) shares one threshold: the group removes as many
   entries in total, but a block may lose more and another fewer. The paper
@@ -10,12 +10,11 @@
   kernel's input dimension, the N largest |score| are kept (2:4 is the
   layout that sparse tensor cores accelerate). The sparsity is (M - N) / M.
 
-Each is a small object (`get(name)` makes one): `keep(layer)` gives a masked
-layer's boolean mask, `fixed_sparsity` is set when the pattern fixes the
-sparsity, and `check(layer, kernel_shape)` refuses a kernel the pattern
-cannot cover. Of
-equal scores, the one that comes first (in flat order, the group's matrices
-stacked in block order) is removed first, on every backend.
+Each is a small object (`get(name)` makes one) with `keep(layer)`, a masked
+layer's boolean mask; `fixed_sparsity`, set when the pattern fixes it; and
+`check(layer, kernel_shape)`, which refuses a kernel the pattern cannot
+cover. Of equal scores, the first (in flat order, a group's matrices stacked
+in block order) is removed first, on every backend.
 """
 
 import math
@@ -35,10 +34,8 @@ def get(selection):
     `"N:M"`), or `selection` itself if it is one already."""
     if isinstance(selection, (PerMatrix, NM)):
         return selection
-    if selection == PerMatrix.name:
-        return PerMatrix()
-    if selection == Global.name:
-        return Global()
+    if selection in (PerMatrix.name, Global.name):
+        return PerMatrix() if selection == PerMatrix.name else Global()
     match = _N_M.match(selection) if isinstance(selection, str) else None
     if match:
         n, m = int(match.group(1)), int(match.group(2))

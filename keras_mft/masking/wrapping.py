@@ -27,11 +27,10 @@ def wrap(model, config=None, **kwargs):
     the only trainable variables (with the LoRA factors, if `enable_lora`
     was called first: the kernel is then `kernel * mask` plus LoRA's delta).
     A `CausalLM` is recompiled with `PaperAdamW` at a constant 2e-5 and
-    `paper_loss`, so `model.fit` works at once; `keras_mft.train` trains
-    with the paper's schedule and score budget. Until `bake`, the model and
-    its backbone refuse `quantize`: Keras quantizes layer by layer, and a
-    refusal at the first masked layer would leave the layers before it
-    quantized.
+    `paper_loss`, so `model.fit` works at once (`keras_mft.train` adds the
+    paper's schedule and score budget). Until `bake`, the model and its
+    backbone refuse `quantize`: Keras quantizes layer by layer, and a
+    refusal at the first masked layer would come after the layers before it.
 
     Args:
         model: a KerasHub `CausalLM` or its backbone: Llama, Llama3, Mistral,
@@ -47,12 +46,10 @@ def wrap(model, config=None, **kwargs):
 
     ```python
     # Or any KerasHub Llama: keras_hub.models.Llama3CausalLM.from_preset(...)
-    model = keras_mft.tiny_smollm2()
-    model = keras_mft.wrap(model, layers="4:8", sparsity=0.1)
+    model = keras_mft.wrap(keras_mft.tiny_smollm2(), layers="4:8", sparsity=0.1)
     [v.path for v in model.trainable_variables][:2]
     # ['transformer_layer_4/self_attention/query/scores', ...]
-    # model.fit(...) learns the masks; then a plain KerasHub model:
-    model = keras_mft.bake(model)
+    model = keras_mft.bake(model)  # after training: a plain KerasHub model
     ```
     """
     if config is not None and kwargs:
@@ -133,18 +130,14 @@ def masked_layers_of(model):
 
 def masks_of(model):
     """The current masks of a wrapped model: `{kernel path: boolean array, True where kept}`."""
-    return {
-        layer.kernel_path: keras.ops.convert_to_numpy(layer.keep_mask())
-        for layer in masked_layers_of(model)
-    }
+    to_numpy = keras.ops.convert_to_numpy
+    return {layer.kernel_path: to_numpy(layer.keep_mask()) for layer in masked_layers_of(model)}
 
 
 def scores_of(model):
     """The current scores of a wrapped model: `{kernel path: float32 array}`."""
-    return {
-        layer.kernel_path: keras.ops.convert_to_numpy(layer.scores)
-        for layer in masked_layers_of(model)
-    }
+    to_numpy = keras.ops.convert_to_numpy
+    return {layer.kernel_path: to_numpy(layer.scores) for layer in masked_layers_of(model)}
 
 
 def bake(model):

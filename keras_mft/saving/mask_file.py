@@ -23,11 +23,10 @@ and the `fingerprint` of the frozen kernel the masks were learned on:
 - `positions`, `values`: 256 entries at fixed positions, as float32;
 - `norm`: the kernel's L2 norm.
 
-A load in the same dtype must match `sha256` exactly. A load in another
-dtype (a float32 mask on a bfloat16 or float16 load of the same checkpoint)
-rounds every weight, so no hash survives it: there the sampled values and the
-norm must agree within the rounding of the two dtypes, which another model's
-weights do not.
+A load in the same dtype must match `sha256` exactly; in another dtype (a
+float32 mask on a bfloat16 load of the same checkpoint) no hash survives the
+rounding, so the sampled values and the norm must agree within the rounding
+of the two dtypes, which another model's weights do not.
 """
 
 import hashlib
@@ -71,10 +70,9 @@ ROUNDING = {
 def save_masks(model, path):
     """Writes the current masks of a wrapped model to the file `path`.
 
-    Of a model holding named masks, the masks in use are written.
-
-    It is written beside `path` and renamed over it, so a reader never sees
-    a half-written file and an interrupted save leaves the old one intact.
+    Of a model holding named masks, the masks in use are written. The file
+    is written beside `path` and renamed over it, so a reader never sees a
+    half-written file and an interrupted save leaves the old one intact.
 
     Args:
         model: a model returned by `keras_mft.wrap`.
@@ -114,19 +112,16 @@ def load_masks(model, path, name=None):
     """Sets the masks of a model to those saved in `path`, wrapping it if needed.
 
     A model that is not wrapped yet is wrapped with the file's `MaskConfig`,
-    as KerasHub's `load_lora_weights` enables LoRA: load the base model, load
-    the masks, then bake or keep training. A wrapped model must be wrapped
-    like the saved one. With a `name`, the masks are kept under that name
-    beside those already loaded, and `keras_mft.use_masks` switches between
-    them (see `keras_mft.masking.named_masks`).
+    as KerasHub's `load_lora_weights` enables LoRA; a wrapped model must be
+    wrapped like the saved one. With a `name`, the masks are kept under that
+    name beside those already loaded (see `keras_mft.use_masks`).
 
     The file must come from the same model: the same masked kernels, shapes
-    and frozen weights, in any of float32, bfloat16 and float16 (a mask
-    learned on float32 loads onto a bfloat16 load of the same checkpoint).
-    Everything is checked before the model changes. Each score becomes 1.0
-    where the saved mask keeps a weight and 0.0 elsewhere, which gives the
-    saved masks exactly; to resume training with the learned scores
-    themselves, use `model.save_weights` / `model.load_weights`.
+    and frozen weights, in any of float32, bfloat16 and float16. Everything
+    is checked before the model changes. Each score becomes 1.0 where the
+    saved mask keeps a weight and 0.0 elsewhere, which gives the saved masks
+    exactly; to resume training with the learned scores, use
+    `model.save_weights` / `model.load_weights`.
 
     Args:
         model: a KerasHub causal LM (or backbone) that `keras_mft.wrap`
@@ -215,6 +210,7 @@ def _projections(model, records, path):
 
 
 def _check_wrapped_like_saved(model, records, path):
+    """Refuses a file whose kernels, selections or sparsities are not the wrapped model's."""
     by_path = {layer.kernel_path: layer for layer in masked_layers_of(model)}
     missing, extra = sorted(set(by_path) - set(records)), sorted(set(records) - set(by_path))
     if missing or extra:
@@ -366,13 +362,12 @@ def _write_atomically(path, data):
     try:
         # mkstemp makes the file private: keep an old file's permissions, or
         # give those `open` would.
-        if os.path.isfile(path):
-            mode = stat.S_IMODE(os.stat(path).st_mode)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(temporary, mode)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(
+            temporary,
+            stat.S_IMODE(os.stat(path).st_mode) if os.path.isfile(path) else 0o666 & ~umask,
+        )
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
@@ -456,13 +451,10 @@ def _parsed_header(text, refuse):
         raise refuse("its header is not JSON") from None
     except RecursionError:
         raise refuse("its header is nested too deeply") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise refuse(
-            f"it has format {header.get('format') if isinstance(header, dict) else None!r}, "
-            f"and this keras-mft ({__version__}) reads format {FORMAT}"
-        )
-    masks = header.get("masks")
-    if not isinstance(masks, list) or not masks:
+    found = header.get("format") if isinstance(header, dict) else None
+    if found != FORMAT:
+        raise refuse(f"it has format {found!r}; keras-mft {__version__} reads format {FORMAT}")
+    if not isinstance(header.get("masks"), list) or not header["masks"]:
         raise refuse("its header lists no masks")
     return header
 

@@ -98,17 +98,15 @@ class MaskFineTuner(keras.callbacks.Callback):
                 f"`ramp_steps` cannot ramp N:M masks (layers {fixed[:3]}): their "
                 "pattern fixes the sparsity. Remove `ramp_steps`."
             )
-        self._initial = self._packed_masks()
-        self._last = self._initial
+        self._initial = self._last = self._packed_masks()
         self._score_std = score_std(self.model)
         steps_per_epoch = self.params.get("steps")
         if steps_per_epoch:
             warn_if_small(self._score_budget(steps_per_epoch * self.params["epochs"]))
-        self._quiet_reports = 0
+        self._quiet_reports, self._step = 0, 0
         self._best = self.initial_value_threshold
         if self._best is None:
             self._best = math.inf if self.mode == "min" else -math.inf
-        self._step = 0
         self.non_finite_loss_step = None
         if self.snapshot_dir is not None:
             os.makedirs(self.snapshot_dir, exist_ok=True)
@@ -164,11 +162,8 @@ class MaskFineTuner(keras.callbacks.Callback):
 
     def _packed_masks(self):
         self._sync()
-        masks = []
-        for layer in self._layers:
-            keep = keras.ops.convert_to_numpy(layer.keep_mask()).reshape(-1)
-            masks.append(np.packbits(keep))
-        return masks
+        to_numpy = keras.ops.convert_to_numpy
+        return [np.packbits(to_numpy(layer.keep_mask()).reshape(-1)) for layer in self._layers]
 
     def _report(self):
         current = self._packed_masks()
@@ -220,8 +215,7 @@ class MaskFineTuner(keras.callbacks.Callback):
                 stacklevel=2,
             )
             return
-        better = value < self._best if self.mode == "min" else value > self._best
-        if better:
+        if value < self._best if self.mode == "min" else value > self._best:
             self._best = value
             save_masks(self.model, os.path.join(self.snapshot_dir, "best.mask"))
 

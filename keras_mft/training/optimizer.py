@@ -1,12 +1,6 @@
-"""The paper's optimiser and loss, computed as its PyTorch run computes them.
-
-The paper's run trains with `torch.optim.AdamW` (betas 0.9 and 0.999, epsilon
-1e-8, weight decay 0), Hugging Face's linear warm-up and decay
-(`LinearWarmupDecay`), gradients clipped to a global norm of 1.0, and a loss
-averaged over the response tokens. Keras' own `AdamW` adds its epsilon to the
-square root of the second moment *before* bias correction; with MFT's score
-gradients of about 1e-6 that shrinks the first steps several times over, so
-`PaperAdamW` follows PyTorch's formula instead.
+"""The paper's optimiser and loss, computed as its PyTorch run computes them:
+`torch.optim.AdamW` (weight decay 0), Hugging Face's linear warm-up and decay,
+gradients clipped to a global norm of 1.0, a loss averaged over the responses.
 """
 
 import keras
@@ -34,15 +28,14 @@ class PaperAdamW(keras.optimizers.AdamW):
     Keras' `AdamW` divides by `sqrt(v) + epsilon` instead, which in these
     terms is an epsilon of `epsilon / sqrt(1 - beta_2**t)`: 3.2e-6 at step 1
     for Keras' 1e-7, larger than most of MFT's score gradients. Weight decay
-    is decoupled, as in both libraries. All other arguments are Keras'
-    (`global_clipnorm`, `gradient_accumulation_steps`, ...).
+    is decoupled, as in both libraries.
 
     Args:
         learning_rate: a float or a schedule such as `LinearWarmupDecay`.
         weight_decay: decoupled weight decay; the paper uses 0.
-        beta_1: the first moment's decay rate.
-        beta_2: the second moment's decay rate.
         epsilon: added to the bias-corrected `sqrt(v)`, as in PyTorch (1e-8).
+        **kwargs: Keras' `AdamW` arguments (`beta_1` 0.9 and `beta_2` 0.999,
+            as PyTorch's defaults; `global_clipnorm`, ...).
 
     Example:
 
@@ -53,27 +46,11 @@ class PaperAdamW(keras.optimizers.AdamW):
     ```
     """
 
-    def __init__(
-        self,
-        learning_rate=LEARNING_RATE,
-        weight_decay=0.0,
-        beta_1=0.9,
-        beta_2=0.999,
-        epsilon=1e-8,
-        name="paper_adamw",
-        **kwargs,
-    ):
+    def __init__(self, learning_rate=LEARNING_RATE, weight_decay=0.0, epsilon=1e-8, **kwargs):
         if kwargs.pop("amsgrad", False):
             raise ValueError("PaperAdamW does not implement AMSGrad. Remove `amsgrad=True`.")
-        super().__init__(
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            beta_1=beta_1,
-            beta_2=beta_2,
-            epsilon=epsilon,
-            name=name,
-            **kwargs,
-        )
+        kwargs.setdefault("name", "paper_adamw")
+        super().__init__(learning_rate, weight_decay, epsilon=epsilon, **kwargs)
 
     def _get_current_learning_rate(self):
         # Keras hands a schedule the count of batches; with gradient

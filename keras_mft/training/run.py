@@ -1,10 +1,6 @@
 """`train`: one training run as the paper's, written once for the CLI, the demo and the protocol.
 
-It compiles the model with the paper's optimiser and loss for the run's
-number of updates (for masks, at the peak learning rate that spends the
-score budget B, `keras_mft.score_budget`), feeds the batches in an order
-fixed by the seed (`Batches`), and logs how the masks change
-(`MaskFineTuner`). With `out_dir` the run keeps a directory:
+With `out_dir` the run keeps a directory:
 
 | file | written |
 |---|---|
@@ -65,14 +61,18 @@ def train(
 ):
     """Trains a KerasHub `CausalLM` as the paper's run does: its masks if it is wrapped.
 
+    It compiles the model with the paper's optimiser, schedule and loss for
+    the run's number of updates (for masks, at the peak learning rate that
+    spends the score budget, `keras_mft.score_budget`), feeds the batches in
+    an order fixed by the seed, and logs how the masks change
+    (`MaskFineTuner`, which it adds before the other callbacks).
+
     Args:
         model: a `CausalLM` taking token ids (`preprocessor=None`); wrapped
             by `keras_mft.wrap` to learn masks, or not (full fine-tuning,
             LoRA): whatever is trainable trains.
-        data: `(x, y, sample_weight)`, as `keras_mft.instruction_dataset`
-            returns it.
-        epochs: passes over `data`.
-        batch_size: sequences per batch.
+        data: `(x, y, sample_weight)`, from `keras_mft.instruction_dataset`.
+        epochs, batch_size: passes over `data`, and sequences per batch.
         gradient_accumulation_steps: batches averaged into each update; the
             schedule and the budget count updates.
         score_budget: the score budget B that sets the peak learning rate of
@@ -88,8 +88,7 @@ def train(
             keep no files. It must be new, empty or a run's own.
         resume: continue the interrupted run in `out_dir`, which must have
             been started with the same settings and data.
-        callbacks: more Keras callbacks, e.g. `keras.callbacks.TensorBoard`;
-            they see `MaskFineTuner`'s figures in the logs.
+        callbacks: more Keras callbacks, e.g. `keras.callbacks.TensorBoard`.
         verbose: as for `model.fit`; 0 also silences the opening line.
 
     Returns:
@@ -115,7 +114,7 @@ def train(
     accumulation = gradient_accumulation_steps
     if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
         raise ValueError(
-            f"`gradient_accumulation_steps` must be an int >= 1. Received: {accumulation!r}"
+            f"`gradient_accumulation_steps` must be an int >= 1, not {accumulation!r}."
         )
     updates = batches.total_steps // accumulation
     if updates < 1:
@@ -157,19 +156,12 @@ def train(
             f"{updates} updates of {batch_size * accumulation} sequences, peak learning rate "
             f"{learning_rate:.3g}" + (f": score budget B = {budget:.3g}." if masked else ".")
         )
-    compile_like_paper(
-        model,
-        paper_optimizer(
-            updates,
-            learning_rate,
-            gradient_accumulation_steps=accumulation if accumulation > 1 else None,
-        ),
-    )
+    accumulated = {"gradient_accumulation_steps": accumulation} if accumulation > 1 else {}
+    compile_like_paper(model, paper_optimizer(updates, learning_rate, **accumulated))
     initial_masks = masks_of(model) if masked else None
     steps_per_epoch = steps_per_epoch or batches.steps_per_pass
-    backup = None
+    backup = None  # deleted once the results are written, not when `fit` ends:
     if out_dir is not None:
-        # Deleted once the results are written, not when `fit` ends.
         backup = CrashSafeBackupAndRestore(
             os.path.join(out_dir, BACKUP_DIR), delete_checkpoint=False
         )
@@ -239,16 +231,14 @@ def _digest(data):
 def check_run_directory(out_dir, resume=False):
     """Refuses an `out_dir` that `train` may not write into, or resume from."""
     is_run = os.path.isfile(os.path.join(out_dir, RUN_FILE))
-    if (
-        not is_run
-        and os.path.exists(out_dir)
-        and (not os.path.isdir(out_dir) or os.listdir(out_dir))
-    ):
+    taken = os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir))
+    if taken and not is_run:
         raise ValueError(
             f"{out_dir} exists and is not a keras-mft run directory (it has no {RUN_FILE}): "
             "a run never writes over other files. Choose a new or empty directory."
         )
-    if is_run and _finished(out_dir):
+    finished = os.path.isfile(os.path.join(out_dir, HISTORY_FILE))
+    if is_run and finished and not os.path.exists(os.path.join(out_dir, BACKUP_DIR)):
         raise ValueError(
             f"{out_dir} holds a finished run: choose another directory, or delete "
             "this one to train there again."
@@ -284,12 +274,6 @@ def _start(out_dir, settings, resume):
     _write_json(run_file, settings)
 
 
-def _finished(out_dir):
-    return os.path.isfile(os.path.join(out_dir, HISTORY_FILE)) and not os.path.exists(
-        os.path.join(out_dir, BACKUP_DIR)
-    )
-
-
 def _finish(model, out_dir, initial_masks, result):
     """Writes the results, `history.json` last, then removes the backup."""
     files = {"training curve": os.path.join(out_dir, "training_curve.png")}
@@ -317,12 +301,8 @@ def _write_json(path, value):
 
 
 class _Progress(keras.callbacks.Callback):
-    """The logs of each epoch and the loss of each step, kept across a resume.
-
-    Saved to `path` at each epoch's end; a resumed run reads back the first
-    `epochs_done` epochs (those its backup restored), so the results cover
-    the whole run.
-    """
+    """The logs of each epoch and the loss of each step, saved to `path` at each
+    epoch's end; a resumed run reads back the epochs its backup restored."""
 
     def __init__(self, path, epochs_done, steps_per_epoch):
         super().__init__()
