@@ -1,8 +1,9 @@
-"""The tests' fixtures and the `backend_independent` guard.
+"""The tests' fixtures, the `backend_independent` guard and `one_backend`.
 
 The models, data and numpy references the tests share are in `tests/shared/`.
 """
 
+import keras
 import pytest
 
 from tests.shared import models
@@ -36,7 +37,17 @@ def backend_independent_guard(request):
     assert not used, f"{request.node.nodeid} is marked backend_independent but {used[0]}"
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("backend_independent") is not None:
             check_independent_fixtures(item)
+    # A test marked `one_backend(name)` runs in that backend's session only.
+    elsewhere = [
+        item
+        for item in items
+        if (mark := item.get_closest_marker("one_backend")) is not None
+        and mark.args[0] != keras.backend.backend()
+    ]
+    if elsewhere:
+        config.hook.pytest_deselected(items=elsewhere)
+        items[:] = [item for item in items if item not in elsewhere]

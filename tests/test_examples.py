@@ -12,9 +12,10 @@ training or 4 held-out problems, so that each guide trains for a step or two;
 it says so on stderr, and `run_guide` checks that it did. Nothing else
 changes: the guides' code, sizes and settings run as written.
 
-A guide is documentation, run once, each on its own backend (`ROTATION`), so
-that every backend runs some of them; what they call is tested on every
-backend by the other tests, and the backends guide runs itself on all three.
+A guide is documentation, run once: each in the nox session of one backend
+(`GUIDES`), so that every backend runs some of them. What they call is tested
+on every backend by the other tests, and the backends guide runs itself on
+all three.
 """
 
 import os
@@ -48,35 +49,19 @@ def run_guide(name, tmp_path, backend=None):
     return run_python([str(ROOT / "examples" / name)], tmp_path, backend, shrink=True)
 
 
-# The backend each guide runs on (each runs once, in the first nox session).
-ROTATION = {
-    "quickstart.py": "torch",
-    "masks_as_adapters.py": "tensorflow",
-    "paper_protocol.py": "jax",
-    "band_and_ratio.py": "torch",
-    "straight_through.py": "tensorflow",
-}
-
-
-@pytest.mark.backend_independent
-def test_quickstart(tmp_path):
-    output = run_guide("quickstart.py", tmp_path, ROTATION["quickstart.py"])
+def check_quickstart(output, tmp_path):
     assert "with the learned 10% masks" in output
     assert (tmp_path / "quickstart.mask").is_file()
     assert (tmp_path / "quickstart_preset" / "model.weights.h5").is_file()
 
 
-@pytest.mark.backend_independent
-def test_straight_through(tmp_path):
+def check_straight_through(output, tmp_path):
     # The guide asserts that Keras' masks, outputs and gradients equal numpy's.
-    output = run_guide("straight_through.py", tmp_path, ROTATION["straight_through.py"])
     assert "dL/ds (Keras)" in output
     assert output.count("  removed [") == 15
 
 
-@pytest.mark.backend_independent
-def test_masks_as_adapters(tmp_path):
-    output = run_guide("masks_as_adapters.py", tmp_path, ROTATION["masks_as_adapters.py"])
+def check_masks_as_adapters(output, tmp_path):
     for line in (
         "applied vs learned",
         "baked vs learned",
@@ -96,12 +81,42 @@ def test_masks_as_adapters(tmp_path):
     assert (tmp_path / "math.mask").is_file()
 
 
-@pytest.mark.backend_independent
-def test_band_and_ratio(tmp_path):
-    output = run_guide("band_and_ratio.py", tmp_path, ROTATION["band_and_ratio.py"])
+def check_band_and_ratio(output, tmp_path):
     assert output.count("learned mask") == 5  # bands 0:4, 4:8, 8:12; ratios 0.05, 0.2
     for image in ("band_sweep.png", "ratio_sweep.png", "mask_change.png", "scores.png"):
         assert (tmp_path / image).stat().st_size > 1000
+
+
+def check_paper_protocol(output, tmp_path):
+    for arm in (
+        "| FFT + MFT |",
+        "| FFT + continued FFT |",
+        "| FFT + L1 mask |",
+        "| LoRA from base |",
+    ):
+        assert arm in output
+    assert (tmp_path / "protocol_results.json").is_file()
+
+
+# The nox session (backend) each guide runs in, and what its output must show.
+GUIDES = {
+    "quickstart.py": ("tensorflow", check_quickstart),
+    "masks_as_adapters.py": ("tensorflow", check_masks_as_adapters),
+    "paper_protocol.py": ("torch", check_paper_protocol),
+    "band_and_ratio.py": ("torch", check_band_and_ratio),
+    "straight_through.py": ("jax", check_straight_through),
+}
+
+
+@pytest.mark.parametrize(
+    "guide",
+    [
+        pytest.param(name, marks=pytest.mark.one_backend(backend))
+        for name, (backend, _) in GUIDES.items()
+    ],
+)
+def test_guide(guide, tmp_path):
+    GUIDES[guide][1](run_guide(guide, tmp_path), tmp_path)
 
 
 @pytest.mark.backend_independent
@@ -134,16 +149,3 @@ def test_readme_usage_block(tmp_path):
     output = run_python(["-c", code], tmp_path)
     assert "transformer_layer_0/self_attention/query/scores" in output
     assert (tmp_path / "band.mask").is_file()
-
-
-@pytest.mark.backend_independent
-def test_paper_protocol(tmp_path):
-    output = run_guide("paper_protocol.py", tmp_path, ROTATION["paper_protocol.py"])
-    for arm in (
-        "| FFT + MFT |",
-        "| FFT + continued FFT |",
-        "| FFT + L1 mask |",
-        "| LoRA from base |",
-    ):
-        assert arm in output
-    assert (tmp_path / "protocol_results.json").is_file()

@@ -1,4 +1,9 @@
-"""`benchmarks/reproduce.py`: its fast mode, its refusals and its statistics."""
+"""`benchmarks/reproduce.py`: its fast mode, its refusals and its statistics.
+
+The fast mode runs on TensorFlow only, the backend the study runs on
+(docs/reproduction.md): what it calls is tested on every backend by
+test_protocol.py and the others, and a run takes one to two minutes.
+"""
 
 import json
 import re
@@ -13,6 +18,7 @@ from tests.shared.scripts import run_benchmark
 ARMS = "mft/seed0,mft/seed1,continued_fft/seed0,lora_from_base"
 # The arms' module fixture is built once, on one worker.
 pytestmark = pytest.mark.xdist_group("reproduce")
+on_the_study_backend = pytest.mark.one_backend("tensorflow")
 
 
 def reproduce(tmp_path, *arguments):
@@ -39,6 +45,7 @@ def record(tmp_path, arm):
     return json.loads((tmp_path / "results" / f"{arm.replace('/', '_')}.json").read_text())
 
 
+@on_the_study_backend
 def test_each_arm_is_scored_problem_by_problem(run):
     tmp_path, output = run
     names = sorted(path.name for path in (tmp_path / "results").glob("*.json"))
@@ -64,6 +71,7 @@ def test_each_arm_is_scored_problem_by_problem(run):
     assert record(tmp_path, "lora_from_base")["learning_rate"] == min(losses, key=losses.get)
 
 
+@on_the_study_backend
 def test_the_report_tests_the_pre_registered_pair(run):
     tmp_path, output = run
     for pair in ("| mft - fft | 2 vs 1 |", "| mft - continued_fft | 2 vs 1 |"):
@@ -72,12 +80,14 @@ def test_the_report_tests_the_pre_registered_pair(run):
     assert (tmp_path / "reproduction_forest.png").stat().st_size > 1000
 
 
+@on_the_study_backend
 def test_a_second_run_skips_measured_arms(run):
     tmp_path, _ = run
     output = reproduce(tmp_path, "--arms", "mft/seed0")
     assert "mft/seed0..." not in output
 
 
+@on_the_study_backend
 def test_results_from_other_settings_are_refused(run):
     tmp_path, _ = run
     path = tmp_path / "results" / "mft_seed0.json"

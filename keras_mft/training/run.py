@@ -72,7 +72,8 @@ def train(
             by `keras_mft.wrap` to learn masks, or not (full fine-tuning,
             LoRA): whatever is trainable trains.
         data: `(x, y, sample_weight)`, from `keras_mft.instruction_dataset`.
-        epochs, batch_size: passes over `data`, and sequences per batch.
+        epochs: passes over `data`.
+        batch_size: sequences per batch.
         gradient_accumulation_steps: batches averaged into each update; the
             schedule and the budget count updates.
         score_budget: the score budget B that sets the peak learning rate of
