@@ -36,9 +36,10 @@ from keras_mft.masking.wrapping import wrap
 from keras_mft.saving.mask_file import describe_masks
 from keras_mft.saving.mask_file import load_masks
 from keras_mft.saving.preset import save_preset
+from keras_mft.saving.transformers import check_checkpoint_blocks
 from keras_mft.saving.transformers import export_to_transformers
-from keras_mft.training.run import check_run_directory
 from keras_mft.training.run import train
+from keras_mft.training.run_directory import check_run_directory
 from keras_mft.version import __version__
 
 BACKENDS = ("jax", "torch", "tensorflow")
@@ -85,6 +86,9 @@ def main(argv=None):
     except OSError as error:
         where = f" {error.filename}" if error.filename else ""
         print(f"{prog}: error: cannot use{where}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # what no check foresaw (MemoryError, ...): one line still
+        print(f"{prog}: error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     return 0
 
@@ -150,17 +154,22 @@ FLAGS = {
 
 
 def _with_config(command, args, argv):
-    """`argv` with `--config FILE`'s settings put first, so that flags override them."""
+    """`argv` with `--config FILE`'s settings put first, so that flags override them, also
+    the file's setting of a flag that excludes one on the line (`score_budget`)."""
     try:
         with open(args.config, "rb") as file:
             settings = tomllib.load(file)
     except (OSError, tomllib.TOMLDecodeError) as error:
         command.error(f"argument --config: cannot read {args.config}: {error}")
     known = set(vars(args)) - {"run", "command", "config", "backend"}
+    groups = [flag for flag in COMMANDS[args.command][2] if isinstance(flag, tuple)]
     flags = []
     for key, value in settings.items():
         if key not in known:
             command.error(f"argument --config: {args.config} sets {key!r}, which is not a flag")
+        rivals = {other for group in groups if key in group for other in group} - {key}
+        if any(getattr(args, rival) is not None for rival in rivals):
+            continue  # the command line gave the other of the pair
         flag = "--" + key.replace("_", "-")
         if value is True:
             flags.append(flag)
@@ -192,43 +201,46 @@ TRAINING += ("seed", "steps_per_epoch", "resume")
 
 
 def run_train(args):
-    config = args.mask_config
     check_run_directory(args.out, args.resume)
-    if args.log_dir and importlib.util.find_spec("tensorboard") is None:
-        raise ValueError(
-            "--log-dir writes TensorBoard logs, which need the tensorboard package: "
-            "pip install tensorboard (or keras-mft[tensorboard])."
-        )
+    loggers = _loggers(args)
     records = read_jsonl(args.data)
     validation_records = read_jsonl(args.val_data) if args.val_data else None
     if args.val_fraction:
         records, validation_records = split_records(records, args.val_fraction)
     model = _load_model(args.preset)
-    wrap(model, config)  # before the data is tokenized: the model checks what it alone can
+    wrap(
+        model, args.mask_config
+    )  # before the data is tokenized: the model checks what it alone can
     tokenizer = _tokenizer(model, args.preset)
     model.preprocessor = None  # it takes token ids
     validation = _dataset(tokenizer, validation_records, args) if validation_records else None
-    loggers = []
-    if args.log_dir:
-        loggers = [
-            keras.callbacks.TensorBoard(args.log_dir, write_graph=False),
-            keras.callbacks.CSVLogger(
-                os.path.join(args.log_dir, "training.csv"), append=args.resume
-            ),
-        ]
-    result = train(
-        model,
-        _dataset(tokenizer, records, args),
-        **{name: getattr(args, name) for name in TRAINING},
-        validation_data=validation,
-        out_dir=args.out,
-        callbacks=loggers,
-    )
-    monitor = "val_loss" if validation else "loss"
+    given = {name: getattr(args, name) for name in TRAINING} | {"callbacks": loggers}
+    data = _dataset(tokenizer, records, args)
+    result = train(model, data, **given, validation_data=validation, out_dir=args.out)
     print(f"Wrote into {args.out}: " + ", ".join(map(os.path.basename, result["files"].values())))
+    monitor = "val_loss" if validation else "loss"
     print(f"best.mask holds the masks of the epoch with the lowest {monitor}.")
     preset = f" --preset {args.preset}" if args.preset else ""
     print(f"Bake them with: keras-mft bake --masks {result['files']['masks']} --out DIR{preset}")
+
+
+def _loggers(args):
+    """--log-dir's TensorBoard logs and training.csv, checked before any work."""
+    if not args.log_dir:
+        return []
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ValueError(
+            "--log-dir writes TensorBoard logs, which need the tensorboard package: "
+            "pip install tensorboard (or keras-mft[tensorboard])."
+        )
+    csv = os.path.join(args.log_dir, "training.csv")
+    if os.path.exists(csv) and not args.resume:
+        raise ValueError(
+            f"--log-dir {args.log_dir} holds the training.csv of another run, which this one "
+            "would replace: choose another directory (a resumed run appends to it)."
+        )
+    tensorboard = keras.callbacks.TensorBoard(args.log_dir, write_graph=False)
+    return [tensorboard, keras.callbacks.CSVLogger(csv, append=args.resume)]
 
 
 def run_eval(args):
@@ -261,24 +273,14 @@ def run_bake(args):
 
 def run_generate(args):
     model = _load_model(args.preset)
-    tokenizer = _tokenizer(model, args.preset)
-
-    def answers():
-        return evaluation.greedy_generate(
-            model,
-            tokenizer,
-            args.prompt,
-            template=args.template,
-            chat_template=_chat_template(args),
-            system=args.system,
-            max_new_tokens=args.max_new_tokens,
-        )
-
-    columns = {"base model": answers()}
+    given = {name: getattr(args, name) for name in ("template", "system", "max_new_tokens")}
+    given.update(tokenizer=_tokenizer(model, args.preset), chat_template=_chat_template(args))
+    columns = {"base model": evaluation.greedy_generate(model, prompts=args.prompt, **given)}
     load_masks(model, args.masks)
-    columns["with the masks (wrapped)"] = answers()
-    bake(model)
-    columns["baked"] = answers()
+    columns["with the masks (wrapped)"] = evaluation.greedy_generate(
+        model, prompts=args.prompt, **given
+    )
+    columns["baked"] = evaluation.greedy_generate(bake(model), prompts=args.prompt, **given)
     for number, prompt in enumerate(args.prompt):
         print(f"\n## Prompt {number + 1}: {prompt}")
         for name, texts in columns.items():
@@ -288,8 +290,7 @@ def run_generate(args):
 def run_inspect(args):
     records = describe_masks(args.mask_file)
     weights = sum(math.prod(record["shape"]) for record in records)
-    removed = sum(record["num_removed"] for record in records)
-    size = os.path.getsize(args.mask_file)
+    removed, size = sum(r["num_removed"] for r in records), os.path.getsize(args.mask_file)
     print("| kernel | shape | weights | removed | sparsity |\n|---|---|---:|---:|---:|")
     for record in records:
         count = math.prod(record["shape"])
@@ -311,14 +312,15 @@ def _load_model(preset):
 
         return smollm2_135m_instruct()
     try:
-        return keras_hub.models.CausalLM.from_preset(preset)
+        model = keras_hub.models.CausalLM.from_preset(preset)
     except Exception as error:  # KerasHub, the hubs and the file system raise many kinds.
+        reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
         raise ValueError(
-            f"cannot load the preset {preset!r} ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}). Give a KerasHub "
-            "preset handle or a local directory holding a KerasHub preset or a "
-            "Hugging Face checkpoint."
+            f"cannot load the preset {preset!r} ({reason}). Give a KerasHub preset handle or a "
+            "local directory holding a KerasHub preset or a Hugging Face checkpoint."
         ) from None
+    check_checkpoint_blocks(preset, model)
+    return model
 
 
 def _tokenizer(model, preset):

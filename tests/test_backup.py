@@ -70,7 +70,12 @@ def test_a_damaged_backup_says_what_to_do(killed_after_one_epoch):
     with pytest.raises(ValueError, match=f"backup in {directory} is damaged.*Delete {directory}"):
         fit(2, [backup(directory)])
     metadata = directory / "latest" / "training_metadata.json"
+    assert backup(directory).epochs_done(planned=2) == 1
+    # Hand-edited or garbled: refused before any use, not read as 0 epochs.
+    for text in ('{"epoch": "1"}', '{"epoch": 3}', '{"epoch": -1}', '{"batch": 1}', "[1]", "{"):
+        metadata.write_text(text)
+        with pytest.raises(ValueError, match="holds no epoch from 0 to 2.*Delete"):
+            backup(directory).epochs_done(planned=2)
     os.remove(weights)
-    metadata.write_text("{")
     with pytest.raises(ValueError, match="is damaged"):
         fit(2, [backup(directory)])

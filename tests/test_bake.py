@@ -68,6 +68,24 @@ def test_baked_model_trains_like_a_keras_hub_model(model, batch):
     assert np.isfinite(history["loss"][0])
 
 
+def test_wrapped_saves_weights_only_and_baked_saves_as_keras_does(model, batch, tmp_path):
+    expected = logits_of(wrapped(model), batch)
+    (tmp_path / "model.keras").write_bytes(b"saved before")
+    for save in (
+        lambda: model.save(tmp_path / "model.keras"),
+        lambda: model.save_to_preset(tmp_path / "preset"),
+        lambda: model.backbone.save_to_preset(tmp_path / "preset"),
+    ):
+        with pytest.raises(ValueError, match="would not load back.*save_masks.*save_weights.*bake"):
+            save()
+    assert (tmp_path / "model.keras").read_bytes() == b"saved before"
+    assert not (tmp_path / "preset" / "config.json").exists()
+    model.save_weights(tmp_path / "wrapped.weights.h5")  # the whole training state
+    keras_mft.bake(model).save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(logits_of(loaded, batch), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_baked_preset_loads_with_keras_hub_alone(model, batch, tmp_path):
     expected = logits_of(wrapped(model), batch)
     keras_mft.bake(model).save_to_preset(tmp_path / "preset")

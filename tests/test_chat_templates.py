@@ -6,9 +6,11 @@ written out by hand from the models' documented formats.
 """
 
 import json
+import time
 
 import pytest
 
+from keras_mft.data import chat_templates
 from keras_mft.data.chat_templates import TEMPLATES
 from keras_mft.data.chat_templates import load_chat_template
 from keras_mft.data.chat_templates import render
@@ -157,6 +159,27 @@ def test_templates_it_cannot_follow_are_refused():
     # A sandbox: templates cannot reach Python's internals.
     with pytest.raises(Exception, match="unsafe"):
         render_text("{{ messages.__class__.__mro__ }}", TURNS)
+
+
+def test_a_template_that_fails_or_runs_away_is_stopped_with_one_error(monkeypatch):
+    monkeypatch.setattr(chat_templates, "RENDER_SECONDS", 0.2)
+    failing = {
+        "{{ 1 / 0 }}": "failed on a conversation \\(ZeroDivisionError",
+        "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}": "failed .*\\(RecursionError",
+        "{{ 'x' * 10**9 }}": "stopped: it built a sequence of 1,000,000,000 items",
+        "{{ 2 ** 100000000 }}": "stopped: it raised a number to the power 100000000",
+        "{% for i in range(99999) %}{{ 'x' * 999 }}{% endfor %}": "wrote more than 10,000,000",
+    }
+    for source, message in failing.items():
+        with pytest.raises(ValueError, match=message):
+            render_text(source, TURNS)
+    nested = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="stopped: it ran for more than 0.2 s"):
+        render_text(nested, TURNS)
+    assert time.monotonic() - start < 2
+    # What templates do stays allowed.
+    assert render_text("{{ '  ' * 2 }}{{ 2 ** 3 }}{{ messages[0].content }}", TURNS) == "    8Hi "
 
 
 def test_transformers_globals_and_filters():

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -158,6 +159,11 @@ def test_train_inspect_eval_bake_round_trip(capsys, tmp_path, preset, data_file)
     line = error_line(capsys, "train", "--preset", preset, "--data", data_file, "--out", out)
     assert "holds a finished run: choose another directory" in line
     assert open(masks, "rb").read() == finished
+    logs = (tmp_path / "logs" / "training.csv").read_bytes()
+    new = ["train", "--preset", preset, "--data", data_file, "--out", str(tmp_path / "new")]
+    line = error_line(capsys, *new, "--log-dir", str(tmp_path / "logs"))
+    assert "holds the training.csv of another run, which this one would replace" in line
+    assert (tmp_path / "logs" / "training.csv").read_bytes() == logs
 
     baked = str(tmp_path / "baked")
     status, _, _ = run(capsys, "bake", "--preset", preset, "--masks", masks, "--out", baked)
@@ -236,6 +242,12 @@ def test_train_and_eval_a_hugging_face_checkpoint(
     assert [status for status, _, _ in evaluated] == [0, 0]
     rows = [out.strip().splitlines()[-1].split("|")[2:] for _, out, _ in evaluated]
     assert rows[0] == rows[1]
+    # A config.json that declares fewer blocks than the weights hold.
+    shutil.copytree(checkpoint, tmp_path / "short")
+    config = json.load(open(tmp_path / "short" / "config.json"))
+    json.dump({**config, "num_hidden_layers": 2}, open(tmp_path / "short" / "config.json", "w"))
+    line = error_line(capsys, "eval", "--preset", str(tmp_path / "short"), "--data", data_file)
+    assert "weights in " in line and "hold 3 blocks, but its config.json declares 2" in line
 
 
 @pytest.mark.backend_independent
@@ -301,6 +313,15 @@ def test_input_errors_are_one_line(capsys, tmp_path, preset, data_file):
     assert "broken.jsonl, line 2" in error_line(
         capsys, "eval", "--preset", preset, "--data", str(broken)
     )
+    broken.write_text('{"prompt": "a", "response": ' + "9" * 5000 + "}\n", "utf-8")
+    assert "broken.jsonl, line 1 cannot be read: Exceeds the limit (4300 digits)" in error_line(
+        capsys, "eval", "--preset", preset, "--data", str(broken)
+    )
+    (tmp_path / "failing.jinja").write_text("{{ 1 / 0 }}")
+    eval_ = ("eval", "--preset", preset, "--data", data_file)
+    assert "chat template failed on a conversation (ZeroDivisionError" in error_line(
+        capsys, *eval_, "--chat-template", str(tmp_path / "failing.jinja")
+    )
     # Arguments that only the model can check: exit status 2 all the same. The
     # embedded model's depth (30 blocks) is read from its file's metadata.
     assert "--layers: The band '28:31' selects no valid blocks: this model has 30" in error_line(
@@ -330,6 +351,15 @@ def test_input_errors_are_one_line(capsys, tmp_path, preset, data_file):
     not_a_mask = tmp_path / "x.mask"
     not_a_mask.write_bytes(b"hello")
     assert "not a valid keras-mft mask file" in error_line(capsys, "inspect", str(not_a_mask))
+
+
+def test_an_unforeseen_error_is_one_line_too(capsys, monkeypatch, tmp_path):
+    def fails(path):
+        raise RuntimeError("an error no check foresaw")
+
+    monkeypatch.setattr(cli, "describe_masks", fails)
+    line = error_line(capsys, "inspect", str(tmp_path / "x.mask"))
+    assert line == "keras-mft inspect: error: RuntimeError: an error no check foresaw"
 
 
 def test_missing_model_package_says_how_to_install(capsys, monkeypatch, data_file):
@@ -449,6 +479,11 @@ def test_a_config_file_sets_flags_and_flags_override_it(tmp_path, capsys):
     assert args.learning_rate == 0.02  # the command line wins
     assert (args.sequence_length, args.targets, args.layers) == (64, "q_proj,v", "4:8")
     assert args.val_fraction == 0.1
+    # Also over the file's setting of the flag that excludes it.
+    config.write_text('score_budget = 0.5\nval_data = "v.jsonl"\ntemplate = "chatml"\n')
+    args = parse([*argv, "--val-fraction", "0.2"])
+    assert (args.learning_rate, args.score_budget) == (0.02, None)
+    assert (args.val_fraction, args.val_data, args.template) == (0.2, None, "chatml")
     for setting in ("lr_schedule = 'cosine'", "help = true", "backend = 'jax'"):
         config.write_text(setting + "\n")
         with pytest.raises(SystemExit) as exit_:

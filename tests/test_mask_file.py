@@ -58,7 +58,7 @@ def test_file_is_safetensors_with_one_bit_per_weight(saved):
     weights = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
     with safetensors.safe_open(path, framework="numpy") as file:
         header = json.loads(file.metadata()["keras_mft"])
-        packed = {key: file.get_tensor(key) for key in file.keys()}
+        packed = {k: file.get_tensor(k) for k in file.keys() if not k.endswith(mask_file.SAMPLES)}
     assert set(packed) == set(keras_mft.masks_of(model))
     assert all(bits.dtype == np.uint8 for bits in packed.values())
     assert weights / 8 <= sum(bits.size for bits in packed.values()) <= weights / 8 + 14
@@ -219,6 +219,29 @@ def rewrite_header(path, change, tensors=None):
     path.write_bytes(safetensors.numpy.save(tensors or original, metadata=metadata))
 
 
+def test_the_fingerprint_samples_are_a_tensor_and_files_with_them_as_json_load(saved, batch):
+    model, path = saved
+    with safetensors.safe_open(path, framework="numpy") as file:
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+        header = json.loads(file.metadata()["keras_mft"])
+    masks = [key for key in tensors if not key.endswith(mask_file.SAMPLES)]
+    assert sorted(tensors) == sorted([*masks, *(key + mask_file.SAMPLES for key in masks)])
+    assert all(tensors[key + mask_file.SAMPLES].dtype == np.float32 for key in masks)
+    # The bits, 1 KiB of samples per kernel, and a header of a few hundred bytes per kernel.
+    weights = sum(np.prod(record["shape"]) for record in header["masks"])
+    assert path.stat().st_size < weights / 8 + len(masks) * (256 * 4 + 600) + 2048
+    # As files written before kept them: JSON positions and values, no tensors.
+    for record in header["masks"]:
+        positions = mask_file._sample_positions(int(np.prod(record["shape"])))
+        values = tensors.pop(record["path"] + mask_file.SAMPLES)
+        record["fingerprint"].update(positions=positions.tolist(), values=values.tolist())
+    rewrite_header(path, lambda saved_header: saved_header.update(header), tensors)
+    fresh = keras_mft.load_masks(tiny_llama(), path)
+    np.testing.assert_array_equal(logits_of(fresh, batch), logits_of(model, batch))
+    with pytest.raises(ValueError, match="belongs to another model"):
+        keras_mft.load_masks(tiny_llama(seed=1, dtype="bfloat16"), path)
+
+
 def test_a_file_from_another_version_of_the_same_format_loads(saved, batch):
     model, path = saved
     rewrite_header(path, lambda header: header.update(keras_mft_version="0.0.1"))
@@ -316,6 +339,7 @@ def test_refuses_masks_of_another_dtype_or_shape(saved):
     [
         ({}, "it has no 'keras_mft' metadata"),
         ({"keras_mft": "{not json"}, "its header is not JSON"),
+        ({"keras_mft": '{"format": ' + "9" * 5000 + "}"}, "its header is not JSON"),
         ({"keras_mft": "[" * 100_000 + "]" * 100_000}, "nested too deeply"),
     ],
 )

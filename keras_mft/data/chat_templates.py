@@ -21,20 +21,28 @@ The conversation is then rendered once more with the real contents, and the
 two must agree; a template that rewrites message text in a way the markers
 cannot follow is refused rather than guessed at.
 
+A template is the user's code, run with limits: a render that takes more
+than `RENDER_SECONDS` or writes more than `RENDER_CHARACTERS` is stopped, and
+any error it raises becomes a `ValueError` that says the template failed.
+
 `TEMPLATES` holds hand-written templates for models whose tokenizer carries
 none (KerasHub presets): each reproduces its family's official template for
 system, user and assistant messages, without any default system prompt.
 """
 
+import contextvars
 import datetime
 import functools
 import json
+import math
 import os
 import re
+import time
 
 import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import SecurityError
 
 TEMPLATES = {
     # SmolLM2, Qwen and other ChatML models.
@@ -209,6 +217,53 @@ def checkpoint_chat_template(directory):
         return None
 
 
+# Far above what a chat template needs for one conversation.
+RENDER_SECONDS = 5.0
+RENDER_CHARACTERS = 10_000_000
+_deadline = contextvars.ContextVar("deadline", default=math.inf)
+
+
+class _LimitReached(SecurityError):
+    pass
+
+
+def _check_time():
+    if time.monotonic() > _deadline.get():
+        raise _LimitReached(f"ran for more than {RENDER_SECONDS:g} s")
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's sandbox, which also checks the time at every call, attribute and
+    item a template reads, and refuses `*` and `**` results past the limits."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call(self, context, obj, /, *args, **kwargs):
+        _check_time()
+        return super().call(context, obj, *args, **kwargs)
+
+    def getattr(self, obj, attribute):
+        _check_time()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj, argument):
+        _check_time()
+        return super().getitem(obj, argument)
+
+    def call_binop(self, context, operator, left, right):
+        _check_time()
+        if operator == "**" and isinstance(right, int) and abs(right) > 64:
+            raise _LimitReached(f"raised a number to the power {right}")
+        sizes = [len(v) * n for v, n in ((left, right), (right, left)) if _repeats(v, n)]
+        if sizes and sizes[0] > RENDER_CHARACTERS:
+            raise _LimitReached(f"built a sequence of {sizes[0]:,} items")
+        return super().call_binop(context, operator, left, right)
+
+
+def _repeats(value, count):
+    return isinstance(value, (str, list, tuple)) and isinstance(count, int)
+
+
 @functools.lru_cache(maxsize=16)
 def _compile(source):
     """The template, compiled as `transformers` compiles chat templates."""
@@ -229,7 +284,7 @@ def _compile(source):
     def strftime_now(format):
         return datetime.datetime.now().strftime(format)
 
-    environment = ImmutableSandboxedEnvironment(
+    environment = _BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
     )
     environment.filters["tojson"] = tojson
@@ -245,16 +300,35 @@ def _compile(source):
 
 def render_text(source, messages, variables=None, add_generation_prompt=False):
     """The template's text for `messages`, as `apply_chat_template(tokenize=False)` gives it."""
+    template = _compile(source)
+    token = _deadline.set(time.monotonic() + RENDER_SECONDS)
+    pieces, size = [], 0
     try:
-        return _compile(source).render(
+        for piece in template.generate(
             messages=messages,
             add_generation_prompt=add_generation_prompt,
             tools=None,
             documents=None,
             **(variables or {}),
-        )
+        ):
+            size += len(piece)
+            if size > RENDER_CHARACTERS:
+                raise _LimitReached(f"wrote more than {RENDER_CHARACTERS:,} characters")
+            _check_time()
+            pieces.append(piece)
+    except _LimitReached as error:
+        raise ValueError(
+            f"The chat template was stopped: it {error} on one conversation."
+        ) from None
     except jinja2.exceptions.TemplateError as error:
         raise ValueError(f"The chat template refused the conversation: {error}") from None
+    except Exception as error:  # the template is the user's code: its failure is bad input
+        raise ValueError(
+            f"The chat template failed on a conversation ({type(error).__name__}: {error})."
+        ) from None
+    finally:
+        _deadline.reset(token)
+    return "".join(pieces)
 
 
 def render(source, messages, special_tokens=(), variables=None):

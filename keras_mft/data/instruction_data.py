@@ -59,6 +59,8 @@ def read_jsonl(path):
                 raise ValueError(f"{where} is not valid JSON: {error.msg}.") from None
             except RecursionError:
                 raise ValueError(f"{where} is nested too deeply to be a record.") from None
+            except ValueError as error:  # a number of more than 4,300 digits, ...
+                raise ValueError(f"{where} cannot be read: {str(error).split(':')[0]}.") from None
             records.append(_record(record, where))
     if not records:
         raise ValueError(f"{path} holds no records.")

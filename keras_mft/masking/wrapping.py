@@ -29,8 +29,11 @@ def wrap(model, config=None, **kwargs):
     A `CausalLM` is recompiled with `PaperAdamW` at a constant 2e-5 and
     `paper_loss`, so `model.fit` works at once (`keras_mft.train` adds the
     paper's schedule and score budget). Until `bake`, the model and its
-    backbone refuse `quantize`: Keras quantizes layer by layer, and a
-    refusal at the first masked layer would come after the layers before it.
+    backbone refuse `quantize` (Keras quantizes layer by layer, and a
+    refusal at the first masked layer would come after the layers before it)
+    and `save` and `save_to_preset` (a `.keras` file or a preset of a wrapped
+    model does not load back: KerasHub rebuilds the model from its
+    configuration, without the masks); `save_weights` works.
 
     Args:
         model: a KerasHub `CausalLM` or its backbone: Llama, Llama3, Mistral,
@@ -80,7 +83,8 @@ def wrap(model, config=None, **kwargs):
         if isinstance(selection, selections.Global):
             selection.layers.append(layer)
     for refusing in {id(model): model, id(backbone): backbone}.values():
-        refusing.quantize = _RefuseQuantize(refusing)
+        for method in REFUSED:
+            setattr(refusing, method, _Refused(refusing.name, method))
     for layer in model._flatten_layers(include_self=False):
         if getattr(layer, "lora_enabled", False):
             _train_lora_and_scores(layer)
@@ -89,14 +93,29 @@ def wrap(model, config=None, **kwargs):
     return model
 
 
-class _RefuseQuantize:
-    """The `quantize` of a wrapped model and its backbone, until `bake` puts back Keras' own."""
+def save_error(name):
+    return ValueError(
+        f"'{name}' holds masks, and a .keras file or preset of it would not load back "
+        "(KerasHub rebuilds a model from its configuration, without masks). Save the masks "
+        "with `keras_mft.save_masks(model, path)`, the whole training state with "
+        "`model.save_weights(path)`, or call `keras_mft.bake(model)` and save the baked model."
+    )
 
-    def __init__(self, model):
-        self.model_name, self.keras_quantize = model.name, model.quantize
+
+# What a wrapped model and its backbone refuse until `bake`. The model's class
+# is KerasHub's, and Keras has no hook by which a layer could refuse these for
+# the model, so `wrap` sets them on the two objects and `bake` removes them.
+REFUSED = {"quantize": quantize_error, "save": save_error, "save_to_preset": save_error}
+
+
+class _Refused:
+    """A method of a wrapped model that raises until `bake`: `REFUSED[method]`."""
+
+    def __init__(self, model_name, method):
+        self.model_name, self.method = model_name, method
 
     def __call__(self, *args, **kwargs):
-        raise quantize_error(self.model_name)
+        raise REFUSED[self.method](self.model_name)
 
 
 def _train_lora_and_scores(layer):
@@ -157,8 +176,9 @@ def bake(model):
     """
     unmask(masked_layers_of(model))
     for layer in model._flatten_layers():
-        if isinstance(layer.__dict__.get("quantize"), _RefuseQuantize):
-            layer.quantize = layer.quantize.keras_quantize
+        for method in REFUSED:
+            if isinstance(layer.__dict__.get(method), _Refused):  # the class's own again
+                super(keras.layers.Layer, layer).__delattr__(method)
         # Layer by layer: on TensorFlow, `model.trainable` does not reach them all.
         layer.trainable = True
     lora = [layer for layer in model._flatten_layers() if getattr(layer, "lora_enabled", False)]

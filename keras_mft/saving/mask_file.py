@@ -10,6 +10,7 @@ so any safetensors reader can open it and nothing in it is executed:
 |           | and `__metadata__["keras_mft"]`, one JSON string (below)         |
 | payload   | per masked kernel, keyed by the kernel's variable path, a uint8  |
 |           | tensor of its keep mask, `numpy.packbits(..., bitorder="little")` |
+|           | and, keyed `PATH:fingerprint`, 256 float32 samples of the kernel  |
 
 The `keras_mft` JSON holds `format` (2), `keras_mft_version`, `wrap` (the
 `MaskConfig` that placed the masks, as `get_config()` gives it, or null when
@@ -20,8 +21,10 @@ and the `fingerprint` of the frozen kernel the masks were learned on:
 
 - `dtype`: the kernel's dtype when saved;
 - `sha256`: SHA-256 of the kernel cast to float32;
-- `positions`, `values`: 256 entries at fixed positions, as float32;
-- `norm`: the kernel's L2 norm.
+- `norm`: the kernel's L2 norm;
+- and the tensor `PATH:fingerprint`: the kernel's entries, as float32, at
+  256 positions that its size fixes (`_sample_positions`). (Files written
+  before keras-mft kept these as JSON, `positions` and `values`, still load.)
 
 A load in the same dtype must match `sha256` exactly; in another dtype (a
 float32 mask on a bfloat16 load of the same checkpoint) no hash survives the
@@ -58,6 +61,7 @@ METADATA_KEY = "keras_mft"
 MAX_HEADER_BYTES = 32 * 2**20
 SAMPLE_SIZE = 256
 SAMPLE_SEED = 0
+SAMPLES = ":fingerprint"  # the key of a kernel's samples: its path, then this
 # The largest rounding error of a cast to each dtype: relative (unit roundoff)
 # and absolute (half the smallest subnormal, where float16 loses precision).
 ROUNDING = {
@@ -96,6 +100,10 @@ def save_masks(model, path):
                 "fingerprint": _fingerprint(layer.frozen_kernel),
             }
         )
+        # The samples as a tensor: as JSON text they outweighed the masks of a small kernel.
+        fingerprint = records[-1]["fingerprint"]
+        tensors[layer.kernel_path + SAMPLES] = fingerprint.pop("values")
+        del fingerprint["positions"]
     configs = {layer.mask_config for layer in layers}
     config = configs.pop() if len(configs) == 1 else None
     header = {
@@ -320,16 +328,21 @@ def _sha256(array):
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
+def _sample_positions(size):
+    """The positions of a kernel of `size` entries that its fingerprint samples."""
+    rng = np.random.default_rng(SAMPLE_SEED)
+    return np.unique(rng.integers(0, size, min(SAMPLE_SIZE, size)))
+
+
 def _fingerprint(kernel):
     """What identifies a kernel variable across casts; see the module docstring."""
     flat = keras.ops.convert_to_numpy(keras.ops.cast(kernel, "float32")).reshape(-1)
-    rng = np.random.default_rng(SAMPLE_SEED)
-    positions = np.unique(rng.integers(0, flat.size, min(SAMPLE_SIZE, flat.size)))
+    positions = _sample_positions(flat.size)
     return {
         "dtype": keras.backend.standardize_dtype(kernel.dtype),
         "sha256": _sha256(flat),
-        "positions": positions.tolist(),
-        "values": flat[positions].tolist(),
+        "positions": positions,
+        "values": flat[positions],
         "norm": float(np.linalg.norm(flat.astype("float64"))),
     }
 
@@ -413,9 +426,12 @@ def _read(path):
             header = _parsed_header((file.metadata() or {}).get(METADATA_KEY), refuse)
             records = [_checked_record(record, refuse) for record in header["masks"]]
             paths = [record["path"] for record in records]
-            if len(set(paths)) != len(paths) or set(file.keys()) != set(paths):
+            samples = [r["path"] + SAMPLES for r in records if "values" not in r["fingerprint"]]
+            if len(set(paths)) != len(paths) or set(file.keys()) != {*paths, *samples}:
                 raise refuse("its tensors are not those its records name")
             records = {record["path"]: _bits_of(file, record, refuse) for record in records}
+            for record in records.values():
+                _samples_of(file, record, refuse)
     except safetensors.SafetensorError as error:
         raise refuse(f"safetensors cannot read it ({error})") from None
     try:
@@ -441,16 +457,31 @@ def _bits_of(file, record, refuse):
     return {**record, "bits": bits.astype(bool)}
 
 
+def _samples_of(file, record, refuse):
+    """Puts the fingerprint's sampled positions and values into `record`, checked."""
+    fingerprint = record["fingerprint"]
+    if "values" in fingerprint:  # a file that kept them as JSON
+        fingerprint["positions"] = np.asarray(fingerprint["positions"], "int64")
+        fingerprint["values"] = np.asarray(fingerprint["values"], "float32")
+        return
+    positions = _sample_positions(math.prod(record["shape"]))
+    tensor = file.get_slice(record["path"] + SAMPLES)
+    if tensor.get_dtype() != "F32" or tensor.get_shape() != [positions.size]:
+        raise refuse(f"the fingerprint of {record['path']} is not {positions.size} float32 values")
+    fingerprint["positions"] = positions
+    fingerprint["values"] = file.get_tensor(record["path"] + SAMPLES)
+
+
 def _parsed_header(text, refuse):
     """The JSON header of a mask file, with a non-empty `masks` list."""
     if text is None:
         raise refuse(f"it has no {METADATA_KEY!r} metadata")
     try:
         header = json.loads(text)
-    except json.JSONDecodeError:
-        raise refuse("its header is not JSON") from None
     except RecursionError:
         raise refuse("its header is nested too deeply") from None
+    except ValueError:  # not JSON, or a number of more than 4,300 digits
+        raise refuse("its header is not JSON that keras-mft can read") from None
     found = header.get("format") if isinstance(header, dict) else None
     if found != FORMAT:
         raise refuse(f"it has format {found!r}; keras-mft {__version__} reads format {FORMAT}")
@@ -474,8 +505,9 @@ def _is_sha256(value):
 def _checked_record(record, refuse):
     """One mask record with every field present and of its type, or a refusal."""
     try:
-        shape, fingerprint = list(record["shape"]), record["fingerprint"]
-        positions, values = fingerprint["positions"], fingerprint["values"]
+        shape, fingerprint = list(record["shape"]), dict(record["fingerprint"])
+        # The samples are a tensor, or JSON in a file written before.
+        positions, values = fingerprint.get("positions", []), fingerprint.get("values", [])
         size = math.prod(shape)
         valid = (
             isinstance(record["path"], str)
@@ -491,6 +523,7 @@ def _checked_record(record, refuse):
             and isinstance(positions, list)
             and isinstance(values, list)
             and len(positions) == len(values) <= SAMPLE_SIZE
+            and ("values" in fingerprint) == ("positions" in fingerprint)
             and all(_natural(p) and p < size for p in positions)
             and all(_is_number(v) for v in values)
             and _is_number(fingerprint["norm"])
@@ -501,5 +534,10 @@ def _checked_record(record, refuse):
         raise refuse("a mask record is incomplete or has a field of the wrong type")
     if record["num_removed"] > size:
         raise refuse(f"the record of {record['path']} is inconsistent")
-    fields = ("path", "num_removed", "selection", "bits_sha256", "fingerprint")
-    return {**{f: record[f] for f in fields}, "shape": shape, "sparsity": float(record["sparsity"])}
+    fields = ("path", "num_removed", "selection", "bits_sha256")
+    return {
+        **{f: record[f] for f in fields},
+        "fingerprint": fingerprint,
+        "shape": shape,
+        "sparsity": float(record["sparsity"]),
+    }

@@ -1,12 +1,19 @@
-"""A baked model as a Hugging Face `transformers` checkpoint, tokenizer included.
+"""Hugging Face `transformers` checkpoints: a baked model exported as one, and a
+check on one that KerasHub loads.
 
 KerasHub's `CausalLM.export_to_transformers` writes the weights and config of
 a Llama3 (and other) backbone. The tokenizer is exported by its own
 `export_to_transformers(path)`: KerasHub's tokenizers have one, and a
 tokenizer it does not know brings its own (the embedded SmolLM2's does).
+KerasHub loads the blocks that a checkpoint's `config.json` declares and
+drops any others without a word: `check_checkpoint_blocks` refuses that.
 """
 
+import glob
 import os
+import re
+
+import safetensors
 
 from keras_mft.masking.wrapping import is_wrapped
 
@@ -55,3 +62,25 @@ def export_to_transformers(model, directory):
         model.preprocessor = preprocessor
     # After the weights: a tokenizer may complete the model's config.
     preprocessor.tokenizer.export_to_transformers(directory)
+
+
+def check_checkpoint_blocks(directory, model):
+    """Refuses a checkpoint whose weights hold other blocks than the loaded `model` has.
+
+    Args:
+        directory: a Hugging Face checkpoint (`config.json`, `*.safetensors`);
+            anything else (a KerasHub preset, a handle) passes unchecked.
+        model: the `CausalLM` or backbone KerasHub loaded from it.
+    """
+    blocks = set()
+    for path in glob.glob(os.path.join(str(directory), "*.safetensors")):
+        with safetensors.safe_open(path, framework="numpy") as file:
+            found = (re.search(r"(?:^|\.)(?:layers|h)\.(\d+)\.", key) for key in file.keys())
+            blocks |= {int(match.group(1)) for match in found if match}
+    declared = getattr(model, "backbone", model).num_layers
+    if blocks and len(blocks) != declared:
+        raise ValueError(
+            f"The weights in {directory} hold {len(blocks)} blocks, but its config.json "
+            f"declares {declared}, and KerasHub loads only those. Correct config.json "
+            "(num_hidden_layers, n_layer)."
+        )

@@ -7,6 +7,14 @@ import shutil
 import keras
 
 
+def damaged(backup_dir, what):
+    """The error of a backup that cannot be resumed: what is wrong, and what to do."""
+    return ValueError(
+        f"The training backup in {backup_dir} is damaged and cannot be resumed ({what}). "
+        f"Delete {backup_dir} to train from the start."
+    )
+
+
 class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
     """`keras.callbacks.BackupAndRestore` whose backup is always whole.
 
@@ -30,15 +38,23 @@ class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._weights_path = os.path.join(self._latest, "latest.weights.h5")
         self._training_metadata_path = os.path.join(self._latest, "training_metadata.json")
 
-    def epochs_done(self):
-        """How many epochs the backup holds (0 if none): where a resumed `fit` starts."""
+    def epochs_done(self, planned):
+        """How many epochs the backup holds (0 if none): where a resumed `fit` starts.
+
+        Raises `damaged` unless it is a whole number from 0 to the `planned` epochs.
+        """
         for directory in (self._latest, self._previous):
             path = os.path.join(directory, "training_metadata.json")
+            if not os.path.exists(path):
+                continue
             try:
                 with open(path, encoding="utf-8") as file:
-                    return int(json.load(file)["epoch"])
+                    epoch = json.load(file)["epoch"]
             except (OSError, ValueError, KeyError, TypeError):
-                continue  # a damaged backup is reported by `on_train_begin`
+                epoch = None
+            if type(epoch) is not int or not 0 <= epoch <= planned:
+                raise damaged(self.backup_dir, f"{path} holds no epoch from 0 to {planned}")
+            return epoch
         return 0
 
     def on_train_begin(self, logs=None):
@@ -47,11 +63,8 @@ class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         try:
             self._load_model()
         except (OSError, ValueError, KeyError) as error:
-            raise ValueError(
-                f"The training backup in {self.backup_dir} is damaged and cannot be resumed "
-                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
-                f"Delete {self.backup_dir} to train from the start."
-            ) from None
+            first_line = str(error).splitlines()[0] if str(error) else ""
+            raise damaged(self.backup_dir, f"{type(error).__name__}: {first_line}") from None
 
     def _save_model(self):
         shutil.rmtree(self._next, ignore_errors=True)

@@ -1,16 +1,6 @@
 """`train`: one training run as the paper's, written once for the CLI, the demo and the protocol.
 
-With `out_dir` the run keeps a directory:
-
-| file | written |
-|---|---|
-| `run.json` | at the start: the run's settings, which a resumed run must repeat |
-| `backup/` | at each (Keras) epoch's end: the whole training state; removed last |
-| `best.mask` | when the monitored loss improves (a wrapped model) |
-| `masks.mask` | at the end (a wrapped model) |
-| `training_curve.png`, `mask_change.png` | at the end (the second for masks) |
-| `history.json` | at the end, after the above: the run is finished |
-
+With `out_dir` the run keeps a directory (`keras_mft.training.run_directory`).
 A run killed at any moment resumes with `resume=True` from its last backup,
 on the batches that would have come next, and ends as if it never stopped.
 """
@@ -22,7 +12,6 @@ import os
 import shutil
 import warnings
 
-import keras
 import numpy as np
 
 from keras_mft import plot
@@ -36,10 +25,11 @@ from keras_mft.training.mask_fine_tuner import MaskFineTuner
 from keras_mft.training.optimizer import LEARNING_RATE
 from keras_mft.training.optimizer import compile_like_paper
 from keras_mft.training.optimizer import paper_optimizer
-
-RUN_FILE = "run.json"
-HISTORY_FILE = "history.json"
-BACKUP_DIR = "backup"
+from keras_mft.training.run_directory import BACKUP_DIR
+from keras_mft.training.run_directory import HISTORY_FILE
+from keras_mft.training.run_directory import Progress
+from keras_mft.training.run_directory import claimed
+from keras_mft.training.run_directory import write_json
 
 
 def train(
@@ -150,63 +140,65 @@ def train(
         raise ValueError("A score budget sets the learning rate of masks; this model has none.")
     else:
         learning_rate, budget = learning_rate or LEARNING_RATE, None
-    if out_dir is not None:
-        _start(out_dir, settings, resume)
-    if verbose != 0:
-        print(
-            f"{updates} updates of {batch_size * accumulation} sequences, peak learning rate "
-            f"{learning_rate:.3g}" + (f": score budget B = {budget:.3g}." if masked else ".")
+    with claimed(out_dir, settings, resume):
+        if verbose != 0:
+            print(
+                f"{updates} updates of {batch_size * accumulation} sequences, peak learning rate "
+                f"{learning_rate:.3g}" + (f": score budget B = {budget:.3g}." if masked else ".")
+            )
+        accumulated = {"gradient_accumulation_steps": accumulation} if accumulation > 1 else {}
+        compile_like_paper(model, paper_optimizer(updates, learning_rate, **accumulated))
+        initial_masks = masks_of(model) if masked else None
+        steps_per_epoch = steps_per_epoch or batches.steps_per_pass
+        backup = None  # deleted once the results are written, not when `fit` ends:
+        if out_dir is not None:
+            backup = CrashSafeBackupAndRestore(
+                os.path.join(out_dir, BACKUP_DIR), delete_checkpoint=False
+            )
+        epochs_planned = math.ceil(batches.total_steps / steps_per_epoch)
+        done = backup.epochs_done(epochs_planned) if backup else 0
+        progress = Progress(
+            out_dir and os.path.join(out_dir, BACKUP_DIR, "progress.json"), done, steps_per_epoch
         )
-    accumulated = {"gradient_accumulation_steps": accumulation} if accumulation > 1 else {}
-    compile_like_paper(model, paper_optimizer(updates, learning_rate, **accumulated))
-    initial_masks = masks_of(model) if masked else None
-    steps_per_epoch = steps_per_epoch or batches.steps_per_pass
-    backup = None  # deleted once the results are written, not when `fit` ends:
-    if out_dir is not None:
-        backup = CrashSafeBackupAndRestore(
-            os.path.join(out_dir, BACKUP_DIR), delete_checkpoint=False
-        )
-    done = backup.epochs_done() if backup else 0
-    progress = _Progress(
-        out_dir and os.path.join(out_dir, BACKUP_DIR, "progress.json"), done, steps_per_epoch
-    )
-    monitor = "val_loss" if validation_data is not None else "loss"
-    tuner = None
-    if masked:  # a resumed run keeps the best.mask of its earlier epochs unless it does better
-        tuner = MaskFineTuner(
-            snapshot_dir=out_dir, monitor=monitor, initial_value_threshold=progress.best(monitor)
-        )
-    # The tuner comes first, so that the other callbacks see its figures;
-    # `progress` saves before `backup`, so it never holds fewer epochs.
-    callbacks = [c for c in (tuner, *callbacks, progress, backup) if c is not None]
-    with warnings.catch_warnings():
-        # A last epoch shorter than `steps_per_epoch` is planned, not a shortage.
-        warnings.filterwarnings("ignore", "Your input ran out of data")
-        model.fit(
-            batches.dataset(start=done * steps_per_epoch),
-            validation_data=validation_data,
-            validation_batch_size=batch_size,
-            steps_per_epoch=steps_per_epoch,
-            epochs=math.ceil(batches.total_steps / steps_per_epoch),
-            shuffle=False,
-            callbacks=callbacks,
-            verbose=verbose,
-        )
-    if tuner is not None and tuner.non_finite_loss_step is not None:
-        raise FloatingPointError(
-            f"The loss stopped being finite at step {tuner.non_finite_loss_step}, so training "
-            "stopped. The masks of the best epoch before it are in best.mask if one finished."
-        )
-    result = {
-        "learning_rate": learning_rate,
-        "score_budget": budget,
-        "updates": updates,
-        "epochs": progress.epochs,
-        "step_losses": progress.step_losses,
-        "files": {},
-    }
-    if out_dir is not None:
-        result["files"] = _finish(model, out_dir, initial_masks, result)
+        monitor = "val_loss" if validation_data is not None else "loss"
+        tuner = None
+        if masked:  # a resumed run keeps the best.mask of its earlier epochs unless it does better
+            tuner = MaskFineTuner(
+                snapshot_dir=out_dir,
+                monitor=monitor,
+                initial_value_threshold=progress.best(monitor),
+            )
+        # The tuner comes first, so that the other callbacks see its figures;
+        # `progress` saves before `backup`, so it never holds fewer epochs.
+        callbacks = [c for c in (tuner, *callbacks, progress, backup) if c is not None]
+        with warnings.catch_warnings():
+            # A last epoch shorter than `steps_per_epoch` is planned, not a shortage.
+            warnings.filterwarnings("ignore", "Your input ran out of data")
+            model.fit(
+                batches.dataset(start=done * steps_per_epoch),
+                validation_data=validation_data,
+                validation_batch_size=batch_size,
+                steps_per_epoch=steps_per_epoch,
+                epochs=epochs_planned,
+                shuffle=False,
+                callbacks=callbacks,
+                verbose=verbose,
+            )
+        if tuner is not None and tuner.non_finite_loss_step is not None:
+            raise FloatingPointError(
+                f"The loss stopped being finite at step {tuner.non_finite_loss_step}, so training "
+                "stopped. The masks of the best epoch before it are in best.mask if one finished."
+            )
+        result = {
+            "learning_rate": learning_rate,
+            "score_budget": budget,
+            "updates": updates,
+            "epochs": progress.epochs,
+            "step_losses": progress.step_losses,
+            "files": {},
+        }
+        if out_dir is not None:
+            result["files"] = _finish(model, out_dir, initial_masks, result)
     return result
 
 
@@ -229,52 +221,6 @@ def _digest(data):
     return digest.hexdigest()
 
 
-def check_run_directory(out_dir, resume=False):
-    """Refuses an `out_dir` that `train` may not write into, or resume from."""
-    is_run = os.path.isfile(os.path.join(out_dir, RUN_FILE))
-    taken = os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir))
-    if taken and not is_run:
-        raise ValueError(
-            f"{out_dir} exists and is not a keras-mft run directory (it has no {RUN_FILE}): "
-            "a run never writes over other files. Choose a new or empty directory."
-        )
-    finished = os.path.isfile(os.path.join(out_dir, HISTORY_FILE))
-    if is_run and finished and not os.path.exists(os.path.join(out_dir, BACKUP_DIR)):
-        raise ValueError(
-            f"{out_dir} holds a finished run: choose another directory, or delete "
-            "this one to train there again."
-        )
-    if is_run and not resume:
-        raise ValueError(
-            f"{out_dir} holds an interrupted run: resume it (`resume=True`, --resume), "
-            "or choose another directory."
-        )
-    if resume and not is_run:
-        raise ValueError(f"{out_dir} holds no interrupted run to resume.")
-
-
-def _start(out_dir, settings, resume):
-    """Checks what `out_dir` holds against `resume`, and records a new run's settings."""
-    check_run_directory(out_dir, resume)
-    run_file = os.path.join(out_dir, RUN_FILE)
-    if resume:
-        with open(run_file, encoding="utf-8") as file:
-            saved = json.load(file)
-        changed = [
-            f"{key} {saved.get(key)!r} -> {value!r}"
-            for key, value in settings.items()
-            if saved.get(key) != value
-        ]
-        if changed:
-            raise ValueError(
-                f"These settings differ from the interrupted run's ({run_file}): "
-                f"{'; '.join(changed)}. Resume with the same settings and data."
-            )
-        return
-    os.makedirs(out_dir, exist_ok=True)
-    _write_json(run_file, settings)
-
-
 def _finish(model, out_dir, initial_masks, result):
     """Writes the results, `history.json` last, then removes the backup."""
     files = {"training curve": os.path.join(out_dir, "training_curve.png")}
@@ -287,44 +233,6 @@ def _finish(model, out_dir, initial_masks, result):
         plot.mask_change(initial_masks, masks_of(model), files["mask change"])
     plot.training_curve(result["step_losses"], files["training curve"])
     files["history"] = os.path.join(out_dir, HISTORY_FILE)
-    _write_json(files["history"], {key: result[key] for key in ("epochs", "step_losses")})
+    write_json(files["history"], {key: result[key] for key in ("epochs", "step_losses")})
     shutil.rmtree(os.path.join(out_dir, BACKUP_DIR), ignore_errors=True)
     return files
-
-
-def _write_json(path, value):
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(value, file, indent=2)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-
-
-class _Progress(keras.callbacks.Callback):
-    """The logs of each epoch and the loss of each step, saved to `path` at each
-    epoch's end; a resumed run reads back the epochs its backup restored."""
-
-    def __init__(self, path, epochs_done, steps_per_epoch):
-        super().__init__()
-        self.path = path
-        self.epochs, self.step_losses = {}, []
-        if epochs_done and path and os.path.exists(path):
-            with open(path, encoding="utf-8") as file:
-                saved = json.load(file)
-            self.epochs = {key: values[:epochs_done] for key, values in saved["epochs"].items()}
-            self.step_losses = saved["step_losses"][: epochs_done * steps_per_epoch]
-
-    def best(self, key):
-        """The lowest `key` of the epochs so far, or None."""
-        return min(self.epochs[key]) if self.epochs.get(key) else None
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.step_losses.append(float(logs["loss"]))
-
-    def on_epoch_end(self, epoch, logs=None):
-        for key, value in (logs or {}).items():
-            self.epochs.setdefault(key, []).append(float(value))
-        if self.path:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            _write_json(self.path, {"epochs": self.epochs, "step_losses": self.step_losses})
