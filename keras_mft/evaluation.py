@@ -121,18 +121,28 @@ def greedy_generate(
     `instruction_dataset` would choose (`template`, `chat_template`, else the
     tokenizer's own), followed by the template's start of an answer. An
     answer ends at the template's end-of-turn token (or `end_token`) or
-    after `max_new_tokens`. The model's own sampler is left untouched: a
-    greedy sampler is used for these calls only.
+    after `max_new_tokens` (`greedy_ids`).
     """
     source = resolve_template(tokenizer, template, chat_template)
     prompt_ids, end_id = _prompt_ids(tokenizer, source, prompts, system)
     if end_token is not None:
         end_id = tokenizer.token_to_id(end_token)
+    outputs = greedy_ids(model, prompt_ids, max_new_tokens, [end_id], batch_size)
+    return [_detokenize(tokenizer, ids) for ids in outputs]
+
+
+def greedy_ids(model, prompt_ids, max_new_tokens, stop_ids, batch_size=8):
+    """The greedy continuation of each prompt, as token ids, up to a stop id.
+
+    Prompts run in batches, right-padded to the batch's longest, through
+    KerasHub's cached `generate`. The model's own sampler is left untouched:
+    a greedy sampler is used for these calls only.
+    """
     sampler, function = model.sampler, model.generate_function
     model.sampler, model.generate_function = keras_hub.samplers.GreedySampler(), None
     try:
         generate = model.make_generate_function()
-        texts = []
+        outputs = []
         for start in range(0, len(prompt_ids), batch_size):
             batch = prompt_ids[start : start + batch_size]
             longest = max(len(ids) for ids in batch)
@@ -142,15 +152,14 @@ def greedy_generate(
                 token_ids[row, : len(ids)] = ids
                 padding_mask[row, : len(ids)] = True
             output = generate(
-                {"token_ids": token_ids, "padding_mask": padding_mask},
-                stop_token_ids=[end_id],
+                {"token_ids": token_ids, "padding_mask": padding_mask}, stop_token_ids=stop_ids
             )
             output_ids = keras.ops.convert_to_numpy(output["token_ids"])
             for row, ids in enumerate(batch):
                 new = output_ids[row, len(ids) : len(ids) + max_new_tokens].tolist()
-                new = new[: new.index(end_id)] if end_id in new else new
-                texts.append(_detokenize(tokenizer, new))
-        return texts
+                stops = [i for i, token in enumerate(new) if token in stop_ids]
+                outputs.append(new[: stops[0]] if stops else new)
+        return outputs
     finally:
         model.sampler, model.generate_function = sampler, function
 
