@@ -12,6 +12,7 @@ the loaded model) or 1 (everything else).
 import argparse
 import dataclasses
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -119,7 +120,7 @@ _fraction = _checked(float, lambda value: 0.0 < value < 1.0, "a fraction in (0, 
 FLAGS = {
     "backend": {"choices": BACKENDS, "help": "Keras backend (default: KERAS_BACKEND)"},
     "preset": {"help": f"a KerasHub preset or Hugging Face checkpoint (default: {EMBEDDED})"},
-    "data": {"required": True, "help": 'JSONL: {"messages": [...]} or {"prompt", "response"}'},
+    "data": {"help": 'JSONL: {"messages": [...]} or {"prompt", "response"}'},
     "val_data": {"help": "JSONL records scored at each epoch's end"},
     "val_fraction": {"type": _fraction, "help": "score the last fraction of --data's records"},
     "template": {"choices": sorted(TEMPLATES), "help": "a hand-written chat format"},
@@ -145,7 +146,12 @@ FLAGS = {
     "config": {"help": "a TOML file whose keys are these flags' names; flags override it"},
     "resume": {"action": "store_true", "help": "continue the interrupted run in --out"},
     "out": {"help": "the directory to write"},
-    "masks": {"help": "a mask file"},
+    "masks": {"help": "a mask file (eval --tasks: several, comma-separated)"},
+    "tasks": {"help": "lm-eval tasks, comma-separated: 'arc_easy,piqa' (needs keras-mft[lm-eval])"},
+    "include_path": {"metavar": "DIR", "help": "a directory of more lm-eval task files"},
+    "num_fewshot": {"type": int, "help": "examples before each question (lm-eval's)"},
+    "limit": {"type": _positive_int, "help": "score only the first N examples of each task"},
+    "output": {"metavar": "FILE", "help": "also write lm-eval's results as JSON"},
     "format": {"choices": ("keras", "hf"), "default": "keras", "help": "hf: for transformers"},
     "prompt": {"action": "append", "required": True, "help": "a user message; repeat the flag"},
     "system": {"help": "a system prompt for every message"},
@@ -244,6 +250,10 @@ def _loggers(args):
 
 
 def run_eval(args):
+    if args.tasks:
+        return _run_lm_eval(args)
+    if not args.data:
+        raise InvalidArgument("data", "give --data (response loss) or --tasks (lm-eval tasks)")
     records = read_jsonl(args.data)
     model = _load_model(args.preset)
     data = _dataset(_tokenizer(model, args.preset), records, args)
@@ -253,6 +263,21 @@ def run_eval(args):
     metrics = evaluation.response_loss(model, data, args.batch_size, verbose=True)
     arm = (args.preset or EMBEDDED) + (f" + {args.masks}" if args.masks else "")
     print(evaluation.results_table({arm: metrics}))
+
+
+def _run_lm_eval(args):
+    if importlib.util.find_spec("lm_eval") is None:
+        raise ImportError('--tasks runs lm-eval: pip install "keras-mft[lm-eval]"')
+    from keras_mft import harness
+
+    given = {name: getattr(args, name) for name in ("limit", "num_fewshot", "include_path")}
+    given.update(batch_size=args.batch_size, max_length=args.sequence_length)
+    masks = args.masks.split(",") if args.masks else []
+    results = harness.evaluate(_load_model(args.preset), args.tasks.split(","), masks, **given)
+    print(harness.tables(results))
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as file:
+            json.dump(results, file, indent=2, default=str)
 
 
 def run_bake(args):
@@ -349,7 +374,8 @@ def _dataset(tokenizer, records, args):
 MASK = [field.name for field in dataclasses.fields(MaskConfig)]
 RATE = ("score_budget", "learning_rate")  # a tuple: flags that exclude each other
 MODEL, TEMPLATE = ["preset"], ("template", "chat_template")
-DATA = ["data", TEMPLATE, "sequence_length", "batch_size"]
+DATA = [TEMPLATE, "sequence_length", "batch_size"]
+LM_EVAL = ["tasks", "include_path", "num_fewshot", "limit", "output"]
 # Each command: what it runs, what it does, its flags (a "!" marks one it
 # requires) and its own defaults.
 COMMANDS = {
@@ -362,11 +388,16 @@ COMMANDS = {
     "train": (
         run_train,
         "Learn masks for your model on prompt/response JSONL data.",
-        [*MODEL, *DATA, *MASK, RATE, "epochs", "gradient_accumulation_steps", "steps_per_epoch"]
+        [*MODEL, "data!", *DATA, *MASK, RATE, "epochs", "gradient_accumulation_steps"]
+        + ["steps_per_epoch"]
         + [("val_data", "val_fraction"), "log_dir", "out", "config", "resume"],
         {"out": "keras-mft-train"},
     ),
-    "eval": (run_eval, "Held-out response loss, with or without masks.", [*MODEL, *DATA, "masks"]),
+    "eval": (
+        run_eval,
+        "Held-out response loss, or lm-eval tasks, with or without masks.",
+        [*MODEL, "data", *DATA, "masks", *LM_EVAL],
+    ),
     "bake": (
         run_bake,
         "Multiply a mask file into a model and save it.",

@@ -21,6 +21,7 @@ lm-eval is an optional dependency: `pip install "keras-mft[lm-eval]"`.
 
 import keras
 import keras_hub
+import lm_eval
 import numpy as np
 from lm_eval import utils
 from lm_eval.api.model import TemplateLM
@@ -29,11 +30,51 @@ from lm_eval.models.utils import Collator
 from lm_eval.models.utils import handle_stop_sequences
 from lm_eval.models.utils import normalize_gen_kwargs
 from lm_eval.models.utils import postprocess_generated_text
+from lm_eval.tasks import TaskManager
 
 from keras_mft.data.chat_templates import render_text
 from keras_mft.data.chat_templates import resolve_template
 from keras_mft.evaluation import greedy_ids
+from keras_mft.masking.named_masks import use_masks
 from keras_mft.saving.mask_file import load_masks
+
+
+def evaluate(model, tasks, masks=(), include_path=None, **options):
+    """lm-eval's results for the base model and each mask file, in one process.
+
+    The mask files are loaded as named masks (`keras_mft.load_masks(...,
+    name=path)`) and put in use one after the other, so the model is loaded
+    once; the base model is the model with none in use.
+
+    Args:
+        model: a `CausalLM` with its preprocessor, not wrapped.
+        tasks: lm-eval task names, e.g. `["arc_easy"]`.
+        masks: mask files of this model.
+        include_path: a directory of more lm-eval task files (YAML).
+        **options: `KerasMFTLM`'s `batch_size` and `max_length`, and
+            `lm_eval.simple_evaluate`'s `num_fewshot` and `limit`.
+
+    Returns:
+        `{"base model" or mask file: lm_eval.simple_evaluate's results}`.
+    """
+    settings = {key: options.pop(key) for key in ("batch_size", "max_length") if key in options}
+    for path in masks:
+        load_masks(model, path, name=path)
+    task_manager = TaskManager(include_path=include_path)
+    results = {}
+    for arm in ("base model", *masks):
+        if masks:
+            use_masks(model, None if arm == "base model" else arm)
+        lm = KerasMFTLM(model=model, **settings)
+        results[arm] = lm_eval.simple_evaluate(
+            model=lm, tasks=list(tasks), task_manager=task_manager, **options
+        )
+    return results
+
+
+def tables(results):
+    """lm-eval's table of each arm of `evaluate`'s results, under the arm's name."""
+    return "\n".join(f"## {arm}\n\n{utils.make_table(result)}" for arm, result in results.items())
 
 
 @register_model("keras-mft")

@@ -317,6 +317,9 @@ def test_input_errors_are_one_line(capsys, tmp_path, preset, data_file):
     assert "broken.jsonl, line 1 cannot be read: Exceeds the limit (4300 digits)" in error_line(
         capsys, "eval", "--preset", preset, "--data", str(broken)
     )
+    assert "argument --data: give --data (response loss) or --tasks" in error_line(
+        capsys, "eval", "--preset", preset, status=2
+    )
     (tmp_path / "failing.jinja").write_text("{{ 1 / 0 }}")
     eval_ = ("eval", "--preset", preset, "--data", data_file)
     assert "chat template failed on a conversation (ZeroDivisionError" in error_line(

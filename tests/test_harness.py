@@ -5,13 +5,25 @@ by lm-eval's `hf` model (PyTorch, transformers) as the baked checkpoint that
 `export_to_transformers` writes: every request must get the same answer.
 """
 
+import functools
+import json
+import pathlib
+
+import lm_eval
 import numpy as np
 import pytest
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
 
 import keras_mft
+from keras_mft import cli
 from keras_mft.harness import KerasMFTLM
+
+# Offline lm-eval tasks over small files: multiple choice by log-likelihood,
+# generation with a regex exact match, and rolling log-likelihood.
+TASKS = pathlib.Path(__file__).parent / "data" / "lm_eval"
+TASK_NAMES = ["keras_mft_choice", "keras_mft_arithmetic", "keras_mft_perplexity"]
 
 # Short enough that the long context and the document are cut and windowed.
 MAX_LENGTH = 24
@@ -34,6 +46,7 @@ def models(tmp_path_factory):
         keras_mft.load_masks(keras_mft.tiny_smollm2(seed=1), directory / "half.mask")
     )
     keras_mft.export_to_transformers(baked, directory / "hf")
+    keras_mft.save_preset(keras_mft.tiny_smollm2(seed=1), directory / "preset")
     ours = KerasMFTLM(model=masked, max_length=MAX_LENGTH, batch_size=3)
     reference = HFLM(
         pretrained=str(directory / "hf"),
@@ -42,7 +55,7 @@ def models(tmp_path_factory):
         batch_size=3,
         max_length=MAX_LENGTH,
     )
-    return ours, reference
+    return ours, reference, directory
 
 
 def requests(kind, arguments):
@@ -50,7 +63,7 @@ def requests(kind, arguments):
 
 
 def test_every_kind_of_request_gets_the_answer_of_lm_evals_hf_model(models):
-    ours, reference = models
+    ours, reference, _ = models
     assert (ours.prefix_token_id, ours.eot_token_id) == (
         reference.prefix_token_id,
         reference.eot_token_id,
@@ -81,3 +94,34 @@ def test_every_kind_of_request_gets_the_answer_of_lm_evals_hf_model(models):
     assert ours.generate_until(generate) == reference.generate_until(generate)
     with pytest.raises(ValueError, match="decodes greedily"):
         ours.generate_until(requests("generate_until", [("Hi", {"do_sample": True})]))
+
+
+def test_keras_mft_eval_tasks_scores_each_mask_file_as_lm_eval_does(models, monkeypatch, capsys):
+    _, reference, directory = models
+    monkeypatch.chdir(TASKS)  # the tasks' data files are named relative to it
+    # lm-eval's own tasks need not be indexed (12 s) for these.
+    own_tasks_only = functools.partial(TaskManager, include_defaults=False)
+    monkeypatch.setattr(keras_mft.harness, "TaskManager", own_tasks_only)
+    status = cli.main(
+        ["eval", "--preset", str(directory / "preset"), "--tasks", ",".join(TASK_NAMES)]
+        + ["--include-path", str(TASKS), "--masks", str(directory / "half.mask")]
+        + ["--sequence-length", str(MAX_LENGTH), "--batch-size", "3"]
+        + ["--output", str(directory / "results.json")]
+    )
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert f"## {directory / 'half.mask'}" in out and "## base model" in out
+    found = json.loads((directory / "results.json").read_text())
+    expected = lm_eval.simple_evaluate(
+        model=reference,
+        tasks=TASK_NAMES,
+        task_manager=TaskManager(include_path=str(TASKS), include_defaults=False),
+    )["results"]
+    masked = found[str(directory / "half.mask")]["results"]
+    for task in TASK_NAMES:
+        for metric, value in expected[task].items():
+            if isinstance(value, float):
+                assert masked[task][metric] == pytest.approx(value, rel=1e-4), (task, metric)
+    # The base model is another model: its perplexity differs.
+    base = found["base model"]["results"]["keras_mft_perplexity"]["bits_per_byte,none"]
+    assert base != masked["keras_mft_perplexity"]["bits_per_byte,none"]
