@@ -519,6 +519,12 @@ def test_generate_shows_the_answers_without_and_with_the_masks(capsys, tmp_path,
         # Baking multiplies the masks in: the same logits, the same answer
         # (`print` ends the baked one with a newline).
         assert wrapped + "\n" == baked
+    # A size no machine holds ends in one line, not a traceback.
+    line = error_line(
+        capsys, "generate", "--preset", preset, "--masks", masks, "--prompt", "Hi",
+        "--max-new-tokens", str(10**15),
+    )  # fmt: skip
+    assert line.startswith("keras-mft generate: error: ")
 
 
 @pytest.mark.backend_independent
