@@ -152,6 +152,7 @@ FLAGS = {
     "num_fewshot": {"type": int, "help": "examples before each question (lm-eval's)"},
     "limit": {"type": _positive_int, "help": "score only the first N examples of each task"},
     "output": {"metavar": "FILE", "help": "also write lm-eval's results as JSON"},
+    "confirm_run_unsafe_code": {"action": "store_true", "help": "let tasks run the model's code"},
     "format": {"choices": ("keras", "hf"), "default": "keras", "help": "hf: for transformers"},
     "prompt": {"action": "append", "required": True, "help": "a user message; repeat the flag"},
     "system": {"help": "a system prompt for every message"},
@@ -270,7 +271,8 @@ def _run_lm_eval(args):
         raise ImportError('--tasks runs lm-eval: pip install "keras-mft[lm-eval]"')
     from keras_mft import harness
 
-    given = {name: getattr(args, name) for name in ("limit", "num_fewshot", "include_path")}
+    options = ("include_path", "num_fewshot", "limit", "confirm_run_unsafe_code")
+    given = {name: getattr(args, name) for name in options}
     given.update(batch_size=args.batch_size, max_length=args.sequence_length)
     masks = args.masks.split(",") if args.masks else []
     results = harness.evaluate(_load_model(args.preset), args.tasks.split(","), masks, **given)
@@ -375,7 +377,7 @@ MASK = [field.name for field in dataclasses.fields(MaskConfig)]
 RATE = ("score_budget", "learning_rate")  # a tuple: flags that exclude each other
 MODEL, TEMPLATE = ["preset"], ("template", "chat_template")
 DATA = [TEMPLATE, "sequence_length", "batch_size"]
-LM_EVAL = ["tasks", "include_path", "num_fewshot", "limit", "output"]
+LM_EVAL = ["tasks", "include_path", "num_fewshot", "limit", "output", "confirm_run_unsafe_code"]
 # Each command: what it runs, what it does, its flags (a "!" marks one it
 # requires) and its own defaults.
 COMMANDS = {

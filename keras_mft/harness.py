@@ -52,7 +52,7 @@ def evaluate(model, tasks, masks=(), include_path=None, **options):
         masks: mask files of this model.
         include_path: a directory of more lm-eval task files (YAML).
         **options: `KerasMFTLM`'s `batch_size` and `max_length`, and
-            `lm_eval.simple_evaluate`'s `num_fewshot` and `limit`.
+            `lm_eval.simple_evaluate`'s (`num_fewshot`, `limit`, `confirm_run_unsafe_code`).
 
     Returns:
         `{"base model" or mask file: lm_eval.simple_evaluate's results}`.
