@@ -461,6 +461,9 @@ def test_train_refuses_an_out_that_is_not_its_own(capsys, tmp_path, preset, data
     line = error_line(capsys, *train, "--out", str(tmp_path), "--learning-rate", "0.02", "--resume")
     assert "These settings differ from the interrupted run's" in line
     assert "learning_rate 0.01 -> 0.02" in line
+    # The same directory spelled another way is the same run.
+    respelled = ("--out", f"{tmp_path}/./", "--learning-rate", "0.02", "--resume")
+    assert "learning_rate 0.01 -> 0.02" in error_line(capsys, *train, *respelled)
 
 
 @pytest.mark.backend_independent

@@ -64,7 +64,10 @@ def test_full_fine_tuning_takes_the_same_run(tmp_path):
     model.preprocessor = None
     data = keras_mft.instruction_dataset(tokenizer, PAIRS, sequence_length=32)
     before = to_numpy(model.backbone.token_embedding.embeddings).copy()
-    result = keras_mft.train(model, data, epochs=1, batch_size=3, out_dir=tmp_path, verbose=0)
+    # An epoch longer than the run (here 10**12 steps) is the run.
+    result = keras_mft.train(
+        model, data, epochs=1, batch_size=3, steps_per_epoch=10**12, out_dir=tmp_path, verbose=0
+    )
     assert not np.array_equal(to_numpy(model.backbone.token_embedding.embeddings), before)
     assert result["learning_rate"] == 2e-5 and result["score_budget"] is None
     assert sorted(os.listdir(tmp_path)) == [

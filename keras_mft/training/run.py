@@ -149,7 +149,8 @@ def train(
         accumulated = {"gradient_accumulation_steps": accumulation} if accumulation > 1 else {}
         compile_like_paper(model, paper_optimizer(updates, learning_rate, **accumulated))
         initial_masks = masks_of(model) if masked else None
-        steps_per_epoch = steps_per_epoch or batches.steps_per_pass
+        # An epoch no longer than the run: Keras sizes some buffers by it.
+        steps_per_epoch = min(steps_per_epoch or batches.steps_per_pass, batches.total_steps)
         backup = None  # deleted once the results are written, not when `fit` ends:
         if out_dir is not None:
             backup = CrashSafeBackupAndRestore(
