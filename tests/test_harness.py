@@ -128,3 +128,14 @@ def test_keras_mft_eval_tasks_scores_each_mask_file_as_lm_eval_does(models, monk
     # The base model is another model: its perplexity differs.
     base = found["base model"]["results"]["keras_mft_perplexity"]["bits_per_byte,none"]
     assert base != masked["keras_mft_perplexity"]["bits_per_byte,none"]
+
+
+def test_without_lm_eval_the_command_says_how_to_install_it(monkeypatch, capsys):
+    find_spec = cli.importlib.util.find_spec
+    monkeypatch.setattr(
+        cli.importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "lm_eval" else find_spec(name, *args),
+    )
+    assert cli.main(["eval", "--tasks", "arc_easy_offline"]) == 1
+    assert 'pip install "keras-mft[lm-eval]"' in capsys.readouterr().err
