@@ -31,6 +31,7 @@ from lm_eval.models.utils import handle_stop_sequences
 from lm_eval.models.utils import normalize_gen_kwargs
 from lm_eval.models.utils import postprocess_generated_text
 from lm_eval.tasks import TaskManager
+from tqdm import tqdm
 
 from keras_mft.data.chat_templates import render_text
 from keras_mft.data.chat_templates import resolve_template
@@ -178,6 +179,7 @@ class KerasMFTLM(TemplateLM):
         """`(log-probability, is greedy)` of each `(request, context ids, continuation ids)`."""
         order = Collator(requests, sort_fn=lambda r: (-len(r[1] + r[2]), tuple(r[1] + r[2])))
         results = []
+        progress = tqdm(total=len(requests), disable=disable_tqdm, desc="Scoring requests")
         for chunk in order.get_batched(n=self.batch_size):
             # The model sees at most `max_length` tokens, the last one unseen.
             inputs = [
@@ -195,6 +197,8 @@ class KerasMFTLM(TemplateLM):
                 if request is not None:
                     self.cache_hook.add_partial("loglikelihood", request, answer)
                 results.append(answer)
+            progress.update(len(chunk))
+        progress.close()
         return order.get_original(results)
 
     def _log_probs(self, rows):
@@ -225,7 +229,7 @@ class KerasMFTLM(TemplateLM):
                 context_len=1,
             )
             pieces = [(None, *utils.make_disjoint_window(window)) for window in windows]
-            total = sum(score for score, _ in self._loglikelihood_tokens(pieces))
+            total = sum(score for score, _ in self._loglikelihood_tokens(pieces, disable_tqdm=True))
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), total)
             results.append(total)
         return results
