@@ -217,9 +217,8 @@ def run_train(args):
     if args.val_fraction:
         records, validation_records = split_records(records, args.val_fraction)
     model = _load_model(args.preset)
-    wrap(
-        model, args.mask_config
-    )  # before the data is tokenized: the model checks what it alone can
+    # Before the data is tokenized: the model checks what it alone can.
+    wrap(model, args.mask_config)
     tokenizer = _tokenizer(model, args.preset)
     model.preprocessor = None  # it takes token ids
     validation = _dataset(tokenizer, validation_records, args) if validation_records else None

@@ -51,7 +51,8 @@ def evaluate(model, tasks, masks=(), include_path=None, **options):
         model: a `CausalLM` with its preprocessor, not wrapped.
         tasks: lm-eval task names, e.g. `["arc_easy"]`.
         masks: mask files of this model.
-        include_path: a directory of more lm-eval task files (YAML).
+        include_path: a directory of more lm-eval task files (YAML), or a
+            list of them.
         **options: `KerasMFTLM`'s `batch_size` and `max_length`, and
             `lm_eval.simple_evaluate`'s (`num_fewshot`, `limit`, `confirm_run_unsafe_code`).
 
