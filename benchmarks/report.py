@@ -1,8 +1,9 @@
 """Plots and target checks from the benchmarks' JSON files.
 
-Reads `DIR/{train_step_smollm2,train_step_llama7b_slice[_lora,_long,_fixed],selection,memory,inference}_BACKEND.json`
-(whichever exist), prints whether each target is met, and draws one PNG per
-benchmark into `--images`.
+Reads `DIR/NAME_BACKEND.json` for NAME in `train_step_smollm2`,
+`train_step_llama7b_slice[_lora,_long,_fixed]`, `selection`, `memory`,
+`inference` and `harness` (whichever exist), prints whether each target is
+met, and draws one PNG per benchmark but `harness` into `--images`.
 
     python benchmarks/report.py [--results docs/benchmarks] [--images docs/images]
 """
@@ -196,6 +197,19 @@ def inference_plot(results, images, checks):
     figure.savefig(images / "bench_inference.png", dpi=100)
 
 
+def harness_checks(results, checks):
+    """The lm-eval model's target: no fewer requests per second than lm-eval's `hf`."""
+    for backend, rows in load(results, "harness").items():
+        (row,) = [row for row in rows if row["model"] == "keras-mft"]
+        checks.append(
+            (
+                f"lm-eval {backend}: keras-mft / hf requests per second >= 1",
+                row["vs_hf"],
+                row["vs_hf"] >= 1,
+            )
+        )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="docs/benchmarks", type=pathlib.Path)
@@ -205,6 +219,7 @@ def main(argv=None):
     checks = []
     for plot in (train_step_plot, selection_plot, memory_plot, inference_plot):
         plot(args.results, args.images, checks)
+    harness_checks(args.results, checks)
     print("| target | measured | |\n|---|---:|---|")
     for name, value, met in checks:
         print(f"| {name} | {value:.3f} | {'met' if met else 'MISSED'} |")

@@ -15,7 +15,10 @@ same numbers for the same checkpoint:
 - `generate_until`: greedy decoding through KerasHub's cached `generate`
   (`keras_mft.evaluation.greedy_ids`), cut at lm-eval's stop strings.
 
-Requests run in batches of similar length, each padded only to its longest.
+Requests run in batches of similar length, each padded to its longest (on
+JAX and TensorFlow, which compile a pass per shape, to one of eight widths
+per doubling), and the vocabulary-wide output layer runs only where a scored
+token is predicted.
 lm-eval is an optional dependency: `pip install "keras-mft[lm-eval]"`.
 """
 
@@ -183,18 +186,10 @@ class KerasMFTLM(TemplateLM):
         progress = tqdm(total=len(requests), disable=disable_tqdm, desc="Scoring requests")
         for chunk in order.get_batched(n=self.batch_size):
             # The model sees at most `max_length` tokens, the last one unseen.
-            inputs = [
-                (context + continuation)[-(self.max_length + 1) :][:-1]
-                for _, context, continuation in chunk
-            ]
-            log_probs = self._log_probs(inputs)
-            for row, ((request, _, continuation), ids) in enumerate(zip(chunk, inputs)):
-                end = len(ids)
-                scores = log_probs[row, end - len(continuation) : end]
-                answer = (
-                    float(scores[np.arange(len(continuation)), continuation].sum()),
-                    bool(np.array_equal(scores.argmax(axis=-1), continuation)),
-                )
+            rows = [(c + t)[-(self.max_length + 1) :] for _, c, t in chunk]
+            scores, greedy = self._score(rows, [len(t) for _, _, t in chunk])
+            for (request, _, _), score, flags in zip(chunk, scores, greedy):
+                answer = float(score.sum()), bool(flags.all())
                 if request is not None:
                     self.cache_hook.add_partial("loglikelihood", request, answer)
                 results.append(answer)
@@ -202,23 +197,50 @@ class KerasMFTLM(TemplateLM):
         progress.close()
         return order.get_original(results)
 
-    def _log_probs(self, rows):
-        """Log-softmax of the model's logits for right-padded `rows`, float32 numpy."""
-        # Whole batches, widths in steps of 32: one compiled forward pass serves many.
-        width = min(-(-max(len(ids) for ids in rows) // 32) * 32, self.max_length)
-        token_ids = np.zeros((self.batch_size, width), "int32")
-        padding_mask = np.zeros((self.batch_size, width), bool)
+    def _score(self, rows, lengths):
+        """Each row's last `length` tokens: their log-probabilities and whether greedy.
+
+        The backbone reads each row but its last token; the output embedding
+        (`token_embedding(..., reverse=True)`, as every KerasHub `CausalLM`
+        ends) runs only where a scored token is predicted, a few rows of the
+        vocabulary-wide logits instead of all of them.
+        """
+        # A compiled forward pass (JAX, TensorFlow) is compiled once per shape:
+        # there, whole batches, and widths rounded up to one of eight per
+        # doubling (52, 56, 60, 64, 72, ...), let one serve many for at most
+        # 1/8 more tokens.
+        longest = max(len(ids) for ids in rows) - 1
+        if keras.backend.backend() == "torch":
+            width, batch = longest, len(rows)
+        else:
+            step = 2 ** max(longest.bit_length() - 4, 0)
+            width, batch = min(-(-longest // step) * step, self.max_length), self.batch_size
+        token_ids = np.zeros((batch, width), "int32")
+        padding_mask = np.zeros((batch, width), bool)
         for row, ids in enumerate(rows):
-            token_ids[row, : len(ids)], padding_mask[row, : len(ids)] = ids, True
-        preprocessor, self.model.preprocessor = self.model.preprocessor, None  # ids, not text
-        try:
-            logits = self.model.predict_on_batch(
-                {"token_ids": token_ids, "padding_mask": padding_mask}
-            )
-        finally:
-            self.model.preprocessor = preprocessor
-        logits = keras.ops.cast(logits[: len(rows)], "float32")
-        return keras.ops.convert_to_numpy(keras.ops.log_softmax(logits))
+            token_ids[row, : len(ids) - 1], padding_mask[row, : len(ids) - 1] = ids[:-1], True
+        hidden = self.model.backbone.predict_on_batch(
+            {"token_ids": token_ids, "padding_mask": padding_mask}
+        )
+        hidden = np.concatenate(
+            [
+                hidden[row, len(ids) - 1 - n : len(ids) - 1]
+                for row, (ids, n) in enumerate(zip(rows, lengths))
+            ]
+        )
+        targets = np.concatenate([ids[len(ids) - n :] for ids, n in zip(rows, lengths)])
+        scores, greedy = [], []
+        for start in range(0, len(targets), self.max_length):  # one window's logits at a time
+            piece = slice(start, start + self.max_length)
+            logits = self.model.backbone.token_embedding(hidden[piece], reverse=True)
+            logits = keras.ops.cast(logits, "float32")
+            target = keras.ops.convert_to_tensor(targets[piece][:, None])
+            log_probs = keras.ops.take_along_axis(keras.ops.log_softmax(logits), target, axis=-1)
+            scores.append(keras.ops.convert_to_numpy(log_probs)[:, 0])
+            greedy.append(keras.ops.convert_to_numpy(keras.ops.argmax(logits, axis=-1)))
+        greedy = np.concatenate(greedy) == targets
+        splits = np.cumsum(lengths)[:-1]
+        return np.split(np.concatenate(scores), splits), np.split(greedy, splits)
 
     def loglikelihood_rolling(self, requests, disable_tqdm=False):
         results = []

@@ -91,6 +91,19 @@ def results(tmp_path_factory):
             "--json",
             str(directory / f"inference_{BACKEND}.json"),
         ),
+        "harness": run_benchmark(
+            "harness",
+            "--model",
+            "tiny",
+            "--band",
+            "0:2",
+            "--questions",
+            "2",
+            "--repeats",
+            "1",
+            "--json",
+            str(directory / f"harness_{BACKEND}.json"),
+        ),
     }
     outputs["report"] = run_benchmark(
         "report", "--results", str(directory), "--images", str(directory)
@@ -235,12 +248,22 @@ def test_inference_benchmark_compares_three_variants(results):
     assert all(row["vs_original"] == 1.0 for row in rows if row["variant"] == "original")
 
 
+def test_harness_benchmark_scores_the_same_requests_with_each_model(results):
+    directory, _ = results
+    rows = read(directory, "harness")
+    assert [row["model"] for row in rows] == ["keras-mft", "keras-mft, masks", "hf"]
+    requests = len(import_benchmark("harness").arc_easy_requests(2))
+    assert requests >= 6 and all(row["requests"] == requests for row in rows)
+    assert rows[2]["vs_hf"] == 1.0 and all(row["per_second"] > 0 for row in rows)
+
+
 def test_report_checks_targets_and_draws_plots(results):
     directory, outputs = results
     for name in ("train_step", "selection", "memory", "inference"):
         assert (directory / f"bench_{name}.png").stat().st_size > 0
     assert f"train step llama7b_slice {BACKEND}: MFT / FFT band <= 1.05" in outputs["report"]
     assert f"selection {BACKEND}: share of a 7B-slice MFT step < 0.05" in outputs["report"]
+    assert f"lm-eval {BACKEND}: keras-mft / hf requests per second >= 1" in outputs["report"]
 
 
 @pytest.mark.parametrize("arm", ["mft", "mft_fixed"])
