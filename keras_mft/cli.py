@@ -279,7 +279,11 @@ def _run_lm_eval(args):
     masks = args.masks.split(",") if args.masks else []
     results = harness.evaluate(_load_model(args.preset), args.tasks.split(","), masks, **given)
     print(harness.tables(results))
-    if args.output:
+    if args.output:  # as lm-eval's results file: without the per-request samples
+        results = {
+            arm: {k: v for k, v in result.items() if k != "samples"}
+            for arm, result in results.items()
+        }
         with open(args.output, "w", encoding="utf-8") as file:
             json.dump(results, file, indent=2, default=str)
 

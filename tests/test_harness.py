@@ -114,6 +114,7 @@ def test_keras_mft_eval_tasks_scores_each_mask_file_as_lm_eval_does(models, monk
     assert status == 0, err
     assert f"## {directory / 'half.mask'}" in out and "## base model" in out
     found = json.loads((directory / "results.json").read_text())
+    assert "samples" not in found["base model"]  # as lm-eval's results file
     expected = lm_eval.simple_evaluate(
         model=reference,
         tasks=TASK_NAMES,
