@@ -11,7 +11,9 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Iterable
 
+import keras_hub
 import numpy as np
 
 from keras_mft.data.chat_templates import KNOWN_SPECIAL_TOKENS
@@ -27,7 +29,7 @@ RECORD_SHAPES = (
 )
 
 
-def read_jsonl(path):
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Reads training records, one JSON object per line.
 
     A line is a conversation, `{"messages": [{"role": ..., "content": ...},
@@ -177,15 +179,15 @@ def _conversations(data):
 
 
 def instruction_dataset(
-    tokenizer,
-    data,
+    tokenizer: keras_hub.tokenizers.Tokenizer,
+    data: dict | str | os.PathLike | Iterable[dict],
     *,
-    sequence_length,
-    template=None,
-    chat_template=None,
-    system=None,
-    pack=True,
-):
+    sequence_length: int,
+    template: str | None = None,
+    chat_template: str | None = None,
+    system: str | None = None,
+    pack: bool = True,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Tokenizes conversations for training with a response-only loss.
 
     Args:

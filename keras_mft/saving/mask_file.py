@@ -71,7 +71,7 @@ ROUNDING = {
 }
 
 
-def save_masks(model, path):
+def save_masks(model: keras.Model, path: str | os.PathLike) -> None:
     """Writes the current masks of a wrapped model to the file `path`.
 
     Of a model holding named masks, the masks in use are written. The file
@@ -116,7 +116,7 @@ def save_masks(model, path):
     _write_atomically(path, safetensors.numpy.save(tensors, metadata=metadata))
 
 
-def load_masks(model, path, name=None):
+def load_masks(model: keras.Model, path: str | os.PathLike, name: str | None = None) -> keras.Model:
     """Sets the masks of a model to those saved in `path`, wrapping it if needed.
 
     A model that is not wrapped yet is wrapped with the file's `MaskConfig`,
@@ -174,7 +174,7 @@ def load_masks(model, path, name=None):
     return model
 
 
-def describe_masks(path):
+def describe_masks(path: str | os.PathLike) -> list[dict]:
     """What a mask file holds, read without a model (and fully validated).
 
     Returns:

@@ -3,10 +3,12 @@
 import json
 import os
 
+import keras
+
 from keras_mft.masking import architectures
 
 
-def save_preset(model, directory):
+def save_preset(model: keras.Model, directory: str | os.PathLike) -> None:
     """Saves a plain (baked or never wrapped) model with `save_to_preset`.
 
     KerasHub 0.32's `LlamaBackbone.get_config` leaves out

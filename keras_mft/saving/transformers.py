@@ -13,12 +13,13 @@ import glob
 import os
 import re
 
+import keras
 import safetensors
 
 from keras_mft.masking.wrapping import is_wrapped
 
 
-def export_to_transformers(model, directory):
+def export_to_transformers(model: keras.Model, directory: str | os.PathLike) -> None:
     """Writes a baked KerasHub causal LM as a `transformers` checkpoint.
 
     The directory then loads with `transformers.AutoModelForCausalLM` and

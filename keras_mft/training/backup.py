@@ -29,7 +29,12 @@ class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
     `double_checkpoint`, which this makes unnecessary.
     """
 
-    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
+    def __init__(
+        self,
+        backup_dir: str | os.PathLike,
+        save_freq: str | int = "epoch",
+        delete_checkpoint: bool = True,
+    ):
         super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=delete_checkpoint)
         self._latest = os.path.join(backup_dir, "latest")
         self._next = os.path.join(backup_dir, "next")

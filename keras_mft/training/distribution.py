@@ -7,10 +7,12 @@ device.
 
 import re
 
+import keras
+
 _KERNEL_AT_END = re.compile(r"kernel(\$?)$")
 
 
-def extend_layout_map(layout_map):
+def extend_layout_map(layout_map: keras.distribution.LayoutMap) -> keras.distribution.LayoutMap:
     """Adds a pattern for the scores beside each kernel pattern of `layout_map`.
 
     Every key that ends in `kernel` gets a twin ending in `scores`, so the

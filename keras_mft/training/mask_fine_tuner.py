@@ -59,17 +59,17 @@ class MaskFineTuner(keras.callbacks.Callback):
     def __init__(
         self,
         *,
-        report_every=None,
-        per_matrix=False,
-        ramp_steps=None,
-        snapshot_dir=None,
-        monitor="val_loss",
-        mode="min",
-        save_best_only=True,
-        initial_value_threshold=None,
-        stop_below_flips=None,
-        patience=3,
-        bake_on_train_end=False,
+        report_every: int | None = None,
+        per_matrix: bool = False,
+        ramp_steps: int | None = None,
+        snapshot_dir: str | os.PathLike | None = None,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        save_best_only: bool = True,
+        initial_value_threshold: float | None = None,
+        stop_below_flips: int | None = None,
+        patience: int = 3,
+        bake_on_train_end: bool = False,
     ):
         super().__init__()
         for name, value in (("report_every", report_every), ("ramp_steps", ramp_steps)):

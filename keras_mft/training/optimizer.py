@@ -46,7 +46,13 @@ class PaperAdamW(keras.optimizers.AdamW):
     ```
     """
 
-    def __init__(self, learning_rate=LEARNING_RATE, weight_decay=0.0, epsilon=1e-8, **kwargs):
+    def __init__(
+        self,
+        learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = LEARNING_RATE,
+        weight_decay: float = 0.0,
+        epsilon: float = 1e-8,
+        **kwargs,
+    ):
         if kwargs.pop("amsgrad", False):
             raise ValueError("PaperAdamW does not implement AMSGrad. Remove `amsgrad=True`.")
         kwargs.setdefault("name", "paper_adamw")
@@ -112,7 +118,7 @@ def paper_optimizer(
     )
 
 
-def paper_loss():
+def paper_loss() -> keras.losses.Loss:
     """Cross-entropy averaged over the tokens with weight 1 (the responses).
 
     KerasHub's default `CausalLM` loss divides the weighted sum by every

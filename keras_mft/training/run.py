@@ -11,7 +11,9 @@ import math
 import os
 import shutil
 import warnings
+from collections.abc import Sequence
 
+import keras
 import numpy as np
 
 from keras_mft import plot
@@ -33,22 +35,22 @@ from keras_mft.training.run_directory import write_json
 
 
 def train(
-    model,
-    data,
+    model: keras.Model,
+    data: tuple,
     *,
-    epochs=2,
-    batch_size=8,
-    gradient_accumulation_steps=1,
-    score_budget=None,
-    learning_rate=None,
-    seed=0,
-    validation_data=None,
-    steps_per_epoch=None,
-    out_dir=None,
-    resume=False,
-    callbacks=(),
-    verbose="auto",
-):
+    epochs: int = 2,
+    batch_size: int = 8,
+    gradient_accumulation_steps: int = 1,
+    score_budget: float | None = None,
+    learning_rate: float | None = None,
+    seed: int = 0,
+    validation_data: tuple | None = None,
+    steps_per_epoch: int | None = None,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: str | int = "auto",
+) -> dict:
     """Trains a KerasHub `CausalLM` as the paper's run does: its masks if it is wrapped.
 
     It compiles the model with the paper's optimiser, schedule and loss for

@@ -29,7 +29,7 @@ class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
     ```
     """
 
-    def __init__(self, learning_rate, total_steps, warmup_fraction=0.03):
+    def __init__(self, learning_rate: float, total_steps: int, warmup_fraction: float = 0.03):
         if not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"`total_steps` must be a positive int. Received: {total_steps!r}")
         if not 0.0 <= warmup_fraction < 1.0:
