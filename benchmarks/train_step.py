@@ -18,6 +18,9 @@ that no arm inherits the memory and caches an earlier arm left behind.
 turn, one step of each arm per round, so that a change in the machine's speed
 over the minutes of a run falls on every arm alike (it needs the memory of
 all the arms together).
+
+`--dtype bfloat16` stores and computes the model's weights in bfloat16 (Keras'
+dtype policy); MFT's scores stay float32, as `keras_mft.wrap` keeps them.
 """
 
 import argparse
@@ -45,6 +48,7 @@ def row_of(model_name, arm, model, sequence_length, seconds):
         "model": model_name,
         "arm": arm,
         "tokens": arms.MODELS[model_name]["batch_size"] * sequence_length,
+        "dtype": keras.config.dtype_policy().name,
         "trainable": arms.trainable_count(model),
         "seconds": seconds,
     }
@@ -95,7 +99,9 @@ def measure(
     rows = []
     for arm in arm_names:
         if process_per_arm:
-            row, _ = arms.train_step_in_child(model_name, arm, warmup, steps, sequence_length)
+            row, _ = arms.train_step_in_child(
+                model_name, arm, warmup, steps, sequence_length, keras.config.dtype_policy().name
+            )
             rows.append(row)
         else:
             rows.append(time_arm(model_name, arm, warmup, steps, sequence_length))
@@ -160,8 +166,10 @@ def main(argv=None):
         action="store_true",
         help="build every arm's model at once and time their steps in turn",
     )
+    parser.add_argument("--dtype", default="float32", help="the weights' dtype policy")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    keras.config.set_dtype_policy(args.dtype)
     if args.interleave and args.process_per_arm:
         parser.error("--interleave times the arms in one process; drop --process-per-arm")
     if args.sequence_length is not None and args.sequence_length < 1:
@@ -169,7 +177,7 @@ def main(argv=None):
     settings = arms.MODELS[args.model]
     sequence_length = args.sequence_length or settings["sequence_length"]
     print(
-        f"{args.model} on {keras.backend.backend()}: band {settings['band']}, batch "
+        f"{args.model} in {args.dtype} on {keras.backend.backend()}: band {settings['band']}, batch "
         f"{settings['batch_size']} x {sequence_length} tokens, median of "
         f"{args.steps} steps after {args.warmup}"
         f"{', a process per arm' if args.process_per_arm else ''}"

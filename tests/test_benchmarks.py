@@ -5,6 +5,9 @@ results have the shape the report reads.
 """
 
 import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -13,10 +16,12 @@ import pytest
 import keras_mft
 from keras_mft.masking.wrapping import masked_layers_of
 from tests.shared.models import tiny_llama
+from tests.shared.scripts import BENCHMARKS
 from tests.shared.scripts import import_benchmark
 from tests.shared.scripts import run_benchmark
 
 BACKEND = keras.backend.backend()
+CHILD_PROCESS_BACKEND = "torch"
 # The scripts' module fixture is built once, on one worker.
 pytestmark = pytest.mark.xdist_group("benchmarks")
 # The tiny model's band: 2 blocks of q, o (64x64), k, v (64x32), gate, up, down (64x128).
@@ -48,21 +53,6 @@ def results(tmp_path_factory):
             "--json",
             str(directory / f"train_step_llama7b_slice_{BACKEND}.json"),
         ),
-        "train_step_long": run_benchmark(
-            "train_step",
-            *tiny,
-            "--arms",
-            "fft_band,mft",
-            "--sequence-length",
-            "32",
-            "--warmup",
-            "1",
-            "--steps",
-            "1",
-            "--process-per-arm",
-            "--json",
-            str(directory / f"train_step_llama7b_slice_long_{BACKEND}.json"),
-        ),
         "train_step_fixed": run_benchmark(
             "train_step",
             *tiny,
@@ -75,9 +65,6 @@ def results(tmp_path_factory):
             "2",
             "--json",
             str(directory / f"train_step_llama7b_slice_fixed_{BACKEND}.json"),
-        ),
-        "memory": run_benchmark(
-            "memory", *tiny, "--steps", "1", "--json", str(directory / f"memory_{BACKEND}.json")
         ),
         "inference": run_benchmark(
             "inference",
@@ -105,6 +92,28 @@ def results(tmp_path_factory):
             str(directory / f"harness_{BACKEND}.json"),
         ),
     }
+    # The scripts that run each arm in a child process run the same code on
+    # every backend (the children's train steps are tested on each): one
+    # backend's session runs them.
+    if BACKEND == CHILD_PROCESS_BACKEND:
+        outputs["train_step_long"] = run_benchmark(
+            "train_step",
+            *tiny,
+            "--arms",
+            "fft_band,mft",
+            "--sequence-length",
+            "32",
+            "--warmup",
+            "1",
+            "--steps",
+            "1",
+            "--process-per-arm",
+            "--json",
+            str(directory / f"train_step_llama7b_slice_long_{BACKEND}.json"),
+        )
+        outputs["memory"] = run_benchmark(
+            "memory", *tiny, "--steps", "1", "--json", str(directory / f"memory_{BACKEND}.json")
+        )
     outputs["report"] = run_benchmark(
         "report", "--results", str(directory), "--images", str(directory)
     )
@@ -177,6 +186,7 @@ def test_train_step_benchmark_times_every_arm(results):
     assert all(row["tokens"] == 2 * 16 for row in rows)  # the tiny model's batch
 
 
+@pytest.mark.one_backend(CHILD_PROCESS_BACKEND)
 def test_train_step_benchmark_takes_longer_sequences_in_a_process_per_arm(results):
     directory, outputs = results
     rows = read(directory, "train_step_llama7b_slice_long")
@@ -229,6 +239,7 @@ def test_train_step_benchmark_refuses_to_interleave_a_process_per_arm(capsys):
     assert "--interleave times the arms in one process" in capsys.readouterr().err
 
 
+@pytest.mark.one_backend(CHILD_PROCESS_BACKEND)
 def test_memory_benchmark_reports_bytes_per_masked_weight(results):
     directory, _ = results
     row = read(directory, "memory")
@@ -259,7 +270,9 @@ def test_harness_benchmark_scores_the_same_requests_with_each_model(results):
 
 def test_report_checks_targets_and_draws_plots(results):
     directory, outputs = results
-    for name in ("train_step", "selection", "memory", "inference"):
+    drawn = ("train_step", "selection", "inference")
+    drawn += ("memory",) if BACKEND == CHILD_PROCESS_BACKEND else ()
+    for name in drawn:
         assert (directory / f"bench_{name}.png").stat().st_size > 0
     assert f"train step llama7b_slice {BACKEND}: MFT / FFT band <= 1.05" in outputs["report"]
     assert f"selection {BACKEND}: share of a 7B-slice MFT step < 0.05" in outputs["report"]
@@ -335,3 +348,32 @@ def test_threshold_moves_reads_every_matrix_after_every_step(tmp_path):
     assert thresholds.shape == (3, 28)  # before and after 2 steps; 4 blocks x 7 kernels
     assert (thresholds > 0).all()
     assert "| high bins moved | matrix-steps | share |" in output
+
+
+@pytest.mark.one_backend("jax")  # it runs JAX and PyTorch itself, each in its own processes
+def test_gpu_check_runs_at_tiny_size_without_tensorflow(tmp_path):
+    # The GPU machine has no TensorFlow: here, importing it fails as there.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['tensorflow'] = sys.modules['tensorflow_text'] = None\n"
+    )
+    script = BENCHMARKS / "gpu_check.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--tiny", "--out", str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(BENCHMARKS.parent)])},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    for backend in ("jax", "torch"):
+        assert f"| {backend} | selection 64x48: sort / keras-mft |" in result.stdout
+        for tokens in (32, 128):
+            label = f"| {backend} | train step, {tokens} tokens: MFT / FFT of the band |"
+            assert label in result.stdout
+        rows = json.loads((tmp_path / f"gpu_train_step_llama7b_slice_{backend}.json").read_text())
+        assert [(row["arm"], row["dtype"]) for row in rows] == [
+            ("fft_band", "bfloat16"),
+            ("mft", "bfloat16"),
+        ]

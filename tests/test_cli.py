@@ -428,6 +428,10 @@ def test_demo_smoke(capsys, tmp_path):
     assert f"{out} holds a finished run" in line
 
 
+# A process-level check of the run directory's files, on one backend: that
+# every backend restores the same training state from a backup is tested in
+# process (`test_wrap.py::test_backup_and_restore_resumes_to_the_same_masks`).
+@pytest.mark.one_backend("torch")
 def test_kill_and_resume_script(tmp_path, preset):
     script = os.path.join(os.path.dirname(__file__), "kill_and_resume.py")
     result = subprocess.run(
