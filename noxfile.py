@@ -233,6 +233,8 @@ DOCS_PACKAGES = [
     "mkdocstrings-python==2.0.11",
     "mkdocs-gen-files==0.6.1",
     "playwright==1.65.2",
+    # The guides' notebooks (docs/guides.py).
+    "nbformat==5.11.1",
 ]
 
 

@@ -18,6 +18,7 @@ on every backend by the other tests, and the backends guide runs itself on
 all three.
 """
 
+import importlib
 import os
 import pathlib
 import re
@@ -25,6 +26,7 @@ import subprocess
 import sys
 
 import keras
+import nbclient
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -47,6 +49,32 @@ def run_python(args, cwd, backend=None, shrink=False):
 def run_guide(name, tmp_path, backend=None):
     """Runs examples/`name` in `tmp_path`, shrunk by tests/guides/sitecustomize.py."""
     return run_python([str(ROOT / "examples" / name)], tmp_path, backend, shrink=True)
+
+
+def run_notebook(name, tmp_path, monkeypatch):
+    """Executes the notebook that the site makes of examples/`name`, as `run_guide` runs it."""
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        guides = importlib.import_module("guides")  # docs/guides.py
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+    source = (ROOT / "examples" / name).read_text(encoding="utf-8")
+    notebook = guides.guide_to_notebook(source, name.removesuffix(".py"))
+    # The kernel inherits the environment: the backend, and the shrinking.
+    monkeypatch.setenv("KERAS_BACKEND", keras.backend.backend())
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(SHRINK), os.environ.get("PYTHONPATH", "")])
+    )
+    nbclient.NotebookClient(
+        notebook, timeout=600, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    streams = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
+    text = {
+        name: "".join(out.get("text", "") for out in streams if out.get("name") == name)
+        for name in ("stdout", "stderr")
+    }
+    assert "keras_mft shrunk for a smoke test" in text["stderr"], text["stderr"][-3000:]
+    return text["stdout"]
 
 
 def check_quickstart(output, tmp_path):
@@ -99,6 +127,8 @@ def check_paper_protocol(output, tmp_path):
 
 
 # The nox session (backend) each guide runs in, and what its output must show.
+# The quickstart runs as the notebook the site offers: the same code, in a kernel.
+NOTEBOOKS = {"quickstart.py"}
 GUIDES = {
     "quickstart.py": ("tensorflow", check_quickstart),
     "masks_as_adapters.py": ("tensorflow", check_masks_as_adapters),
@@ -115,8 +145,12 @@ GUIDES = {
         for name, (backend, _) in GUIDES.items()
     ],
 )
-def test_guide(guide, tmp_path):
-    GUIDES[guide][1](run_guide(guide, tmp_path), tmp_path)
+def test_guide(guide, tmp_path, monkeypatch):
+    if guide in NOTEBOOKS:
+        output = run_notebook(guide, tmp_path, monkeypatch)
+    else:
+        output = run_guide(guide, tmp_path)
+    GUIDES[guide][1](output, tmp_path)
 
 
 @pytest.mark.backend_independent
