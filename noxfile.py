@@ -106,7 +106,7 @@ def package(session):
     tiny size in an empty directory, so nothing comes from the source tree.
     The sdist, unpacked, runs tests that read its test data.
     """
-    session.install("build==1.6.1", "pytest<9.2")
+    session.install("build==1.6.1", "pytest<9.2", "pytest-xdist")
     tmp = os.path.abspath(session.create_tmp())
     for directory in ("dist", "sdist", "run"):
         shutil.rmtree(os.path.join(tmp, directory), ignore_errors=True)
@@ -125,7 +125,7 @@ def package(session):
     os.makedirs(os.path.join(tmp, "run"))
     session.chdir(os.path.join(tmp, "run"))
     session.run("python", "-c", PACKAGE_RUN, env=env)
-    flags = ["--preset", "tiny", "--data", "data.jsonl", "--sequence-length", "32"]
+    flags = ["--preset", "tiny", "--data", "data.jsonl", "--sequence-length", "64"]
     train = ["--layers", "0:2", "--epochs", "1", "--batch-size", "2", "--out", "out"]
     session.run("keras-mft", "train", *flags, *train, env=env)
     session.run("keras-mft", "eval", *flags, "--masks", "out/masks.mask", env=env)
