@@ -392,6 +392,9 @@ def test_backend_flag_restarts_on_that_backend(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+# The demo runs `keras_mft.train`, `evaluation`, `bake` and the plots, each tested on
+# every backend; run whole on the embedded model, it smoke-tests on one.
+@pytest.mark.one_backend("torch")
 def test_demo_smoke(capsys, tmp_path):
     out = str(tmp_path / "demo")
     status, stdout, _ = run(
