@@ -33,16 +33,28 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHRINK = ROOT / "tests" / "guides"  # holds sitecustomize.py
 
 
-def run_python(args, cwd, backend=None, shrink=False):
+def guide_environment(backend=None, shrink=False):
+    """The environment of a guide's process: its backend, and with `shrink`,
+    tests/guides/ first on `PYTHONPATH`."""
     env = {**os.environ, "KERAS_BACKEND": backend or keras.backend.backend()}
     if shrink:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SHRINK), env.get("PYTHONPATH")]))
+    return env
+
+
+def check_shrunk(stderr):
+    # sitecustomize.py says so on stderr: the guide did not run full size.
+    assert "keras_mft shrunk for a smoke test" in stderr, stderr[-3000:]
+
+
+def run_python(args, cwd, backend=None, shrink=False):
+    env = guide_environment(backend, shrink)
     result = subprocess.run(
         [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    if shrink:  # sitecustomize.py says so on stderr: the guide did not run full size
-        assert "keras_mft shrunk for a smoke test" in result.stderr, result.stderr[-3000:]
+    if shrink:
+        check_shrunk(result.stderr)
     return result.stdout
 
 
@@ -51,7 +63,7 @@ def run_guide(name, tmp_path, backend=None):
     return run_python([str(ROOT / "examples" / name)], tmp_path, backend, shrink=True)
 
 
-def run_notebook(name, tmp_path, monkeypatch):
+def run_notebook(name, tmp_path):
     """Executes the notebook that the site makes of examples/`name`, as `run_guide` runs it."""
     sys.path.insert(0, str(ROOT / "docs"))
     try:
@@ -60,20 +72,15 @@ def run_notebook(name, tmp_path, monkeypatch):
         sys.path.remove(str(ROOT / "docs"))
     source = (ROOT / "examples" / name).read_text(encoding="utf-8")
     notebook = guides.guide_to_notebook(source, name.removesuffix(".py"))
-    # The kernel inherits the environment: the backend, and the shrinking.
-    monkeypatch.setenv("KERAS_BACKEND", keras.backend.backend())
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join([str(SHRINK), os.environ.get("PYTHONPATH", "")])
-    )
     nbclient.NotebookClient(
         notebook, timeout=600, resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
+    ).execute(env=guide_environment(shrink=True))  # the kernel's environment
     streams = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
     text = {
         name: "".join(out.get("text", "") for out in streams if out.get("name") == name)
         for name in ("stdout", "stderr")
     }
-    assert "keras_mft shrunk for a smoke test" in text["stderr"], text["stderr"][-3000:]
+    check_shrunk(text["stderr"])
     return text["stdout"]
 
 
@@ -145,9 +152,9 @@ GUIDES = {
         for name, (backend, _) in GUIDES.items()
     ],
 )
-def test_guide(guide, tmp_path, monkeypatch):
+def test_guide(guide, tmp_path):
     if guide in NOTEBOOKS:
-        output = run_notebook(guide, tmp_path, monkeypatch)
+        output = run_notebook(guide, tmp_path)
     else:
         output = run_guide(guide, tmp_path)
     GUIDES[guide][1](output, tmp_path)
