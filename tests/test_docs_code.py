@@ -1,7 +1,7 @@
 """Every Python code block of the documentation site runs as written.
 
 The blocks of a page run in order in one namespace, as a reader would run
-them, in an empty directory. The examples in the docstrings that docs/api.md
+them, in an empty directory, in one backend's session (`PAGES`). The examples in the docstrings that docs/api.md
 renders run one by one, after the imports that KerasHub-style docstrings assume. The
 guides' pages are generated from examples/, which test_examples.py runs.
 """
@@ -49,22 +49,34 @@ def documented_objects():
     return objects
 
 
+# The session (backend) each page's code runs in, as each guide runs in one:
+# what the pages call is tested on every backend by the other tests.
+PAGES = {"faq.md": "jax", "guide.md": "torch", "index.md": "tensorflow"}
+# Docstring examples run on every backend, but for those that load the
+# embedded model (about 25 s each), which test_smollm2.py loads on each.
+HEAVY_EXAMPLES = {"keras_mft.embedded.smollm2.smollm2_135m_instruct-0": "torch"}
+
+
 def docstring_examples():
-    return [
-        pytest.param(block, id=f"{name}-{index}")
-        for name, value in documented_objects().items()
-        for index, block in enumerate(python_blocks(inspect.getdoc(value) or ""))
-    ]
+    params = []
+    for name, value in documented_objects().items():
+        for index, block in enumerate(python_blocks(inspect.getdoc(value) or "")):
+            key = f"{name}-{index}"
+            marks = [pytest.mark.one_backend(HEAVY_EXAMPLES[key])] if key in HEAVY_EXAMPLES else []
+            params.append(pytest.param(block, id=key, marks=marks))
+    return params
 
 
 @pytest.mark.backend_independent
 def test_the_docs_have_code_to_run():
-    assert "guide.md" in pages_with_code()
+    assert sorted(PAGES) == pages_with_code()  # a new page with code gets a backend here
     assert len(documented_objects()) > 20
     assert len(docstring_examples()) >= 5
 
 
-@pytest.mark.parametrize("page", pages_with_code())
+@pytest.mark.parametrize(
+    "page", [pytest.param(page, marks=pytest.mark.one_backend(PAGES[page])) for page in PAGES]
+)
 def test_page_code_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "__main__"}

@@ -29,7 +29,7 @@ scores_arrays = hnp.arrays(
     ),
 )
 ratios = st.floats(0.0, 1.0, exclude_max=True)
-SETTINGS = settings(max_examples=60, deadline=None)
+SETTINGS = settings(max_examples=40, deadline=None)
 
 
 def mask_of(scores, removed):
