@@ -26,6 +26,17 @@ def byte_tokenizer():
     return models.byte_tokenizer()
 
 
+@pytest.fixture
+def fast_quantize(monkeypatch):
+    """Keras' `quantize` without a full garbage collection per replaced kernel.
+
+    `Layer.__delattr__` calls `gc.collect()` for each variable it drops; in a
+    test process that has built many models that is seconds per layer (65 s
+    for the tiny Llama on TensorFlow). What is quantized does not change.
+    """
+    monkeypatch.setattr("gc.collect", lambda generation=2: 0)
+
+
 @pytest.fixture(autouse=True)
 def backend_independent_guard(request):
     """Fails a test marked `backend_independent` that touches a backend."""

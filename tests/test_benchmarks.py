@@ -324,7 +324,7 @@ def test_report_adds_the_arms_timed_in_a_second_process(tmp_path):
 # A property of the two routes' arithmetic, run on PyTorch only (the fastest
 # here): `wrap`, `bake` and `quantize` are tested on every backend elsewhere.
 @pytest.mark.one_backend("torch")
-def test_int8_routes_agree_only_where_no_channel_loses_its_largest_weight(batch):
+def test_int8_routes_agree_only_where_no_channel_loses_its_largest_weight(batch, fast_quantize):
     int8 = import_benchmark("int8")
     for score_init in ("random", "magnitude"):
         _, bake_first, mask_after, differ, kernels = int8.routes(

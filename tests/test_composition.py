@@ -116,7 +116,7 @@ def test_a_masked_layer_refuses_lora_afterwards():
         model.backbone.enable_lora(2)
 
 
-def test_int8_models_are_refused_before_any_change():
+def test_int8_models_are_refused_before_any_change(fast_quantize):
     model = tiny_llama()
     keras_mft.wrap(model, layers="1:2", seed=0)
     for quantizing in (model, model.backbone, masked(model)[0]):

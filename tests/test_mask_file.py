@@ -169,7 +169,7 @@ def test_refuses_another_model_in_any_dtype_and_leaves_it_unwrapped(saved, dtype
     assert [variable.trainable for variable in other.variables] == trainable
 
 
-def test_refuses_a_quantized_model_and_says_to_bake_first(saved):
+def test_refuses_a_quantized_model_and_says_to_bake_first(saved, fast_quantize):
     _, path = saved
     quantized = tiny_llama()
     quantized.backbone.quantize("int8")
