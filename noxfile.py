@@ -115,7 +115,8 @@ def package(session):
     (wheel,) = glob.glob(os.path.join(dist, "*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-    for needed in ("LICENSE", "keras_mft/py.typed", "lm_eval_tasks/arc_easy_offline.yaml"):
+    needed_files = ("keras_mft/py.typed", "keras_mft/__init__.pyi", "arc_easy_offline.yaml")
+    for needed in ("LICENSE", *needed_files):
         if not any(name.endswith(needed) for name in names):
             session.error(f"The wheel lacks {needed}.")
     session.install("jax[cpu]", f"{wheel}[embedded]")

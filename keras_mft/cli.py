@@ -19,9 +19,9 @@ import sys
 import tomllib
 
 import keras
-import keras_hub
 
 from keras_mft import evaluation
+from keras_mft.__main__ import unquiet
 from keras_mft.data.chat_templates import TEMPLATES
 from keras_mft.data.chat_templates import checkpoint_chat_template
 from keras_mft.data.chat_templates import load_chat_template
@@ -36,6 +36,7 @@ from keras_mft.masking.wrapping import bake
 from keras_mft.masking.wrapping import wrap
 from keras_mft.saving.mask_file import describe_masks
 from keras_mft.saving.mask_file import load_masks
+from keras_mft.saving.preset import load_preset
 from keras_mft.saving.preset import save_preset
 from keras_mft.saving.transformers import check_checkpoint_blocks
 from keras_mft.saving.transformers import export_to_transformers
@@ -73,6 +74,7 @@ def main(argv=None):
         if args.backend and args.backend != keras.backend.backend():
             # Keras reads KERAS_BACKEND once, when first imported: start again.
             environment = {**os.environ, "KERAS_BACKEND": args.backend}
+            unquiet()  # the new process quiets itself, or not, as this one did
             os.execve(sys.executable, [sys.executable, "-m", "keras_mft", *argv], environment)
         print(f"keras-mft {args.command} on {keras.backend.backend()}")
         args.run(args)
@@ -121,6 +123,7 @@ _fraction = _checked(float, lambda value: 0.0 < value < 1.0, "a fraction in (0, 
 # their defaults (`--seed` also orders the batches).
 FLAGS = {
     "backend": {"choices": BACKENDS, "help": "Keras backend (default: KERAS_BACKEND)"},
+    "verbose": {"action": "store_true", "help": "show the C++ logs and warnings of the libraries"},
     "preset": {"help": f"a KerasHub preset or Hugging Face checkpoint (default: {EMBEDDED})"},
     "data": {"help": 'JSONL: {"messages": [...]} or {"prompt", "response"}'},
     "val_data": {"help": "JSONL records scored at each epoch's end"},
@@ -170,7 +173,7 @@ def _with_config(command, args, argv):
             settings = tomllib.load(file)
     except (OSError, tomllib.TOMLDecodeError) as error:
         command.error(f"argument --config: cannot read {args.config}: {error}")
-    known = set(vars(args)) - {"run", "command", "config", "backend"}
+    known = set(vars(args)) - {"run", "command", "config", "backend", "verbose"}
     groups = [flag for flag in COMMANDS[args.command][2] if isinstance(flag, tuple)]
     flags = []
     for key, value in settings.items():
@@ -300,7 +303,7 @@ def run_bake(args):
         load = f"transformers.AutoModelForCausalLM.from_pretrained({args.out!r})"
     else:
         save_preset(model, args.out)
-        load = f"keras_hub.models.CausalLM.from_preset({args.out!r})"
+        load = f"keras_mft.load_preset({args.out!r})"
     print(f"Wrote the baked model {args.out}. Load it with {load}.")
 
 
@@ -345,7 +348,7 @@ def _load_model(preset):
 
         return smollm2_135m_instruct()
     try:
-        model = keras_hub.models.CausalLM.from_preset(preset)
+        model = load_preset(preset)
     except Exception as error:  # KerasHub, the hubs and the file system raise many kinds.
         reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
         raise ValueError(
@@ -428,7 +431,7 @@ def build_parser():
     for name, (run, help_text, flags, *defaults) in COMMANDS.items():
         command = commands.add_parser(name, help=help_text, description=help_text)
         parser.commands[name] = command
-        for flag in ["backend", *flags]:
+        for flag in ["backend", "verbose", *flags]:
             group = command.add_mutually_exclusive_group() if isinstance(flag, tuple) else command
             for each in flag if isinstance(flag, tuple) else [flag]:
                 required = {"required": True} if each.endswith("!") else {}

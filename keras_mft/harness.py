@@ -23,7 +23,6 @@ lm-eval is an optional dependency: `pip install "keras-mft[lm-eval]"`.
 """
 
 import keras
-import keras_hub
 import lm_eval
 import numpy as np
 from lm_eval import utils
@@ -41,6 +40,7 @@ from keras_mft.data.chat_templates import resolve_template
 from keras_mft.evaluation import greedy_ids
 from keras_mft.masking.named_masks import use_masks
 from keras_mft.saving.mask_file import load_masks
+from keras_mft.saving.preset import load_preset
 
 
 def evaluate(model, tasks, masks=(), include_path=None, **options):
@@ -130,7 +130,7 @@ class KerasMFTLM(TemplateLM):
         if (pretrained is None) == (model is None):
             raise ValueError("Give either `pretrained` (a preset) or `model` (a CausalLM).")
         if model is None:
-            model = keras_hub.models.CausalLM.from_preset(pretrained, dtype=dtype)
+            model = load_preset(pretrained, dtype=dtype)
         if model.preprocessor is None:
             raise ValueError(
                 "The model needs its preprocessor: its tokenizer reads lm-eval's text."

@@ -1,9 +1,11 @@
-"""`save_preset`: `save_to_preset` that keeps tied word embeddings."""
+"""`save_preset` (`save_to_preset` that keeps tied word embeddings) and `load_preset`."""
 
+import importlib
 import json
 import os
 
 import keras
+import keras_hub
 
 from keras_mft.masking import architectures
 
@@ -39,3 +41,27 @@ def _set_tied(path, backbone_config_of, tied):
     backbone_config_of(config).setdefault("tie_word_embeddings", tied)
     with open(path, "w", encoding="utf-8") as file:
         json.dump(config, file, indent=4)
+
+
+def load_preset(preset: str | os.PathLike, **kwargs) -> keras_hub.models.CausalLM:
+    """`keras_hub.models.CausalLM.from_preset(preset, **kwargs)`, also for presets
+    that keras-mft's embedded SmolLM2 wrote.
+
+    Such a preset names keras-mft's SmolLM2 tokenizer and preprocessor, which
+    Keras finds once their module is imported; `import keras_mft` imports
+    nothing until a name is used, so this imports it first (when the
+    `embedded` extra is installed: without it no such preset was written).
+
+    Example:
+
+    ```python
+    keras_mft.save_preset(keras_mft.tiny_smollm2(), "tiny_preset")
+    model = keras_mft.load_preset("tiny_preset")
+    model.generate("Hi", max_length=8)
+    ```
+    """
+    try:
+        importlib.import_module("keras_mft.embedded.smollm2")
+    except ImportError:
+        pass
+    return keras_hub.models.CausalLM.from_preset(preset, **kwargs)
