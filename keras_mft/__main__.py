@@ -6,8 +6,8 @@ the process's standard error when it loads (oneDNN and CUDA notices), and
 starts; a JAX built for CUDA does the same on a machine without a GPU. So,
 unless `--verbose` is given, the command points file descriptor 2 at the
 null device before Keras loads, and Python's `sys.stderr` (errors, tracebacks)
-at a copy of the terminal's; it also ignores Python warnings, which come
-from Keras and TensorFlow, not from what the user asked for.
+at a copy of the terminal's; it also ignores the Python warnings of Keras
+and TensorFlow, which are not about what the user asked for.
 """
 
 import os
@@ -34,6 +34,9 @@ def quiet():
     os.close(null)
     sys.stderr = open(terminal, "w", buffering=1, encoding=sys.stderr.encoding, errors="replace")
     warnings.simplefilter("ignore")
+    # keras-mft's own warnings are about the user's input (data cut at
+    # `--sequence-length`, ...): they stay.
+    warnings.filterwarnings("default", module=r"keras_mft\.")
 
 
 def unquiet():

@@ -10,6 +10,7 @@ the loaded model) or 1 (everything else).
 """
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -19,6 +20,8 @@ import sys
 import tomllib
 
 import keras
+import keras_hub
+from keras_hub.src.utils import preset_utils
 
 from keras_mft import evaluation
 from keras_mft.__main__ import unquiet
@@ -40,6 +43,7 @@ from keras_mft.saving.preset import load_preset
 from keras_mft.saving.preset import save_preset
 from keras_mft.saving.transformers import check_checkpoint_blocks
 from keras_mft.saving.transformers import export_to_transformers
+from keras_mft.training.distribution import distribution_for
 from keras_mft.training.run import train
 from keras_mft.training.run_directory import check_run_directory
 from keras_mft.version import __version__
@@ -148,6 +152,10 @@ FLAGS = {
     "train_examples": {"type": _positive_int, "default": 224, "help": "(default: 224)"},
     "eval_examples": {"type": _positive_int, "default": 64, "help": "(default: 64)"},
     "log_dir": {"help": "write TensorBoard logs and training.csv here"},
+    "distribution": {
+        "choices": ("data", "model"),
+        "help": "every device (JAX): split the batches or the weights",
+    },
     "config": {"help": "a TOML file whose keys are these flags' names; flags override it"},
     "resume": {"action": "store_true", "help": "continue the interrupted run in --out"},
     "out": {"help": "the directory to write"},
@@ -213,12 +221,32 @@ TRAINING += ("seed", "steps_per_epoch", "resume")
 
 
 def run_train(args):
+    scope = contextlib.nullcontext()
+    if args.distribution:  # variables are placed when made: load, wrap and train inside
+        with checking("distribution"):
+            scope = distribution_for(args.distribution, _backbone_class(args)).scope()
     check_run_directory(args.out, args.resume)
     loggers = _loggers(args)
     records = read_jsonl(args.data)
     validation_records = read_jsonl(args.val_data) if args.val_data else None
     if args.val_fraction:
         records, validation_records = split_records(records, args.val_fraction)
+    with scope:
+        _train(args, loggers, records, validation_records)
+
+
+def _backbone_class(args):
+    """The backbone class of `--preset` (for its layout map), read before it loads."""
+    if args.distribution != "model" or keras.backend.backend() != "jax":
+        return None
+    if args.preset is None:
+        return keras_hub.models.Llama3Backbone  # the embedded SmolLM2
+    # KerasHub reads the class from the preset's config.json (KerasHub's or
+    # transformers'); its public API does so only while it loads the weights.
+    return preset_utils.get_preset_loader(args.preset).check_backbone_class()
+
+
+def _train(args, loggers, records, validation_records):
     model = _load_model(args.preset)
     # Before the data is tokenized: the model checks what it alone can.
     wrap(model, args.mask_config)
@@ -401,7 +429,7 @@ COMMANDS = {
         "Learn masks for your model on prompt/response JSONL data.",
         [*MODEL, "data!", *DATA, *MASK, RATE, "epochs", "gradient_accumulation_steps"]
         + ["steps_per_epoch"]
-        + [("val_data", "val_fraction"), "log_dir", "out", "config", "resume"],
+        + [("val_data", "val_fraction"), "log_dir", "distribution", "out", "config", "resume"],
         {"out": "keras-mft-train"},
     ),
     "eval": (

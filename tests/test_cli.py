@@ -11,10 +11,12 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
+import safetensors.numpy
 
 import keras_mft
 from keras_mft import cli
 from keras_mft.embedded import smollm2
+from keras_mft.training.distribution import distribution_for
 from tests.shared.models import logits_of
 from tests.shared.models import to_numpy
 from tests.shared.models import token_batch
@@ -571,3 +573,61 @@ def test_a_hugging_face_checkpoint_brings_its_chat_template(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>"}))
     args.template = None  # a checkpoint without one leaves the choice to the fallbacks
     assert cli._chat_template(args) is None
+
+
+# Keras distributes on JAX only: this runs JAX itself, with 8 virtual devices.
+@pytest.mark.one_backend("jax")
+def test_train_on_eight_devices_learns_the_masks_of_one(tmp_path):
+    script = """
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import keras_hub
+import keras_mft
+from keras_mft import cli
+# Every size that the layout map splits divides by 8 (SmolLM2's vocabulary too).
+preprocessor = keras_mft.tiny_smollm2().preprocessor
+backbone = keras_hub.models.Llama3Backbone(
+    vocabulary_size=preprocessor.tokenizer.vocabulary_size(), num_layers=2,
+    num_query_heads=8, num_key_value_heads=8, hidden_dim=64, intermediate_dim=64)
+model = keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=preprocessor)
+keras_mft.save_preset(model, "preset")
+with open("data.jsonl", "w") as file:
+    for n in range(8):
+        file.write(json.dumps({"prompt": f"What is {n} + 1?", "response": str(n + 1)}) + "\\n")
+train = ["train", "--preset", "preset", "--data", "data.jsonl", "--layers", "0:2"]
+train += ["--epochs", "1", "--batch-size", "8", "--sequence-length", "32", "--learning-rate", "0.01"]
+for kind in ("one", "data", "model"):
+    flags = [] if kind == "one" else ["--distribution", kind]
+    assert cli.main([*train, "--out", kind, *flags]) == 0
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "KERAS_BACKEND": "jax"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = safetensors.numpy.load_file(tmp_path / "one" / "masks.mask")
+    for kind in ("data", "model"):
+        other = safetensors.numpy.load_file(tmp_path / kind / "masks.mask")
+        assert sorted(other) == sorted(one)
+        for key in one:  # the packed masks and the kernels' fingerprints
+            np.testing.assert_array_equal(other[key], one[key], err_msg=f"{kind}: {key}")
+    history = json.loads((tmp_path / "one" / "history.json").read_text())
+    assert history["epochs"]["mask_changed"][-1] > 0.05  # training moved the masks
+
+
+def test_distribution_is_refused_where_keras_cannot_distribute(capsys, preset, data_file):
+    train = ("train", "--preset", preset, "--data", data_file, "--distribution")
+    if keras.backend.backend() != "jax":
+        line = error_line(capsys, *train, "data", status=2)
+        assert "argument --distribution: Keras distributes a model over devices on JAX only" in line
+        assert f"this runs on {keras.backend.backend()}" in line
+        assert not os.path.exists("keras-mft-train")  # refused before anything was written
+        return
+    with pytest.raises(ValueError, match="no layout map for GPT2Backbone.*use 'data'"):
+        distribution_for("model", keras_hub.models.GPT2Backbone)
+    with pytest.raises(ValueError, match="'data' or 'model', not 'pipeline'"):
+        distribution_for("pipeline")

@@ -1,4 +1,6 @@
-"""`extend_layout_map`: lay each score variable out like its kernel.
+"""Several devices: `extend_layout_map` lays each score variable out like its
+kernel, and `distribution_for` is the distribution `keras-mft train
+--distribution` trains under.
 
 KerasHub's `get_layout_map(device_mesh)` has a pattern for every projection
 kernel; without one of their own, the scores would be replicated on every
@@ -48,3 +50,42 @@ def extend_layout_map(layout_map: keras.distribution.LayoutMap) -> keras.distrib
     for key, layout in additions.items():
         layout_map[key] = layout.axes
     return layout_map
+
+
+def distribution_for(
+    kind: str, backbone_class: type | None = None
+) -> keras.distribution.DataParallel | keras.distribution.ModelParallel:
+    """The Keras distribution over every device that `keras-mft train --distribution` uses.
+
+    `"data"`: `keras.distribution.DataParallel`, each batch split over the
+    devices. `"model"`: `keras.distribution.ModelParallel` on a mesh of
+    1 x devices (`("batch", "model")`, as KerasHub's `get_layout_map`
+    example), with `backbone_class.get_layout_map` extended for the scores.
+    Build, wrap and train the model inside its `scope()`.
+
+    Args:
+        kind: `"data"` or `"model"`.
+        backbone_class: the model's KerasHub backbone class (for `"model"`).
+
+    Raises:
+        ValueError: on a backend other than JAX (Keras distributes only on
+            JAX), or for `"model"` with a backbone that has no layout map.
+    """
+    if keras.backend.backend() != "jax":
+        raise ValueError(
+            f"Keras distributes a model over devices on JAX only, and this runs on "
+            f"{keras.backend.backend()}: run it with KERAS_BACKEND=jax (`--backend jax`)."
+        )
+    devices = keras.distribution.list_devices()
+    if kind == "data":
+        return keras.distribution.DataParallel(devices=devices)
+    if kind != "model":
+        raise ValueError(f"A distribution is 'data' or 'model', not {kind!r}.")
+    if not hasattr(backbone_class, "get_layout_map"):
+        raise ValueError(
+            f"KerasHub has no layout map for {backbone_class.__name__} (it has one for Gemma, "
+            "Llama, Llama 3 and Qwen), so it cannot be split by weights: use 'data'."
+        )
+    mesh = keras.distribution.DeviceMesh((1, len(devices)), ("batch", "model"), devices)
+    layout_map = extend_layout_map(backbone_class.get_layout_map(mesh))
+    return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
