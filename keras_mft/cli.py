@@ -223,6 +223,8 @@ TRAINING += ("seed", "steps_per_epoch", "resume")
 def run_train(args):
     scope = contextlib.nullcontext()
     if args.distribution:  # variables are placed when made: load, wrap and train inside
+        if "KERAS_DISTRIBUTION_NUM_PROCESSES" in os.environ:  # one of several processes
+            keras.distribution.initialize()
         with checking("distribution"):
             scope = distribution_for(args.distribution, _backbone_class(args)).scope()
     check_run_directory(args.out, args.resume)

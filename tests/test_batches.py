@@ -39,3 +39,17 @@ def test_a_resumed_dataset_yields_the_batches_that_were_left():
         assert np.array_equal(by, y[rows]) and np.array_equal(bw, sample_weight[rows])
     for (ax, ay, _), (bx, by, _) in zip(whole[4:], resumed, strict=True):
         assert np.array_equal(ax["token_ids"], bx["token_ids"]) and np.array_equal(ay, by)
+
+
+@pytest.mark.backend_independent
+def test_processes_feed_equal_slices_that_make_the_whole_batch():
+    whole = list(Batches(data(8), batch_size=4, epochs=1, seed=0).dataset().as_numpy_iterator())
+    parts = [
+        list(Batches(data(8), 4, 1, 0, part=(i, 2)).dataset().as_numpy_iterator()) for i in (0, 1)
+    ]
+    for step, (_, y, _) in enumerate(whole):
+        first, second = parts[0][step], parts[1][step]
+        assert np.array_equal(np.concatenate([first[1], second[1]]), y)
+        assert len(first[1]) == 2
+    with pytest.raises(ValueError, match="2 processes share each batch.*the last of a pass 3"):
+        Batches(data(7), batch_size=4, epochs=1, seed=0, part=(0, 2))

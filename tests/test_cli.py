@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -575,46 +576,62 @@ def test_a_hugging_face_checkpoint_brings_its_chat_template(tmp_path):
     assert cli._chat_template(args) is None
 
 
-# Keras distributes on JAX only: this runs JAX itself, with 8 virtual devices.
+# Keras distributes on JAX only: this runs JAX itself, with virtual CPU devices.
 @pytest.mark.one_backend("jax")
-def test_train_on_eight_devices_learns_the_masks_of_one(tmp_path):
-    script = """
-import json, os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-import keras_hub
-import keras_mft
-from keras_mft import cli
-# Every size that the layout map splits divides by 8 (SmolLM2's vocabulary too).
-preprocessor = keras_mft.tiny_smollm2().preprocessor
-backbone = keras_hub.models.Llama3Backbone(
-    vocabulary_size=preprocessor.tokenizer.vocabulary_size(), num_layers=2,
-    num_query_heads=8, num_key_value_heads=8, hidden_dim=64, intermediate_dim=64)
-model = keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=preprocessor)
-keras_mft.save_preset(model, "preset")
-with open("data.jsonl", "w") as file:
-    for n in range(8):
-        file.write(json.dumps({"prompt": f"What is {n} + 1?", "response": str(n + 1)}) + "\\n")
-train = ["train", "--preset", "preset", "--data", "data.jsonl", "--layers", "0:2"]
-train += ["--epochs", "1", "--batch-size", "8", "--sequence-length", "32", "--learning-rate", "0.01"]
-for kind in ("one", "data", "model"):
-    flags = [] if kind == "one" else ["--distribution", kind]
-    assert cli.main([*train, "--out", kind, *flags]) == 0
-"""
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env={**os.environ, "KERAS_BACKEND": "jax"},
-        capture_output=True,
-        text=True,
-        timeout=600,
+def test_train_on_eight_devices_and_two_processes_learns_the_masks_of_one(tmp_path):
+    # Every size that the layout map splits divides by 8 (SmolLM2's vocabulary too).
+    preprocessor = keras_mft.tiny_smollm2().preprocessor
+    backbone = keras_hub.models.Llama3Backbone(
+        vocabulary_size=preprocessor.tokenizer.vocabulary_size(),
+        num_layers=2,
+        num_query_heads=8,
+        num_key_value_heads=8,
+        hidden_dim=64,
+        intermediate_dim=64,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    model = keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=preprocessor)
+    keras_mft.save_preset(model, tmp_path / "preset")
+    records = [{"prompt": f"What is {n} + 1?", "response": str(n + 1)} for n in range(8)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    train = ["train", "--preset", str(tmp_path / "preset"), "--data", str(tmp_path / "data.jsonl")]
+    train += ["--layers", "0:2", "--epochs", "1", "--batch-size", "8", "--sequence-length", "32"]
+    train += ["--learning-rate", "0.01"]
+    # One process with 8 devices, split by batch, then by weight.
+    one_process = f"""
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+from keras_mft import cli
+for kind in ("data", "model"):
+    assert cli.main({train!r} + ["--out", kind, "--distribution", kind]) == 0
+"""
+    # Two processes with 4 devices each, as on two hosts, over JAX's distributed runtime.
+    with socket.socket() as free:
+        free.bind(("localhost", 0))
+        port = free.getsockname()[1]
+    processes = [subprocess.Popen([sys.executable, "-c", one_process], cwd=tmp_path)]
+    for index in range(2):
+        (tmp_path / f"host{index}").mkdir()
+        environment = {
+            **os.environ,
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+            "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{port}",
+            "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+            "KERAS_DISTRIBUTION_PROCESS_ID": str(index),
+        }
+        command = [sys.executable, "-m", "keras_mft", *train, "--distribution", "data"]
+        processes.append(
+            subprocess.Popen(
+                [*command, "--out", "run"], cwd=tmp_path / f"host{index}", env=environment
+            )
+        )
+    assert cli.main([*train, "--out", str(tmp_path / "one")]) == 0  # here: one device
+    assert [process.wait(timeout=600) for process in processes] == [0, 0, 0]
     one = safetensors.numpy.load_file(tmp_path / "one" / "masks.mask")
-    for kind in ("data", "model"):
-        other = safetensors.numpy.load_file(tmp_path / kind / "masks.mask")
+    for run in ("data", "model", "host0/run", "host1/run"):
+        other = safetensors.numpy.load_file(tmp_path / run / "masks.mask")
         assert sorted(other) == sorted(one)
         for key in one:  # the packed masks and the kernels' fingerprints
-            np.testing.assert_array_equal(other[key], one[key], err_msg=f"{kind}: {key}")
+            np.testing.assert_array_equal(other[key], one[key], err_msg=f"{run}: {key}")
     history = json.loads((tmp_path / "one" / "history.json").read_text())
     assert history["epochs"]["mask_changed"][-1] > 0.05  # training moved the masks
 

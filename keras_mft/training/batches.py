@@ -22,6 +22,9 @@ class Batches:
         batch_size: rows per batch; the last batch of a pass may be smaller.
         epochs: passes over the data.
         seed: int; the same seed gives the same order on every backend.
+        part: `(index, count)`: this process's share of each batch, the
+            `index`-th of `count` equal slices, where several processes feed
+            one data-parallel batch; every batch must divide by `count`.
 
     Example:
 
@@ -31,11 +34,18 @@ class Batches:
     ```
     """
 
-    def __init__(self, data, batch_size, epochs, seed):
-        self.data, self.batch_size, self.seed = data, batch_size, seed
+    def __init__(self, data, batch_size, epochs, seed, part=(0, 1)):
+        self.data, self.batch_size, self.seed, self.part = data, batch_size, seed, part
         self.rows = len(data[1])
         self.steps_per_pass = math.ceil(self.rows / batch_size)
         self.total_steps = self.steps_per_pass * epochs
+        last = self.rows - (self.steps_per_pass - 1) * batch_size
+        if batch_size % part[1] or last % part[1]:
+            raise ValueError(
+                f"{part[1]} processes share each batch, so its rows must divide by {part[1]}: "
+                f"the batches have {batch_size} rows and the last of a pass {last}. Choose "
+                "a batch size and a number of records that both divide by it."
+            )
 
     def rows_of(self, step):
         """The row indices of batch `step` (0-based, counted over all passes)."""
@@ -50,8 +60,11 @@ class Batches:
         x, y, sample_weight = self.data
 
         def generate():
+            index, count = self.part
             for step in range(start, self.total_steps):
                 rows = self.rows_of(step)
+                share = len(rows) // count
+                rows = rows[index * share : (index + 1) * share]
                 yield {key: value[rows] for key, value in x.items()}, y[rows], sample_weight[rows]
 
         def spec(array):

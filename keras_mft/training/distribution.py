@@ -77,8 +77,10 @@ def distribution_for(
             f"{keras.backend.backend()}: run it with KERAS_BACKEND=jax (`--backend jax`)."
         )
     devices = keras.distribution.list_devices()
+    # Each process feeds its own share of every batch (`batch_share`): Keras'
+    # sharding of a dataset needs a static batch size, which a generator lacks.
     if kind == "data":
-        return keras.distribution.DataParallel(devices=devices)
+        return keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
     if kind != "model":
         raise ValueError(f"A distribution is 'data' or 'model', not {kind!r}.")
     if not hasattr(backbone_class, "get_layout_map"):
@@ -88,4 +90,20 @@ def distribution_for(
         )
     mesh = keras.distribution.DeviceMesh((1, len(devices)), ("batch", "model"), devices)
     layout_map = extend_layout_map(backbone_class.get_layout_map(mesh))
-    return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
+    return keras.distribution.ModelParallel(
+        layout_map=layout_map, batch_dim_name="batch", auto_shard_dataset=False
+    )
+
+
+def batch_share() -> tuple[int, int]:
+    """This process's share of each batch under the current distribution: `(index, count)`.
+
+    Under `DataParallel` over several processes (`keras.distribution.initialize`),
+    process `i` of `n` feeds the `i`-th of `n` equal slices of every batch, the
+    rows its devices hold; otherwise a process feeds every row, (0, 1).
+    """
+    if isinstance(keras.distribution.distribution(), keras.distribution.DataParallel):
+        import jax  # Keras distributes on JAX only
+
+        return jax.process_index(), jax.process_count()
+    return 0, 1

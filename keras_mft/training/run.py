@@ -23,6 +23,7 @@ from keras_mft.saving.mask_file import save_masks
 from keras_mft.training import score_budget as budgets
 from keras_mft.training.backup import CrashSafeBackupAndRestore
 from keras_mft.training.batches import Batches
+from keras_mft.training.distribution import batch_share
 from keras_mft.training.mask_fine_tuner import MaskFineTuner
 from keras_mft.training.optimizer import LEARNING_RATE
 from keras_mft.training.optimizer import compile_like_paper
@@ -103,7 +104,7 @@ def train(
     ```
     """
     masked = any(is_masked(layer) for layer in model._flatten_layers())
-    batches = Batches(data, batch_size, epochs, seed)
+    batches = Batches(data, batch_size, epochs, seed, part=batch_share())
     accumulation = gradient_accumulation_steps
     if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
         raise ValueError(
