@@ -28,6 +28,7 @@ from .saving.transformers import export_to_transformers as export_to_transformer
 from .training import protocol as protocol
 from .training import score_budget as score_budget
 from .training.backup import CrashSafeBackupAndRestore as CrashSafeBackupAndRestore
+from .training.checkpointing import gradient_checkpointing as gradient_checkpointing
 from .training.distribution import extend_layout_map as extend_layout_map
 from .training.mask_fine_tuner import MaskFineTuner as MaskFineTuner
 from .training.optimizer import PaperAdamW as PaperAdamW

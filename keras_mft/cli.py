@@ -152,6 +152,7 @@ FLAGS = {
     "train_examples": {"type": _positive_int, "default": 224, "help": "(default: 224)"},
     "eval_examples": {"type": _positive_int, "default": 64, "help": "(default: 64)"},
     "log_dir": {"help": "write TensorBoard logs and training.csv here"},
+    "gradient_checkpointing": {"action": "store_true", "help": "less memory, more time"},
     "distribution": {
         "choices": ("data", "model"),
         "help": "every device (JAX): split the batches or the weights",
@@ -209,6 +210,7 @@ def run_demo(args):
     check_run_directory(args.out)
     print(f"Writing to {os.path.abspath(args.out)}")
     given = ("train_examples", "eval_examples", "sequence_length", "score_budget", "learning_rate")
+    given += ("gradient_checkpointing",)
     outcome = demo(args.out, config=config, seed=args.seed, **{n: getattr(args, n) for n in given})
     print(f"\n{outcome['table']}\n\nFinished in {outcome['seconds'] / 60:.1f} min. Wrote:")
     for what, path in outcome["files"].items():
@@ -217,7 +219,7 @@ def run_demo(args):
 
 # `keras_mft.train`'s arguments that the flags of the same names give.
 TRAINING = ("epochs", "batch_size", "gradient_accumulation_steps", "score_budget", "learning_rate")
-TRAINING += ("seed", "steps_per_epoch", "resume")
+TRAINING += ("seed", "steps_per_epoch", "resume", "gradient_checkpointing")
 
 
 def run_train(args):
@@ -423,7 +425,8 @@ COMMANDS = {
     "demo": (
         run_demo,
         "MFT of the embedded SmolLM2-135M on GSM8K, offline, with a table and plots.",
-        [*MASK, RATE, "train_examples", "eval_examples", "sequence_length", "out"],
+        [*MASK, RATE, "train_examples", "eval_examples", "sequence_length"]
+        + ["gradient_checkpointing", "out"],
         {"layers": "4:8", "out": "keras-mft-demo"},
     ),
     "train": (
@@ -431,7 +434,8 @@ COMMANDS = {
         "Learn masks for your model on prompt/response JSONL data.",
         [*MODEL, "data!", *DATA, *MASK, RATE, "epochs", "gradient_accumulation_steps"]
         + ["steps_per_epoch"]
-        + [("val_data", "val_fraction"), "log_dir", "distribution", "out", "config", "resume"],
+        + [("val_data", "val_fraction"), "log_dir", "gradient_checkpointing", "distribution"]
+        + ["out", "config", "resume"],
         {"out": "keras-mft-train"},
     ),
     "eval": (

@@ -377,3 +377,23 @@ def test_gpu_check_runs_at_tiny_size_without_tensorflow(tmp_path):
             ("fft_band", "bfloat16"),
             ("mft", "bfloat16"),
         ]
+
+
+# Two child processes, as the memory benchmark's: on one backend's session.
+@pytest.mark.one_backend(CHILD_PROCESS_BACKEND)
+def test_checkpointing_benchmark_measures_both_arms(tmp_path):
+    output = run_benchmark(
+        "checkpointing",
+        "--model",
+        "tiny",
+        "--sequence-length",
+        "16",
+        "--steps",
+        "1",
+        "--json",
+        str(tmp_path / "checkpointing.json"),
+    )
+    rows = json.loads((tmp_path / "checkpointing.json").read_text())
+    assert [row["arm"] for row in rows] == ["mft", "mft_checkpointed"]
+    assert all(row["peak_bytes"] > 100 * 2**20 and row["seconds"] > 0 for row in rows)
+    assert "With checkpointing:" in output and "x the step time" in output

@@ -165,16 +165,18 @@ def masked_kernel(kernel, scores, keep):
     # TensorFlow's custom gradients refuse a variable read inside them.
     kernel = ops.stop_gradient(ops.convert_to_tensor(kernel))
 
-    # `keep` is an argument, not a closure variable, so that PyTorch frees it
-    # after the backward pass. Boolean: a quarter of a float mask's memory.
+    # `keep` and `kernel` are arguments, not closure variables, so that
+    # PyTorch frees them after the backward pass, and JAX can recompute this
+    # under `jax.checkpoint` (gradient checkpointing). Boolean `keep`: a
+    # quarter of a float mask's memory.
     @ops.custom_gradient
-    def masked(scores, keep):
+    def masked(scores, keep, kernel):
         def gradient(*args, upstream=None):
             if upstream is None:  # JAX and TensorFlow pass it positionally
                 (upstream,) = args
-            return straight_through_gradient(kernel, scores, upstream), None
+            return straight_through_gradient(kernel, scores, upstream), None, None
 
         return zero_removed(kernel, keep), gradient
 
     # A tensor, not a variable: PyTorch's autograd follows only tensor inputs.
-    return masked(ops.convert_to_tensor(scores), keep)
+    return masked(ops.convert_to_tensor(scores), keep, kernel)

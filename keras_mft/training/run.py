@@ -5,6 +5,7 @@ A run killed at any moment resumes with `resume=True` from its last backup,
 on the batches that would have come next, and ends as if it never stopped.
 """
 
+import contextlib
 import hashlib
 import json
 import math
@@ -20,6 +21,7 @@ from keras_mft import plot
 from keras_mft.masking.layers import is_masked
 from keras_mft.masking.wrapping import masks_of
 from keras_mft.saving.mask_file import save_masks
+from keras_mft.training import checkpointing
 from keras_mft.training import score_budget as budgets
 from keras_mft.training.backup import CrashSafeBackupAndRestore
 from keras_mft.training.batches import Batches
@@ -51,6 +53,7 @@ def train(
     resume: bool = False,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: str | int = "auto",
+    gradient_checkpointing: bool = False,
 ) -> dict:
     """Trains a KerasHub `CausalLM` as the paper's run does: its masks if it is wrapped.
 
@@ -84,6 +87,9 @@ def train(
             been started with the same settings and data.
         callbacks: more Keras callbacks, e.g. `keras.callbacks.TensorBoard`.
         verbose: as for `model.fit`; 0 also silences the opening line.
+        gradient_checkpointing: recompute each decoder block's activations in
+            the backward pass (`keras_mft.gradient_checkpointing`): the same
+            results in less memory and more time.
 
     Returns:
         `{"learning_rate", "score_budget", "updates", "epochs", "step_losses",
@@ -175,7 +181,8 @@ def train(
         # The tuner comes first, so that the other callbacks see its figures;
         # `progress` saves before `backup`, so it never holds fewer epochs.
         callbacks = [c for c in (tuner, *callbacks, progress, backup) if c is not None]
-        with warnings.catch_warnings():
+        blocks = checkpointing.gradient_checkpointing(model) if gradient_checkpointing else None
+        with warnings.catch_warnings(), blocks or contextlib.nullcontext():
             # A last epoch shorter than `steps_per_epoch` is planned, not a shortage.
             warnings.filterwarnings("ignore", "Your input ran out of data")
             model.fit(
