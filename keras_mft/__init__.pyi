@@ -19,6 +19,7 @@ from .masking.wrapping import bake as bake
 from .masking.wrapping import masks_of as masks_of
 from .masking.wrapping import scores_of as scores_of
 from .masking.wrapping import wrap as wrap
+from .saving.gguf import export_to_gguf as export_to_gguf
 from .saving.mask_file import describe_masks as describe_masks
 from .saving.mask_file import load_masks as load_masks
 from .saving.mask_file import save_masks as save_masks

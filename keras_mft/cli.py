@@ -37,6 +37,8 @@ from keras_mft.masking.config import block_indices
 from keras_mft.masking.config import checking
 from keras_mft.masking.wrapping import bake
 from keras_mft.masking.wrapping import wrap
+from keras_mft.saving.gguf import DTYPES as GGUF_DTYPES
+from keras_mft.saving.gguf import export_to_gguf
 from keras_mft.saving.mask_file import describe_masks
 from keras_mft.saving.mask_file import load_masks
 from keras_mft.saving.preset import load_preset
@@ -167,7 +169,12 @@ FLAGS = {
     "limit": {"type": _positive_int, "help": "score only the first N examples of each task"},
     "output": {"metavar": "FILE", "help": "also write lm-eval's results as JSON"},
     "confirm_run_unsafe_code": {"action": "store_true", "help": "let tasks run the model's code"},
-    "format": {"choices": ("keras", "hf"), "default": "keras", "help": "hf: for transformers"},
+    "format": {
+        "choices": ("keras", "hf", "gguf"),
+        "default": "keras",
+        "help": "hf: for transformers; gguf: for llama.cpp and Ollama",
+    },
+    "dtype": {"choices": GGUF_DTYPES, "default": "float16", "help": "--format gguf's matrices"},
     "prompt": {"action": "append", "required": True, "help": "a user message; repeat the flag"},
     "system": {"help": "a system prompt for every message"},
     "max_new_tokens": {"type": _positive_int, "default": 64, "help": "(default: 64)"},
@@ -333,6 +340,10 @@ def run_bake(args):
     if args.format == "hf":
         export_to_transformers(model, args.out)
         load = f"transformers.AutoModelForCausalLM.from_pretrained({args.out!r})"
+    elif args.format == "gguf":
+        os.makedirs(args.out, exist_ok=True)
+        files = export_to_gguf(model, os.path.join(args.out, "model.gguf"), dtype=args.dtype)
+        load = f"llama.cpp (llama-cli -m {files['gguf']}) or Ollama ({files['modelfile']})"
     else:
         save_preset(model, args.out)
         load = f"keras_mft.load_preset({args.out!r})"
@@ -446,7 +457,7 @@ COMMANDS = {
     "bake": (
         run_bake,
         "Multiply a mask file into a model and save it.",
-        [*MODEL, "masks!", "out!", "format"],
+        [*MODEL, "masks!", "out!", "format", "dtype"],
     ),
     "generate": (
         run_generate,

