@@ -78,7 +78,8 @@ def jax_compilation_cache(session):
     the scripts they start; with the cache, JAX compiles each program once.
     Every other session starts JAX processes too, so each one gets a cache.
     """
-    directory = os.path.join(session.create_tmp(), "jax-compilation-cache")
+    # Absolute: the tests' subprocesses run in other directories.
+    directory = os.path.abspath(os.path.join(session.create_tmp(), "jax-compilation-cache"))
     shutil.rmtree(directory, ignore_errors=True)
     return {
         "JAX_COMPILATION_CACHE_DIR": directory,

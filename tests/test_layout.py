@@ -65,3 +65,26 @@ def test_the_core_works_without_the_embedded_kit(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "pip install 'keras-mft[embedded]'" in result.stdout
+
+
+@pytest.mark.backend_independent
+def test_every_public_name_loads_when_first_used():
+    # `import keras_mft` imports no Keras (the command quiets its logs first);
+    # each name is imported when used, in a fresh process as a user's script.
+    script = (
+        "import sys, keras_mft\n"
+        "assert 'keras' not in sys.modules, 'import keras_mft imported Keras'\n"
+        "for name in keras_mft.__all__:\n"
+        "    getattr(keras_mft, name)\n"
+        "from keras_mft import protocol, score_budget, wrap\n"
+        "print(len(keras_mft.__all__))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=PACKAGE.parent,
+        env={**os.environ, "KERAS_BACKEND": "jax"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert int(result.stdout.split()[-1]) > 30
