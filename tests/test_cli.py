@@ -397,24 +397,32 @@ def test_backend_flag_restarts_on_that_backend(tmp_path):
     assert "line 1 is not valid JSON" in line
 
 
-def test_a_run_prints_no_logs_unless_verbose(tmp_path, preset, data_file):
-    def command(*argv):
-        return subprocess.run(
-            [sys.executable, "-m", "keras_mft", *argv],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=tmp_path,
-        )
+def command(cwd, *argv):
+    """`python -m keras_mft ARGV` in a new process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "keras_mft", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
 
+
+def test_a_run_prints_no_logs(tmp_path, preset, data_file):
     train = ("train", "--preset", preset, "--data", data_file, "--layers", "0:1", "--epochs", "1")
-    result = command(*train, "--sequence-length", "128", "--batch-size", "4", "--out", "run")
+    result = command(tmp_path, *train, "--sequence-length", "128", "--batch-size", "4")
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    # TensorFlow's C++ lines, which KerasHub's import prints, and nothing hidden from Python.
-    result = command("inspect", "run/masks.mask", "--verbose")
-    assert result.returncode == 0, result.stderr
+
+
+# The entry point's own switch, before Keras loads: on one backend's session.
+@pytest.mark.one_backend("torch")
+def test_verbose_shows_the_libraries_logs(tmp_path):
+    result = command(tmp_path, "inspect", "missing.mask", "--verbose")
+    assert result.returncode == 1
+    # TensorFlow's C++ lines, which KerasHub's import prints, then the error.
     assert "oneDNN" in result.stderr or "cuda" in result.stderr.lower()
+    assert result.stderr.splitlines()[-1].startswith("keras-mft inspect: error: ")
 
 
 # The demo runs `keras_mft.train`, `evaluation`, `bake` and the plots, each tested on

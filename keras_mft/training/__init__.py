@@ -8,7 +8,8 @@ together), `protocol` (the paper's arms and baselines) and `distribution`
 (score layouts for several devices).
 """
 
-# `keras_mft.protocol` and `keras_mft.score_budget` are these modules: the
-# package's lazy `__getattr__` finds them here as attributes.
-from keras_mft.training import protocol  # noqa: F401
-from keras_mft.training import score_budget  # noqa: F401
+import lazy_loader
+
+# `keras_mft.protocol` and `keras_mft.score_budget` are these modules, which
+# `keras_mft`'s lazy `__getattr__` asks this package for: imported on use.
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, ["protocol", "score_budget"])
