@@ -78,8 +78,13 @@ def test_each_type_is_within_its_rounding(tmp_path):
         )
         assert kinds["blk.0.attn_norm.weight"] == "F32"
         got = logits_of(loaded, batch)
-        assert np.max(np.abs(got - expected)) < bound * np.max(np.abs(expected)), dtype
-        np.testing.assert_array_equal(np.argmax(got, -1), np.argmax(expected, -1))
+        error = np.max(np.abs(got - expected))
+        assert error < bound * np.max(np.abs(expected)), dtype
+        # The same greedy token wherever the rounding cannot swap the top two.
+        top_two = np.sort(expected, -1)[..., -2:]
+        clear = top_two[..., 1] - top_two[..., 0] > 2 * error
+        assert clear.mean() > 0.5, dtype
+        np.testing.assert_array_equal(np.argmax(got, -1)[clear], np.argmax(expected, -1)[clear])
 
 
 def test_refusals_name_what_is_missing(tmp_path):

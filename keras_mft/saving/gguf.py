@@ -52,9 +52,20 @@ def weight_names(backbone):
 def permute_rotary_rows(weight, num_heads):
     """llama.cpp's row order of a query or key matrix (`[out, in]`): the two
     rotary halves of each head's rows interleaved, as `convert_hf_to_gguf.py`
-    writes them. `keras_mft.embedded.smollm2.unpermute_rotary_rows` undoes it."""
+    writes them. `unpermute_rotary_rows` undoes it."""
     out_dim, in_dim = weight.shape
     weight = weight.reshape(num_heads, 2, out_dim // num_heads // 2, in_dim)
+    return weight.swapaxes(1, 2).reshape(out_dim, in_dim)
+
+
+def unpermute_rotary_rows(weight, num_heads):
+    """Undo llama.cpp's row order of a query or key matrix.
+
+    llama.cpp interleaves the two rotary halves of each head's rows;
+    Hugging Face and KerasHub keep them as two halves.
+    """
+    out_dim, in_dim = weight.shape
+    weight = weight.reshape(num_heads, out_dim // num_heads // 2, 2, in_dim)
     return weight.swapaxes(1, 2).reshape(out_dim, in_dim)
 
 
@@ -109,7 +120,8 @@ def export_to_gguf(
     _write_config(writer, backbone)
     _write_tokenizer(writer, tokenizer, model.preprocessor, pre)
     _write_weights(writer, backbone, dtype)
-    writer.add_file_type(_FILE_TYPES[dtype])
+    file_types = {"float32": "ALL_F32", "float16": "MOSTLY_F16", "bfloat16": "MOSTLY_BF16"}
+    writer.add_file_type(gguf.LlamaFileType[file_types.get(dtype, "MOSTLY_Q8_0")])
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -120,9 +132,6 @@ def export_to_gguf(
         if tokenizer.end_token_id is not None:
             file.write(f'PARAMETER stop "{tokenizer.id_to_token(tokenizer.end_token_id)}"\n')
     return {"gguf": os.fspath(path), "modelfile": modelfile}
-
-
-_FILE_TYPES = {"float32": 0, "float16": 1, "bfloat16": 32, "q8_0": 7}  # llama.cpp's LlamaFileType
 
 
 def _write_config(writer, backbone):

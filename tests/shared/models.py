@@ -69,7 +69,9 @@ def small_causal_lm(family):
 
 
 def smollm2_shaped(hidden_dim, num_query_heads, num_key_value_heads):
-    """A random 2-block Llama 3 with SmolLM2's preprocessor (49,152 tokens, ChatML)."""
+    """A random 2-block Llama 3 with SmolLM2's preprocessor (49,152 tokens, ChatML),
+    the same weights each call."""
+    keras.utils.set_random_seed(0)
     preprocessor = keras_mft.tiny_smollm2().preprocessor
     backbone = keras_hub.models.Llama3Backbone(
         vocabulary_size=preprocessor.tokenizer.vocabulary_size(),
