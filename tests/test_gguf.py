@@ -5,11 +5,14 @@ import gguf
 import keras_hub
 import numpy as np
 import pytest
+import sentencepiece
 
 import keras_mft
 from keras_mft import cli
 from keras_mft.embedded import smollm2
+from tests.shared.models import FAMILIES
 from tests.shared.models import logits_of
+from tests.shared.models import sentence_piece_proto
 from tests.shared.models import small_causal_lm
 from tests.shared.models import smollm2_shaped
 from tests.shared.models import token_batch
@@ -87,6 +90,47 @@ def test_each_type_is_within_its_rounding(tmp_path):
         np.testing.assert_array_equal(np.argmax(got, -1)[clear], np.argmax(expected, -1)[clear])
 
 
+def test_a_sentence_piece_tokenizer_is_written_as_llama_2s(tmp_path):
+    proto = sentence_piece_proto()
+    tokenizer = keras_hub.models.LlamaTokenizer(proto=proto)
+    backbone = keras_hub.models.LlamaBackbone(  # untied: an output.weight
+        **{**FAMILIES["llama"][2], "vocabulary_size": tokenizer.vocabulary_size()}
+    )
+    rng = np.random.default_rng(0)
+    backbone.set_weights([0.2 * rng.standard_normal(w.shape) for w in backbone.get_weights()])
+    preprocessor = keras_hub.models.LlamaCausalLMPreprocessor(tokenizer)
+    model = keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=preprocessor)
+    files = keras_mft.export_to_gguf(model, str(tmp_path / "model.gguf"), dtype="float32")
+    reader, loaded = read_back(files["gguf"])
+    batch = token_batch(sequence_length=12)
+    np.testing.assert_array_equal(logits_of(loaded, batch), logits_of(model, batch))
+    fields = {name: field.contents() for name, field in reader.fields.items()}
+    # The pieces, scores and types as SentencePiece itself reads its model.
+    processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    size = processor.get_piece_size()
+    assert fields["tokenizer.ggml.model"] == "llama"
+    assert fields["tokenizer.ggml.tokens"] == [processor.id_to_piece(i) for i in range(size)]
+    np.testing.assert_array_equal(
+        fields["tokenizer.ggml.scores"], [processor.get_score(i) for i in range(size)]
+    )
+    types = fields["tokenizer.ggml.token_type"]
+    assert [i for i in range(size) if types[i] == gguf.TokenType.CONTROL] == [
+        i for i in range(size) if processor.is_control(i)
+    ]
+    assert [i for i in range(size) if types[i] == gguf.TokenType.BYTE] == [
+        i for i in range(size) if processor.is_byte(i)
+    ]
+    assert types[processor.unk_id()] == gguf.TokenType.UNKNOWN
+    assert fields["tokenizer.ggml.unknown_token_id"] == processor.unk_id()
+    assert (fields["tokenizer.ggml.bos_token_id"], fields["tokenizer.ggml.eos_token_id"]) == (
+        processor.bos_id(),
+        processor.eos_id(),
+    )
+    assert fields["tokenizer.ggml.add_bos_token"] is True
+    assert fields["tokenizer.ggml.add_space_prefix"] is True
+    assert (tmp_path / "Modelfile").read_text().endswith('PARAMETER stop "</s>"\n')
+
+
 def test_refusals_name_what_is_missing(tmp_path):
     path = str(tmp_path / "model.gguf")
     with pytest.raises(ValueError, match="holds masks: call `keras_mft.bake"):
@@ -95,7 +139,7 @@ def test_refusals_name_what_is_missing(tmp_path):
         keras_mft.export_to_gguf(small_causal_lm("gpt2"), path)
     no_tokenizer = keras_mft.tiny_smollm2()
     no_tokenizer.preprocessor = None
-    with pytest.raises(ValueError, match="byte-level BPE tokenizers.*not NoneType"):
+    with pytest.raises(ValueError, match="SentencePiece tokenizers.*byte-level BPE.*not NoneType"):
         keras_mft.export_to_gguf(no_tokenizer, path)
     with pytest.raises(ValueError, match="`dtype` is one of float32, float16, bfloat16, q8_0"):
         keras_mft.export_to_gguf(keras_mft.tiny_smollm2(), path, dtype="q4_0")

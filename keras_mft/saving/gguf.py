@@ -4,9 +4,10 @@ The file is written with the `gguf` package's `GGUFWriter` (llama.cpp's own
 writer; no llama.cpp build is needed), with the names and layout that
 llama.cpp's `convert_hf_to_gguf.py` gives a Llama: `[out, in]` matrices,
 query and key rows permuted into llama.cpp's rotary order, norms in float32,
-tied embeddings kept tied (no `output.weight`), and the byte-level BPE
-tokenizer (tokens, merges, types, special ids, pre-tokenizer name) and chat
-template in the metadata. Beside it, an Ollama `Modelfile`.
+tied embeddings kept tied (no `output.weight`), and in the metadata the
+tokenizer (a SentencePiece one's pieces, scores and types; a byte-level BPE
+one's tokens, merges, types and pre-tokenizer name; the special ids) and the
+chat template. Beside it, an Ollama `Modelfile`.
 """
 
 import os
@@ -49,6 +50,11 @@ def weight_names(backbone):
     return names
 
 
+def rotary_heads(backbone):
+    """The heads of the matrices whose rows llama.cpp permutes for its rotary order."""
+    return {"attn_q": backbone.num_query_heads, "attn_k": backbone.num_key_value_heads}
+
+
 def permute_rotary_rows(weight, num_heads):
     """llama.cpp's row order of a query or key matrix (`[out, in]`): the two
     rotary halves of each head's rows interleaved, as `convert_hf_to_gguf.py`
@@ -74,10 +80,11 @@ def export_to_gguf(
 ) -> dict[str, str]:
     """Writes a baked (or never wrapped) Llama-family `CausalLM` as a GGUF file.
 
-    Llama, Llama 3 and SmolLM2 (KerasHub's `LlamaBackbone` and
-    `Llama3Backbone`) with a byte-level BPE tokenizer (`Llama3Tokenizer`,
-    keras-mft's `SmolLM2Tokenizer`); other families and SentencePiece
-    tokenizers (Llama 2) are refused, naming what is missing. Also writes an
+    Llama, Llama 2, Llama 3 and SmolLM2 (KerasHub's `LlamaBackbone` and
+    `Llama3Backbone`) with a SentencePiece tokenizer (Llama 2's
+    `LlamaTokenizer`) or a byte-level BPE one (`Llama3Tokenizer`, keras-mft's
+    `SmolLM2Tokenizer`); other families and tokenizers are refused, naming
+    what is missing. Also writes an
     Ollama `Modelfile` beside the file (`ollama create NAME -f Modelfile`).
 
     Args:
@@ -96,7 +103,7 @@ def export_to_gguf(
     keras_mft.export_to_gguf(model, "tiny.gguf", dtype="q8_0")
     ```
     """
-    gguf = _gguf()
+    gguf = gguf_package()
     if dtype not in DTYPES:
         raise ValueError(f"`dtype` is one of {', '.join(DTYPES)}, not {dtype!r}.")
     if any(is_masked(layer) for layer in model._flatten_layers()):
@@ -110,15 +117,23 @@ def export_to_gguf(
             "llama.cpp's convert_hf_to_gguf.py."
         )
     tokenizer = getattr(model.preprocessor, "tokenizer", None)
+    sentence_piece = isinstance(tokenizer, keras_hub.tokenizers.SentencePieceTokenizer)
     pre = PRE_TOKENIZERS.get(type(tokenizer).__name__)
-    if pre is None:
+    if pre is None and not sentence_piece:
         raise ValueError(
-            f"GGUF export writes byte-level BPE tokenizers ({', '.join(PRE_TOKENIZERS)}), "
-            f"not {type(tokenizer).__name__}: give the model such a preprocessor."
+            f"GGUF export writes SentencePiece tokenizers (Llama 2's) and the byte-level "
+            f"BPE tokenizers {', '.join(PRE_TOKENIZERS)}, not {type(tokenizer).__name__}: "
+            "give the model such a preprocessor."
         )
     writer = gguf.GGUFWriter(os.fspath(path), "llama")
     _write_config(writer, backbone)
-    _write_tokenizer(writer, tokenizer, model.preprocessor, pre)
+    if sentence_piece:
+        _write_sentence_piece(writer, tokenizer)
+    else:
+        _write_byte_pair(writer, tokenizer, pre)
+    writer.add_add_bos_token(bool(getattr(model.preprocessor, "add_start_token", False)))
+    if getattr(tokenizer, "chat_template", None):
+        writer.add_chat_template(tokenizer.chat_template)
     _write_weights(writer, backbone, dtype)
     file_types = {"float32": "ALL_F32", "float16": "MOSTLY_F16", "bfloat16": "MOSTLY_BF16"}
     writer.add_file_type(gguf.LlamaFileType[file_types.get(dtype, "MOSTLY_Q8_0")])
@@ -154,8 +169,8 @@ def _write_config(writer, backbone):
     writer.add_vocab_size(backbone.vocabulary_size)
 
 
-def _write_tokenizer(writer, tokenizer, preprocessor, pre):
-    gguf = _gguf()
+def _write_byte_pair(writer, tokenizer, pre):
+    gguf = gguf_package()
     tokens = [tokenizer.id_to_token(i) for i in range(tokenizer.vocabulary_size())]
     special = set(tokenizer.special_tokens)
     types = [gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens]
@@ -166,15 +181,36 @@ def _write_tokenizer(writer, tokenizer, preprocessor, pre):
     writer.add_token_merges(list(tokenizer.merges))
     writer.add_bos_token_id(tokenizer.start_token_id)
     writer.add_eos_token_id(tokenizer.end_token_id)
-    writer.add_add_bos_token(bool(getattr(preprocessor, "add_start_token", False)))
-    template = getattr(tokenizer, "chat_template", None)
-    if template:
-        writer.add_chat_template(template)
+
+
+def _write_sentence_piece(writer, tokenizer):
+    """As llama.cpp's converter writes Llama 2's: the pieces, their scores and
+    types (SentencePiece's type numbers are GGUF's), read from the model proto."""
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "A SentencePiece tokenizer is read with the `sentencepiece` package, which "
+            'is not installed: pip install "keras-mft[gguf]".'
+        ) from None
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(tokenizer.proto)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list([piece.piece for piece in proto.pieces])
+    writer.add_token_scores([piece.score for piece in proto.pieces])
+    writer.add_token_types([int(piece.type) for piece in proto.pieces])
+    writer.add_add_space_prefix(proto.normalizer_spec.add_dummy_prefix)
+    writer.add_bos_token_id(tokenizer.start_token_id)
+    writer.add_eos_token_id(tokenizer.end_token_id)
+    unknown = [i for i, piece in enumerate(proto.pieces) if piece.type == piece.UNKNOWN]
+    if unknown:
+        writer.add_unk_token_id(unknown[0])
 
 
 def _write_weights(writer, backbone, dtype):
-    gguf = _gguf()
-    rotary_heads = {"attn_q": backbone.num_query_heads, "attn_k": backbone.num_key_value_heads}
+    gguf = gguf_package()
+    heads = rotary_heads(backbone)
     variables = {variable.path: variable for variable in backbone.weights}
     for path, name in weight_names(backbone).items():
         value = keras.ops.convert_to_numpy(keras.ops.cast(variables[path].value, "float32"))
@@ -184,8 +220,8 @@ def _write_weights(writer, backbone, dtype):
             value = value.reshape(value.shape[0], -1).T
         # Now `[out, in]`, the inverse of KerasHub's `convert_llama3.py`.
         kind = name.split(".")[-2]
-        if kind in rotary_heads:
-            value = permute_rotary_rows(value, rotary_heads[kind])
+        if kind in heads:
+            value = permute_rotary_rows(value, heads[kind])
         value = np.ascontiguousarray(value)
         # Q8_0 packs rows in blocks of 32: a shorter row stays float16, as
         # llama.cpp's converter does.
@@ -203,12 +239,13 @@ def _write_weights(writer, backbone, dtype):
             writer.add_tensor(name, gguf.quants.quantize(value, qtype), raw_dtype=qtype)
 
 
-def _gguf():
+def gguf_package():
+    """The `gguf` package (the `gguf` and `embedded` extras), imported when first needed."""
     try:
         import gguf
     except ModuleNotFoundError:
         raise ModuleNotFoundError(
-            "GGUF files are written with the `gguf` package, which is not installed: "
-            'pip install "keras-mft[gguf]".'
+            "GGUF files are read and written with the `gguf` package, which is not "
+            'installed: pip install "keras-mft[gguf]" (or "keras-mft[embedded]").'
         ) from None
     return gguf

@@ -1,34 +1,45 @@
 """Hugging Face `transformers` checkpoints: a baked model exported as one, and a
 check on one that KerasHub loads.
 
-KerasHub's `CausalLM.export_to_transformers` writes the weights and config of
-a Llama3 (and other) backbone. The tokenizer is exported by its own
-`export_to_transformers(path)`: KerasHub's tokenizers have one, and a
-tokenizer it does not know brings its own (the embedded SmolLM2's does).
-KerasHub loads the blocks that a checkpoint's `config.json` declares and
-drops any others without a word: `check_checkpoint_blocks` refuses that.
+The weights and config of Llama 3, Mistral, Gemma, Gemma 3, Qwen and GPT-2
+are written by KerasHub's `CausalLM.export_to_transformers`; those of Llama
+(Llama 2), Qwen3 and Phi-3 by keras-mft's converters
+(`transformers_converters`), in the same files. The tokenizer is written by
+its own `export_to_transformers` (KerasHub's tokenizers have one, and the
+embedded SmolLM2's writes its own files), or by keras-mft's converters for
+the tokenizers KerasHub cannot export. KerasHub loads the blocks that a
+checkpoint's `config.json` declares and drops any others without a word:
+`check_checkpoint_blocks` refuses that.
 """
 
 import glob
+import json
 import os
 import re
+import shutil
 
 import keras
+import keras_hub
+import numpy as np
 import safetensors
+import safetensors.numpy
 
 from keras_mft.masking.wrapping import is_wrapped
+from keras_mft.saving import transformers_converters as converters
 
 
 def export_to_transformers(model: keras.Model, directory: str | os.PathLike) -> None:
     """Writes a baked KerasHub causal LM as a `transformers` checkpoint.
 
-    The directory then loads with `transformers.AutoModelForCausalLM` and
-    `AutoTokenizer`, without keras-mft. The removed weights are stored as
-    zeros.
+    The directory then loads with `transformers.AutoModelForCausalLM` (and
+    `AutoTokenizer` when the model has a preprocessor), without keras-mft.
+    The removed weights are stored as zeros. Every family `keras_mft.wrap`
+    takes is exported; a failed export leaves no files behind.
 
     Args:
-        model: a KerasHub `CausalLM` after `keras_mft.bake`, with its
-            preprocessor (for the tokenizer).
+        model: a KerasHub `CausalLM` after `keras_mft.bake`. Its
+            preprocessor's tokenizer is exported with it; a model without
+            a preprocessor gets its weights and config only, as in KerasHub.
         directory: the directory to write; it must not exist or be empty.
 
     Example:
@@ -45,24 +56,66 @@ def export_to_transformers(model: keras.Model, directory: str | os.PathLike) -> 
             "This model still holds masks: call `keras_mft.bake(model)` first, "
             "then export the plain model."
         )
-    if os.path.exists(directory) and not (os.path.isdir(directory) and not os.listdir(directory)):
+    directory = os.fspath(directory)
+    existed = os.path.exists(directory)
+    if existed and not (os.path.isdir(directory) and not os.listdir(directory)):
         raise ValueError(
             f"{directory} already exists and is not empty: the export never "
             "replaces files. Choose a new directory."
         )
-    preprocessor = model.preprocessor
-    if preprocessor is None:
-        raise ValueError(
-            "This model has no preprocessor, so its tokenizer cannot be exported. "
-            "Set `model.preprocessor` (e.g. the one the model was loaded with) first."
-        )
-    model.preprocessor = None  # the weights alone, as KerasHub's docs suggest
     try:
-        model.export_to_transformers(directory)
-    finally:
-        model.preprocessor = preprocessor
+        _write(model, directory)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        if existed:
+            os.makedirs(directory)
+        raise
+
+
+def _write(model, directory):
+    backbone = model.backbone
+    preprocessor = model.preprocessor
+    tokenizer = preprocessor.tokenizer if preprocessor is not None else None
+    if type(backbone) in converters.CONFIGS:
+        config = converters.CONFIGS[type(backbone)](backbone)
+        weights = converters.WEIGHTS[type(backbone)](backbone, include_lm_head=True)
+        if tokenizer is not None:
+            config["bos_token_id"] = _token_id(tokenizer, tokenizer.start_token)
+            config["eos_token_id"] = _token_id(tokenizer, tokenizer.end_token)
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as file:
+            json.dump(config, file, indent=2)
+        # Contiguous: PyTorch's transposes are strided views, which
+        # safetensors would write in storage order.
+        safetensors.numpy.save_file(
+            {
+                name: np.ascontiguousarray(keras.ops.convert_to_numpy(value))
+                for name, value in weights.items()
+            },
+            os.path.join(directory, "model.safetensors"),
+            metadata={"format": "pt"},
+        )
+    else:
+        model.preprocessor = None  # the weights alone, as KerasHub's docs suggest
+        try:
+            # KerasHub's own, also for a class (SmolLM2CausalLM) that overrides it.
+            keras_hub.models.CausalLM.export_to_transformers(model, directory)
+        finally:
+            model.preprocessor = preprocessor
+    if tokenizer is None:
+        return
     # After the weights: a tokenizer may complete the model's config.
-    preprocessor.tokenizer.export_to_transformers(directory)
+    if type(tokenizer) in converters.TOKENIZER_CONFIGS:
+        converters.tokenizer_files(tokenizer, directory)
+        config = converters.TOKENIZER_CONFIGS[type(tokenizer)](tokenizer)
+        with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as file:
+            json.dump(config, file, indent=2, ensure_ascii=False)
+    else:
+        tokenizer.export_to_transformers(directory)
+
+
+def _token_id(tokenizer, token):
+    return None if token is None else int(tokenizer.token_to_id(token))
 
 
 def check_checkpoint_blocks(directory, model):

@@ -5,9 +5,12 @@ backend and its outputs can be compared with the numpy references
 (`tests/shared/references.py`).
 """
 
+import io
+
 import keras
 import keras_hub
 import numpy as np
+import sentencepiece
 from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
 import keras_mft
@@ -49,7 +52,8 @@ FAMILIES = {
     "gemma3": (
         "Gemma3CausalLM",
         "Gemma3Backbone",
-        {**SMALL, **GQA, "head_dim": 4, "image_size": 16, "vision_encoder": None},
+        {**SMALL, **GQA, "head_dim": 4, "image_size": 16, "vision_encoder": None}
+        | {"use_post_ffw_norm": True, "use_post_attention_norm": True},  # as every preset
     ),
     "qwen": ("QwenCausalLM", "QwenBackbone", {**SMALL, **GQA}),
     "qwen3": ("Qwen3CausalLM", "Qwen3Backbone", {**SMALL, **GQA, "head_dim": 4}),
@@ -113,6 +117,34 @@ def byte_tokenizer():
     for merge in merges:
         vocabulary[merge.replace(" ", "")] = len(vocabulary)
     return keras_hub.models.Llama3Tokenizer(vocabulary=vocabulary, merges=merges)
+
+
+SENTENCE_PIECE_TEXTS = [
+    "The quick brown fox jumped over the lazy dog.",
+    "Question: 12 + 30 = 42? Answer: yes, 42.",
+    "Héllo wörld ✓ 日本",
+    "line one\nline two",
+]
+
+
+def sentence_piece_proto():
+    """A small SentencePiece BPE model as Llama 2's (byte fallback, digits split,
+    no normalization), with Phi-3's special tokens; trained on SENTENCE_PIECE_TEXTS."""
+    proto = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(SENTENCE_PIECE_TEXTS * 20),
+        model_writer=proto,
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        user_defined_symbols=["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"],
+        minloglevel=2,
+    )
+    return proto.getvalue()
 
 
 def fit_a_little(model, batch):
