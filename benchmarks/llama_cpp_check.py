@@ -10,9 +10,11 @@ top-5 next-token ids and the largest difference of their logits, and how many
 of the greedy tokens agree (`CausalLM.generate` with the greedy sampler, as
 `keras-mft generate` runs it).
 
-Then the same for Llama 2's tokenizer kind: a small random `LlamaBackbone`
-with the tests' SentencePiece tokenizer (byte fallback, as Llama 2's),
-exported in float32: llama.cpp's token ids for a few texts, and its logits.
+Then small random models of the other families and tokenizer kinds the
+export covers, with the tests' tokenizers, in float32: a Llama with a
+SentencePiece tokenizer (byte fallback, as Llama 2's), a Mistral with the
+same, a Qwen3 with a byte-level BPE one: llama.cpp's token ids for a few
+texts, and its logits.
 
     nox -s llama_cpp      # or: python -m benchmarks.llama_cpp_check --json FILE
 
@@ -73,48 +75,52 @@ def llama_cpp_side(path, prompt_ids):
     return tokens, logits, greedy
 
 
-def sentence_piece_row(directory):
-    """A Llama 2-shaped model and tokenizer through GGUF into llama.cpp."""
+def family_rows(directory):
+    """Small random models of the other families and tokenizer kinds through GGUF
+    into llama.cpp: Llama 2's (SentencePiece), Mistral (SentencePiece), Qwen3
+    (byte-level BPE, Qwen's pre-tokenizer)."""
     import keras_hub
     import llama_cpp
 
-    # The tests' tokenizer (the session runs this file as a module of the repository).
+    # The tests' models and tokenizers (the session runs this file as a module
+    # of the repository).
     from tests.shared.models import SENTENCE_PIECE_TEXTS
+    from tests.shared.models import qwen3_tokenizer
     from tests.shared.models import sentence_piece_proto
+    from tests.shared.models import small_causal_lm
 
-    tokenizer = keras_hub.models.LlamaTokenizer(proto=sentence_piece_proto())
-    backbone = keras_hub.models.LlamaBackbone(
-        vocabulary_size=tokenizer.vocabulary_size(),
-        num_layers=2,
-        num_query_heads=4,
-        num_key_value_heads=2,
-        hidden_dim=64,
-        intermediate_dim=128,
-    )
-    rng = np.random.default_rng(0)
-    backbone.set_weights([rng.normal(0, 0.1, w.shape) for w in backbone.get_weights()])
-    preprocessor = keras_hub.models.LlamaCausalLMPreprocessor(tokenizer)
-    model = keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=preprocessor)
-    path = os.path.join(directory, "llama2_shaped.gguf")
-    keras_mft.export_to_gguf(model, path, dtype="float32")
-    llm = llama_cpp.Llama(model_path=path, n_ctx=128, logits_all=True, verbose=False)
-    ids_equal, difference = True, 0.0
-    for text in SENTENCE_PIECE_TEXTS:
-        expected = [int(t) for t in np.asarray(tokenizer(text))]
-        tokens = llm.tokenize(text.encode(), add_bos=False)
-        ids_equal &= tokens == expected
-        llm.reset()
-        llm.eval(expected)
-        ids = np.asarray([expected])
-        logits = keras.ops.convert_to_numpy(model({"token_ids": ids, "padding_mask": ids >= 0}))
-        got = np.asarray(llm.scores[: len(expected)], dtype=np.float32)
-        difference = max(difference, float(np.abs(got - logits[0]).max()))
-    return {
-        "model": "Llama 2-shaped, SentencePiece (random weights)",
-        "dtype": "float32",
-        "ids_equal": ids_equal,
-        "logit_max_difference": difference,
+    proto = sentence_piece_proto()
+    tokenizers = {
+        "llama": keras_hub.models.LlamaTokenizer(proto=proto),
+        "mistral": keras_hub.models.MistralTokenizer(proto=proto),
+        "qwen3": qwen3_tokenizer(),
     }
+    rows = []
+    for family, tokenizer in tokenizers.items():
+        model = small_causal_lm(family, tokenizer)
+        path = os.path.join(directory, f"{family}.gguf")
+        keras_mft.export_to_gguf(model, path, dtype="float32")
+        llm = llama_cpp.Llama(model_path=path, n_ctx=128, logits_all=True, verbose=False)
+        ids_equal, difference = True, 0.0
+        for text in SENTENCE_PIECE_TEXTS:
+            expected = [int(t) for t in np.asarray(tokenizer(text))]
+            ids_equal &= llm.tokenize(text.encode(), add_bos=False) == expected
+            llm.reset()
+            llm.eval(expected)
+            ids = np.asarray([expected])
+            logits = keras.ops.convert_to_numpy(model({"token_ids": ids, "padding_mask": ids >= 0}))
+            got = np.asarray(llm.scores[: len(expected)], dtype=np.float32)
+            difference = max(difference, float(np.abs(got - logits[0]).max()))
+        rows.append(
+            {
+                "model": f"{type(model.backbone).__name__}, {type(tokenizer).__name__}",
+                "dtype": "float32",
+                "ids_equal": ids_equal,
+                "logit_max_difference": difference,
+                "logit_max": float(np.abs(logits).max()),
+            }
+        )
+    return rows
 
 
 def main():
@@ -147,7 +153,7 @@ def main():
                     "greedy_tokens": NEW_TOKENS,
                 }
             )
-        llama2 = sentence_piece_row(directory)
+        families = family_rows(directory)
     versions = {
         name: importlib.metadata.version(name)
         for name in ("llama-cpp-python", "gguf", "sentencepiece", "keras", "keras-hub", "keras-mft")
@@ -164,12 +170,12 @@ def main():
             f"{row['top5_logit_max_difference']:.4f} | "
             f"{row['greedy_tokens_equal_before_first_difference']} of {NEW_TOKENS} |"
         )
-    print(
-        f"\n{llama2['model']}, {llama2['dtype']}: token ids equal {llama2['ids_equal']}, "
-        f"largest logit difference {llama2['logit_max_difference']:.2e}"
-    )
+    print("\n| small random model (float32) | token ids equal | largest logit difference |")
+    print("|---|---|---:|")
+    for row in families:
+        print(f"| {row['model']} | {row['ids_equal']} | {row['logit_max_difference']:.2e} |")
     if args.json:
-        results = {"versions": versions, "prompt": PROMPT, "rows": rows, "llama2": llama2}
+        results = {"versions": versions, "prompt": PROMPT, "rows": rows, "families": families}
         with open(args.json, "w", encoding="utf-8") as file:
             json.dump(results, file, indent=2)
 

@@ -10,11 +10,12 @@ import sentencepiece
 import keras_mft
 from keras_mft import cli
 from keras_mft.embedded import smollm2
-from tests.shared.models import FAMILIES
 from tests.shared.models import logits_of
+from tests.shared.models import qwen3_tokenizer
 from tests.shared.models import sentence_piece_proto
 from tests.shared.models import small_causal_lm
 from tests.shared.models import smollm2_shaped
+from tests.shared.models import to_numpy
 from tests.shared.models import token_batch
 
 
@@ -90,17 +91,15 @@ def test_each_type_is_within_its_rounding(tmp_path):
         np.testing.assert_array_equal(np.argmax(got, -1)[clear], np.argmax(expected, -1)[clear])
 
 
-def test_a_sentence_piece_tokenizer_is_written_as_llama_2s(tmp_path):
+@pytest.mark.parametrize("family", ["llama", "mistral"])
+def test_a_sentence_piece_tokenizer_is_written_as_llama_2s(family, tmp_path):
     proto = sentence_piece_proto()
-    tokenizer = keras_hub.models.LlamaTokenizer(proto=proto)
-    backbone = keras_hub.models.LlamaBackbone(  # untied: an output.weight
-        **{**FAMILIES["llama"][2], "vocabulary_size": tokenizer.vocabulary_size()}
-    )
-    rng = np.random.default_rng(0)
-    backbone.set_weights([0.2 * rng.standard_normal(w.shape) for w in backbone.get_weights()])
-    preprocessor = keras_hub.models.LlamaCausalLMPreprocessor(tokenizer)
-    model = keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=preprocessor)
+    tokenizer_class = {"llama": "LlamaTokenizer", "mistral": "MistralTokenizer"}[family]
+    tokenizer = getattr(keras_hub.models, tokenizer_class)(proto=proto)
+    model = small_causal_lm(family, tokenizer)  # untied: an output.weight
     files = keras_mft.export_to_gguf(model, str(tmp_path / "model.gguf"), dtype="float32")
+    # Mistral is llama.cpp's `llama` without the sliding window: the same
+    # attention within a context no longer than the window.
     reader, loaded = read_back(files["gguf"])
     batch = token_batch(sequence_length=12)
     np.testing.assert_array_equal(logits_of(loaded, batch), logits_of(model, batch))
@@ -129,13 +128,40 @@ def test_a_sentence_piece_tokenizer_is_written_as_llama_2s(tmp_path):
     assert fields["tokenizer.ggml.add_bos_token"] is True
     assert fields["tokenizer.ggml.add_space_prefix"] is True
     assert (tmp_path / "Modelfile").read_text().endswith('PARAMETER stop "</s>"\n')
+    if family == "mistral":
+        assert fields["llama.context_length"] == model.backbone.sliding_window
+
+
+def test_qwen3_is_written_as_llama_cpps_qwen3(tmp_path):
+    model = small_causal_lm("qwen3", qwen3_tokenizer())
+    path = str(tmp_path / "model.gguf")
+    keras_mft.export_to_gguf(model, path, dtype="float32")
+    reader = gguf.GGUFReader(path)
+    fields = {name: field.contents() for name, field in reader.fields.items()}
+    assert fields["general.architecture"] == "qwen3"
+    assert fields["qwen3.attention.key_length"] == model.backbone.head_dim
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "qwen2"
+    assert "tokenizer.ggml.bos_token_id" not in fields  # Qwen3 has no start token
+    tensors = {tensor.name: np.asarray(tensor.data) for tensor in reader.tensors}
+    attention = model.backbone.get_layer("transformer_layer_0")._self_attention_layer
+    # Qwen3's rotary order is Hugging Face's: no rows permuted.
+    query = to_numpy(attention._query_dense.kernel)
+    np.testing.assert_array_equal(
+        tensors["blk.0.attn_q.weight"], query.reshape(query.shape[0], -1).T
+    )
+    np.testing.assert_array_equal(
+        tensors["blk.0.attn_k_norm.weight"], to_numpy(attention._key_dense_layer_norm.scale)
+    )
+    assert "output.weight" not in tensors  # tied
 
 
 def test_refusals_name_what_is_missing(tmp_path):
     path = str(tmp_path / "model.gguf")
     with pytest.raises(ValueError, match="holds masks: call `keras_mft.bake"):
         keras_mft.export_to_gguf(keras_mft.wrap(keras_mft.tiny_smollm2(), layers="0:1"), path)
-    with pytest.raises(ValueError, match="Llama family.*not GPT2Backbone.*export_to_transformers"):
+    with pytest.raises(
+        ValueError, match="Mistral and Qwen3, not GPT2Backbone.*export_to_transformers"
+    ):
         keras_mft.export_to_gguf(small_causal_lm("gpt2"), path)
     no_tokenizer = keras_mft.tiny_smollm2()
     no_tokenizer.preprocessor = None

@@ -15,8 +15,8 @@ import keras_mft
 from keras_mft.embedded.smollm2 import tiny_smollm2
 from tests.shared.models import FAMILIES
 from tests.shared.models import SENTENCE_PIECE_TEXTS
-from tests.shared.models import byte_tokenizer
 from tests.shared.models import logits_of
+from tests.shared.models import qwen3_tokenizer
 from tests.shared.models import sentence_piece_proto
 from tests.shared.models import small_causal_lm
 
@@ -66,15 +66,10 @@ print(json.dumps(results))
 def tokenizers():
     """family -> a KerasHub tokenizer that keras-mft's converters export."""
     proto = sentence_piece_proto()
-    qwen = byte_tokenizer()  # byte-level BPE with ChatML's tokens, as Qwen3's
-    qwen3 = keras_hub.models.Qwen3Tokenizer(
-        vocabulary={**qwen.vocabulary, "<|endoftext|>": qwen.vocabulary_size()},
-        merges=qwen.merges,
-    )
     return {
         "llama": keras_hub.models.LlamaTokenizer(proto=proto),
         "phi3": keras_hub.models.Phi3Tokenizer(proto=proto),
-        "qwen3": qwen3,
+        "qwen3": qwen3_tokenizer(),
     }
 
 
@@ -93,10 +88,7 @@ def exported(tmp_path_factory):
         cases[family] = {"logits": logits_of(model, batch), "removed": removed}
         jobs[family] = {"directory": str(root / family), "ids": ids.tolist(), "texts": None}
     for family, tokenizer in tokenizers().items():
-        causal_lm_name = FAMILIES[family][0]
-        preprocessor = getattr(keras_hub.models, causal_lm_name).preprocessor_cls(tokenizer)
-        model = small_causal_lm(family)
-        model.preprocessor = preprocessor
+        model = small_causal_lm(family, tokenizer)
         keras_mft.export_to_transformers(model, root / f"{family}_tokenizer")
         cases[f"{family}_tokenizer"] = {"tokenizer": tokenizer}
         jobs[f"{family}_tokenizer"] = {

@@ -1,9 +1,10 @@
-"""`export_to_gguf`: a baked Llama-family model as one GGUF file, for llama.cpp and Ollama.
+"""`export_to_gguf`: a baked model as one GGUF file, for llama.cpp and Ollama.
 
 The file is written with the `gguf` package's `GGUFWriter` (llama.cpp's own
 writer; no llama.cpp build is needed), with the names and layout that
-llama.cpp's `convert_hf_to_gguf.py` gives a Llama: `[out, in]` matrices,
-query and key rows permuted into llama.cpp's rotary order, norms in float32,
+llama.cpp's `convert_hf_to_gguf.py` gives a Llama, a Mistral (as a Llama)
+or a Qwen3: `[out, in]` matrices, a Llama's query and key rows permuted into
+llama.cpp's rotary order (Qwen3's order is Hugging Face's), norms in float32,
 tied embeddings kept tied (no `output.weight`), and in the metadata the
 tokenizer (a SentencePiece one's pieces, scores and types; a byte-level BPE
 one's tokens, merges, types and pre-tokenizer name; the special ids) and the
@@ -31,9 +32,32 @@ BLOCK_WEIGHTS = {
     "feedforward_intermediate_dense/kernel": "ffn_up",
     "feedforward_output_dense/kernel": "ffn_down",
 }
+# Qwen3's per-head norms of the query and key.
+QWEN3_WEIGHTS = {
+    "self_attention/query_dense_layernorm/scale": "attn_q_norm",
+    "self_attention/key_dense_layernorm/scale": "attn_k_norm",
+}
 DTYPES = ("float32", "float16", "bfloat16", "q8_0")
 # llama.cpp's name of each tokenizer's pre-tokenizer (its word splitting).
-PRE_TOKENIZERS = {"SmolLM2Tokenizer": "smollm", "Llama3Tokenizer": "llama-bpe"}
+PRE_TOKENIZERS = {
+    "SmolLM2Tokenizer": "smollm",
+    "Llama3Tokenizer": "llama-bpe",
+    "Qwen3Tokenizer": "qwen2",
+}
+
+
+def architecture_of(backbone):
+    """llama.cpp's architecture for a KerasHub backbone, as its converter names it:
+    Llama (Llama 2, Llama 3, SmolLM2) and Mistral are `llama`, Qwen3 is `qwen3`."""
+    if isinstance(backbone, (keras_hub.models.LlamaBackbone, keras_hub.models.MistralBackbone)):
+        return "llama"
+    if isinstance(backbone, keras_hub.models.Qwen3Backbone):
+        return "qwen3"
+    raise ValueError(
+        f"GGUF export covers Llama, Llama 3, SmolLM2, Mistral and Qwen3, not "
+        f"{type(backbone).__name__}: export it with `keras_mft.export_to_transformers` "
+        "and convert that with llama.cpp's convert_hf_to_gguf.py."
+    )
 
 
 def weight_names(backbone):
@@ -42,16 +66,22 @@ def weight_names(backbone):
         "token_embedding/embeddings": "token_embd.weight",
         "sequence_output_layernorm/scale": "output_norm.weight",
     }
-    if not backbone.tie_word_embeddings:
+    if not getattr(backbone, "tie_word_embeddings", False):  # Mistral never ties
         names["token_embedding/reverse_embeddings"] = "output.weight"
+    block_weights = BLOCK_WEIGHTS
+    if architecture_of(backbone) == "qwen3":
+        block_weights = {**BLOCK_WEIGHTS, **QWEN3_WEIGHTS}
     for i in range(backbone.num_layers):
-        for keras_name, gguf_name in BLOCK_WEIGHTS.items():
+        for keras_name, gguf_name in block_weights.items():
             names[f"transformer_layer_{i}/{keras_name}"] = f"blk.{i}.{gguf_name}.weight"
     return names
 
 
 def rotary_heads(backbone):
-    """The heads of the matrices whose rows llama.cpp permutes for its rotary order."""
+    """The heads of the matrices whose rows llama.cpp permutes for its rotary order
+    (its `llama` architecture; Qwen3's rotary order is Hugging Face's)."""
+    if architecture_of(backbone) != "llama":
+        return {}
     return {"attn_q": backbone.num_query_heads, "attn_k": backbone.num_key_value_heads}
 
 
@@ -78,14 +108,16 @@ def unpermute_rotary_rows(weight, num_heads):
 def export_to_gguf(
     model: keras.Model, path: str | os.PathLike, dtype: str = "float16"
 ) -> dict[str, str]:
-    """Writes a baked (or never wrapped) Llama-family `CausalLM` as a GGUF file.
+    """Writes a baked (or never wrapped) `CausalLM` as a GGUF file.
 
     Llama, Llama 2, Llama 3 and SmolLM2 (KerasHub's `LlamaBackbone` and
-    `Llama3Backbone`) with a SentencePiece tokenizer (Llama 2's
-    `LlamaTokenizer`) or a byte-level BPE one (`Llama3Tokenizer`, keras-mft's
-    `SmolLM2Tokenizer`); other families and tokenizers are refused, naming
-    what is missing. Also writes an
-    Ollama `Modelfile` beside the file (`ollama create NAME -f Modelfile`).
+    `Llama3Backbone`), Mistral and Qwen3, with a SentencePiece tokenizer
+    (Llama 2's, Mistral's) or a byte-level BPE one (`Llama3Tokenizer`,
+    `Qwen3Tokenizer`, keras-mft's `SmolLM2Tokenizer`); other families and
+    tokenizers are refused, naming what is missing. A Mistral's context is
+    its sliding window (llama.cpp runs it as a Llama, without the window).
+    Also writes an Ollama `Modelfile` beside the file
+    (`ollama create NAME -f Modelfile`).
 
     Args:
         model: a `CausalLM` with its preprocessor, without masks.
@@ -109,23 +141,17 @@ def export_to_gguf(
     if any(is_masked(layer) for layer in model._flatten_layers()):
         raise ValueError("The model holds masks: call `keras_mft.bake(model)` first.")
     backbone = architectures.backbone_of(model)
-    family = type(backbone).__name__
-    if not isinstance(backbone, keras_hub.models.LlamaBackbone):  # Llama3Backbone too
-        raise ValueError(
-            f"GGUF export covers the Llama family (LlamaBackbone, Llama3Backbone), not {family}: "
-            "export it with `keras_mft.export_to_transformers` and convert that with "
-            "llama.cpp's convert_hf_to_gguf.py."
-        )
+    architecture = architecture_of(backbone)
     tokenizer = getattr(model.preprocessor, "tokenizer", None)
     sentence_piece = isinstance(tokenizer, keras_hub.tokenizers.SentencePieceTokenizer)
     pre = PRE_TOKENIZERS.get(type(tokenizer).__name__)
     if pre is None and not sentence_piece:
         raise ValueError(
-            f"GGUF export writes SentencePiece tokenizers (Llama 2's) and the byte-level "
+            f"GGUF export writes SentencePiece tokenizers (Llama 2's, Mistral's) and the byte-level "
             f"BPE tokenizers {', '.join(PRE_TOKENIZERS)}, not {type(tokenizer).__name__}: "
             "give the model such a preprocessor."
         )
-    writer = gguf.GGUFWriter(os.fspath(path), "llama")
+    writer = gguf.GGUFWriter(os.fspath(path), architecture)
     _write_config(writer, backbone)
     if sentence_piece:
         _write_sentence_piece(writer, tokenizer)
@@ -150,15 +176,22 @@ def export_to_gguf(
 
 
 def _write_config(writer, backbone):
-    head_dim = backbone.hidden_dim // backbone.num_query_heads
-    scaled = backbone.rope_position_scaling_factor != 1.0
-    if scaled or backbone.rope_frequency_adjustment_factor is not None:
+    head_dim = (
+        getattr(backbone, "head_dim", None) or backbone.hidden_dim // backbone.num_query_heads
+    )
+    # Llama's scaling, or Mistral's and Qwen3's.
+    scaling = getattr(backbone, "rope_position_scaling_factor", None)
+    scaling = scaling or getattr(backbone, "rope_scaling_factor", 1.0)
+    if scaling != 1.0 or getattr(backbone, "rope_frequency_adjustment_factor", None):
         raise ValueError(
             "GGUF export writes rotary embeddings without scaling; this model scales them "
-            "(Llama 3.1's rope settings): export it with `keras_mft.export_to_transformers`."
+            "(e.g. Llama 3.1's rope settings): export it with `keras_mft.export_to_transformers`."
         )
+    # llama.cpp's `llama` has no sliding window (its converter drops Mistral's):
+    # a context no longer than the window keeps every position's attention the same.
+    context = getattr(backbone, "sliding_window", None) or 8192
     writer.add_block_count(backbone.num_layers)
-    writer.add_context_length(getattr(backbone, "max_sequence_length", None) or 8192)
+    writer.add_context_length(context)
     writer.add_embedding_length(backbone.hidden_dim)
     writer.add_feed_forward_length(backbone.intermediate_dim)
     writer.add_head_count(backbone.num_query_heads)
@@ -166,20 +199,25 @@ def _write_config(writer, backbone):
     writer.add_rope_freq_base(float(backbone.rope_max_wavelength))
     writer.add_layer_norm_rms_eps(float(backbone.layer_norm_epsilon))
     writer.add_rope_dimension_count(head_dim)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
     writer.add_vocab_size(backbone.vocabulary_size)
 
 
 def _write_byte_pair(writer, tokenizer, pre):
     gguf = gguf_package()
     tokens = [tokenizer.id_to_token(i) for i in range(tokenizer.vocabulary_size())]
-    special = set(tokenizer.special_tokens)
+    special = set(tokenizer.special_tokens) | set(
+        getattr(tokenizer, "unsplittable_tokens", ()) or ()
+    )
     types = [gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(list(tokenizer.merges))
-    writer.add_bos_token_id(tokenizer.start_token_id)
+    if tokenizer.start_token_id is not None:  # Qwen3 has none
+        writer.add_bos_token_id(tokenizer.start_token_id)
     writer.add_eos_token_id(tokenizer.end_token_id)
 
 

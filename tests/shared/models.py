@@ -62,14 +62,19 @@ FAMILIES = {
 }
 
 
-def small_causal_lm(family):
-    """A random model of `family`, weights from numpy (the same on every backend)."""
+def small_causal_lm(family, tokenizer=None):
+    """A random model of `family`, weights from numpy (the same on every backend);
+    with `tokenizer`, its vocabulary and a preprocessor around it."""
     causal_lm_name, backbone_name, arguments = FAMILIES[family]
+    if tokenizer is not None:
+        arguments = {**arguments, "vocabulary_size": tokenizer.vocabulary_size()}
     backbone = getattr(keras_hub.models, backbone_name)(**arguments)
     rng = np.random.default_rng(0)
     for variable in backbone.weights:
         variable.assign((0.2 * rng.standard_normal(variable.shape)).astype("float32"))
-    return getattr(keras_hub.models, causal_lm_name)(backbone=backbone, preprocessor=None)
+    causal_lm = getattr(keras_hub.models, causal_lm_name)
+    preprocessor = None if tokenizer is None else causal_lm.preprocessor_cls(tokenizer)
+    return causal_lm(backbone=backbone, preprocessor=preprocessor)
 
 
 def smollm2_shaped(hidden_dim, num_query_heads, num_key_value_heads):
@@ -117,6 +122,15 @@ def byte_tokenizer():
     for merge in merges:
         vocabulary[merge.replace(" ", "")] = len(vocabulary)
     return keras_hub.models.Llama3Tokenizer(vocabulary=vocabulary, merges=merges)
+
+
+def qwen3_tokenizer():
+    """`byte_tokenizer`'s vocabulary and merges as a Qwen3 tokenizer."""
+    base = byte_tokenizer()
+    return keras_hub.models.Qwen3Tokenizer(
+        vocabulary={**base.vocabulary, "<|endoftext|>": base.vocabulary_size()},
+        merges=base.merges,
+    )
 
 
 SENTENCE_PIECE_TEXTS = [
