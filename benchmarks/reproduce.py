@@ -111,16 +111,39 @@ class ScoreTravel(keras.callbacks.Callback):
         self.median = float(np.median(np.abs(final - self.initial)) / np.std(self.initial))
 
 
-class Experiment:
+class ArmResults:
+    """One JSON file per arm in `results`; a file measured with other settings
+    or on another backend is refused, not mixed."""
+
+    def __init__(self, results, settings):
+        self.results = pathlib.Path(results)
+        self.results.mkdir(parents=True, exist_ok=True)
+        self.key = settings_key(settings)
+
+    def result_path(self, arm):
+        return self.results / f"{arm.replace('/', '_')}.json"
+
+    def cached(self, arm):
+        path = self.result_path(arm)
+        if not path.exists():
+            return None
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("settings_key") != self.key:
+            raise SystemExit(
+                f"{path} was measured with other settings or another backend. Use "
+                "another --results directory, or delete that file to measure again."
+            )
+        return record
+
+
+class Experiment(ArmResults):
     """The data, the cache and the models shared by every arm."""
 
     def __init__(self, results, weights, settings):
-        self.results = pathlib.Path(results)
-        self.results.mkdir(parents=True, exist_ok=True)
+        super().__init__(results, settings)
         self.fft_weights = pathlib.Path(weights) / "fft_backbone.weights.h5"
         self.fft_weights.parent.mkdir(parents=True, exist_ok=True)
         self.settings = s = settings
-        self.key = settings_key(settings)
         # Both models, full and tiny, use the tokenizer stored in SmolLM2's file.
         self.tokenizer = smollm2.tokenizer_from_gguf(smollm2.gguf_reader())
         problems = keras_mft.gsm8k("train")
@@ -146,21 +169,6 @@ class Experiment:
         for name, (x, _, _) in self.scored.items():
             if x["padding_mask"][:, -1].any():
                 raise SystemExit(f"A {name} problem is longer than score_length: raise it.")
-
-    def result_path(self, arm):
-        return self.results / f"{arm.replace('/', '_')}.json"
-
-    def cached(self, arm):
-        path = self.result_path(arm)
-        if not path.exists():
-            return None
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if record.get("settings_key") != self.key:
-            raise SystemExit(
-                f"{path} was measured with other settings or another backend. Use "
-                "another --results directory, or delete that file to measure again."
-            )
-        return record
 
     def load_model(self):
         model = (
@@ -444,15 +452,14 @@ def report(records, images):
         figure.savefig(pathlib.Path(images) / "reproduction_dose.png", dpi=100)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def study_parser(description, results, weights):
+    """The arguments of a study script (this one and `converged.py`)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--arms", help="comma-separated arms to run (default: every arm not yet measured)"
     )
-    parser.add_argument("--results", default="docs/reproduction", help="one JSON file per arm")
-    parser.add_argument(
-        "--weights", default="reproduction-weights", help="where the FFT weights are kept"
-    )
+    parser.add_argument("--results", default=results, help="one JSON file per arm")
+    parser.add_argument("--weights", default=weights, help="where the FFT weights are kept")
     parser.add_argument("--images", default="docs/images")
     parser.add_argument(
         "--report", action="store_true", help="only print the tables and draw the plots"
@@ -460,8 +467,13 @@ def main(argv=None):
     parser.add_argument(
         "--fast",
         action="store_true",
-        help="a tiny random model, a few problems and tokens, to test the script",
+        help="a tiny random model and a few examples, to test the script",
     )
+    return parser
+
+
+def main(argv=None):
+    parser = study_parser(__doc__.split("\n\n")[0], "docs/reproduction", "reproduction-weights")
     args = parser.parse_args(argv)
     settings = dict(SETTINGS)
     if args.fast:

@@ -20,6 +20,8 @@ from tests.shared.models import qwen3_tokenizer
 from tests.shared.models import sentence_piece_proto
 from tests.shared.models import small_causal_lm
 
+# The module's fixture exports every model once, on one worker.
+pytestmark = pytest.mark.xdist_group("hf_export")
 DATA = pathlib.Path(__file__).parent / "data"
 TOKEN_CASES = json.loads((DATA / "smollm2_tokens.json").read_text(encoding="utf-8"))["cases"]
 # SentencePiece's and transformers' conversion of it differ on runs of spaces
