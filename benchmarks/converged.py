@@ -320,12 +320,17 @@ class Study(ArmResults):
             stop = keras.callbacks.EarlyStopping(
                 patience=s["fft_patience"], restore_best_weights=True
             )
+            progress = keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: print(
+                    f"  epoch {epoch + 1}: validation loss {logs['val_loss']:.4f}", flush=True
+                )
+            )
             result = protocol.full_fine_tune(
                 model,
                 data["train"],
                 learning_rate=rate,
                 validation_data=data["validation"],
-                callbacks=[stop],
+                callbacks=[stop, progress],
                 **{**train, "epochs": s["fft_max_epochs"]},
             )
             model.backbone.save_weights(self.weights_path(task, rate))
