@@ -86,7 +86,7 @@ def get_qwen3_config(backbone):
 
 
 def get_qwen3_weights_map(backbone, include_lm_head=False):
-    weights = _embedding_and_norm(backbone, backbone.layer_norm.scale)
+    weights = _embedding_and_norm(backbone)
     for i in range(backbone.num_layers):
         block = backbone.get_layer(f"transformer_layer_{i}")
         attention = block._self_attention_layer
@@ -168,7 +168,7 @@ def get_phi3_config(backbone):
 
 
 def get_phi3_weights_map(backbone, include_lm_head=False):
-    weights = _embedding_and_norm(backbone, backbone.layer_norm.scale)
+    weights = _embedding_and_norm(backbone)
     for i in range(backbone.num_layers):
         block = backbone.get_layer(f"transformer_layer_{i}")
         attention = block.attention
@@ -215,10 +215,10 @@ def _projection(kernel, inputs):
     return ops.transpose(ops.reshape(kernel, (size_in, -1)))
 
 
-def _embedding_and_norm(backbone, final_scale):
+def _embedding_and_norm(backbone):
     return {
         "model.embed_tokens.weight": backbone.token_embedding.embeddings,
-        "model.norm.weight": final_scale,
+        "model.norm.weight": backbone.layer_norm.scale,
     }
 
 
@@ -279,7 +279,7 @@ def _added_tokens(tokenizer, tokens):
 
 def tokenizer_files(tokenizer, path):
     """Writes a tokenizer's vocabulary in the files transformers reads for it."""
-    if hasattr(tokenizer, "proto"):  # SentencePiece
+    if isinstance(tokenizer, keras_hub.tokenizers.SentencePieceTokenizer):
         with open(os.path.join(path, "tokenizer.model"), "wb") as file:
             file.write(tokenizer.proto)
         return
