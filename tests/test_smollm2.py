@@ -144,6 +144,28 @@ def test_preprocessor_serializes(smollm2, tmp_path):
     assert not mismatches(got)
 
 
+@pytest.mark.backend_independent
+def test_keras_hub_finds_only_its_own_classes_for_a_llama3_preset():
+    # KerasHub picks a preset's task, preprocessor and tokenizer class among
+    # the registered subclasses with its backbone class, in set order: with a
+    # second candidate, a Llama 3 preset loaded as SmolLM2's classes in some
+    # processes only (and two processes of one run diverged).
+    registered = set(keras.saving.get_custom_objects().values())
+    for base in (
+        keras_hub.models.CausalLM,
+        keras_hub.models.CausalLMPreprocessor,
+        keras_hub.tokenizers.Tokenizer,
+    ):
+        found = [
+            cls.__name__
+            for cls in registered
+            if isinstance(cls, type)
+            and issubclass(cls, base)
+            and cls.backbone_cls is keras_hub.models.Llama3Backbone
+        ]
+        assert found == [f"Llama3{base.__name__}"], base
+
+
 def test_argmax_follows_llama_cpp_greedy(smollm2):
     # Teacher-forced on llama.cpp's greedy continuation. llama.cpp rounds
     # activations to 8 bits in its matmuls, so near-ties may differ.

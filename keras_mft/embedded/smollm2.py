@@ -119,6 +119,12 @@ class SmolLM2CausalLM(keras_hub.models.Llama3CausalLM):
     this one is `keras_mft.export_to_transformers`.
     """
 
+    # KerasHub picks the class of a preset by its backbone class among every
+    # registered subclass, in no fixed order: sharing Llama3Backbone would
+    # let a Llama 3 preset load as this class. A preset of this model names
+    # its class in its config, so it still loads as this one.
+    backbone_cls = None
+
     def export_to_transformers(self, path):
         from keras_mft.saving.transformers import export_to_transformers
 
@@ -134,6 +140,7 @@ class SmolLM2CausalLMPreprocessor(keras_hub.models.Llama3CausalLMPreprocessor):
     chat message, so a chat prompt would start with it twice.
     """
 
+    backbone_cls = None  # as SmolLM2CausalLM's
     tokenizer_cls = SmolLM2Tokenizer
 
     def _generate_preprocess_python(self, x, sequence_length=None):

@@ -90,6 +90,10 @@ class SmolLM2Tokenizer(Llama3Tokenizer):
     ```
     """
 
+    # Out of KerasHub's lookup of a preset's tokenizer class by backbone class
+    # (see `SmolLM2CausalLM`): a Llama 3 preset keeps Llama 3's tokenizer.
+    backbone_cls = None
+
     def __init__(
         self,
         vocabulary=None,
