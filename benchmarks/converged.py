@@ -47,6 +47,7 @@ import numpy as np
 from reproduce import ArmResults
 from reproduce import concatenated_rows
 from reproduce import holm
+from reproduce import measured_records
 from reproduce import paired_bootstrap
 from reproduce import part
 from reproduce import study_parser
@@ -58,7 +59,6 @@ from keras_mft.data.instruction_data import tokenize_examples
 from keras_mft.embedded import smollm2
 from keras_mft.embedded.lm_eval_tasks import offline
 from keras_mft.embedded.packaged_files import packaged_file
-from keras_mft.evaluation import per_example_metrics
 from keras_mft.harness import KerasMFTLM
 
 SETTINGS = {
@@ -273,9 +273,10 @@ class Study(ArmResults):
         return model
 
     def fft_rate(self, task):
-        """The FFT rate with the lowest validation loss at its best epoch."""
-        records = {rate: self.record(fft_arm(task, rate)) for rate in self.settings["fft_rates"]}
-        return min(records, key=lambda rate: min(records[rate]["epochs"]["val_loss"]))
+        """The rate of `chosen_fft`'s arm, each arm of the grid run first if missing."""
+        rates = {fft_arm(task, rate): rate for rate in self.settings["fft_rates"]}
+        records = {arm: self.record(arm) for arm in rates}
+        return rates[chosen_fft(records, task, self.settings)]
 
     def fft_model(self, task):
         rate = self.fft_rate(task)
@@ -367,24 +368,15 @@ class Study(ArmResults):
             )
         else:
             raise ValueError(f"Unknown arm {arm!r}.")
-        record = {
-            "arm": arm,
-            "settings_key": self.key,
-            "backend": keras.backend.backend(),
-            "train_seconds": time.time() - start,
-            **extra,
-        }
-        for part_name in ("validation", "held_out"):
-            metrics = per_example_metrics(model, data[part_name], s["batch_size"])
-            record[part_name] = {key: value.tolist() for key, value in metrics.items()}
-            if task == "arc" and part_name == "held_out":  # choices by validation loss
-                questions = data["questions"][part_name]
-                accuracy = lm_eval_accuracy(
-                    model, self.preprocessor, questions, s["lm_eval_batch_size"]
-                )
-                record[part_name].update({key: value.tolist() for key, value in accuracy.items()})
-        record["seconds"] = time.time() - start
-        self.result_path(arm).write_text(json.dumps(record), encoding="utf-8")
+        parts = {part_name: data[part_name] for part_name in ("validation", "held_out")}
+        record = self.measured(arm, start, model, parts, s["batch_size"], **extra)
+        if task == "arc":  # held out only: all choices are made on validation loss
+            questions = data["questions"]["held_out"]
+            accuracy = lm_eval_accuracy(
+                model, self.preprocessor, questions, s["lm_eval_batch_size"]
+            )
+            record["held_out"].update({key: value.tolist() for key, value in accuracy.items()})
+        self.save(record, start)
         print(f"{arm}: {record['seconds'] / 60:.1f} min", flush=True)
         return record
 
@@ -561,10 +553,7 @@ def main(argv=None):
             task, name, *_ = arm.split("/")
             if name == "lora":  # the grid grows past its best rate
                 study.lora_rates(task)
-    records = {}
-    for path in sorted(pathlib.Path(args.results).glob("*.json")):
-        record = json.loads(path.read_text(encoding="utf-8"))
-        records[record["arm"]] = record
+    records = measured_records(args.results)
     report(records, args.images, settings)
 
 

@@ -135,6 +135,26 @@ class ArmResults:
             )
         return record
 
+    def measured(self, arm, start, model, parts, batch_size, **extra):
+        """The record of an arm trained since `start`: its settings key and
+        backend, `extra`, and each part's per-example metrics (part name -> data)."""
+        record = {
+            "arm": arm,
+            "settings_key": self.key,
+            "backend": keras.backend.backend(),
+            "train_seconds": time.time() - start,
+            **extra,
+        }
+        for part_name, data in parts.items():
+            metrics = evaluation.per_example_metrics(model, data, batch_size)
+            record[part_name] = {key: value.tolist() for key, value in metrics.items()}
+        return record
+
+    def save(self, record, start):
+        """Writes the arm's record, with the seconds since `start`."""
+        record["seconds"] = time.time() - start
+        self.result_path(record["arm"]).write_text(json.dumps(record), encoding="utf-8")
+
 
 class Experiment(ArmResults):
     """The data, the cache and the models shared by every arm."""
@@ -249,19 +269,18 @@ class Experiment(ArmResults):
             extra = {"learning_rate": rate}
         else:
             raise ValueError(f"Unknown arm {arm!r}.")
-        record = {
-            "arm": arm,
-            "settings_key": self.key,
-            "backend": keras.backend.backend(),
-            "train_seconds": time.time() - start,
-            **extra,
-        }
-        for part_name, data in self.scored.items():
-            metrics = evaluation.per_example_metrics(model, data, s["batch_size"])
-            record[part_name] = {key: value.tolist() for key, value in metrics.items()}
-        record["seconds"] = time.time() - start
-        self.result_path(arm).write_text(json.dumps(record), encoding="utf-8")
+        record = self.measured(arm, start, model, self.scored, s["batch_size"], **extra)
+        self.save(record, start)
         return record
+
+
+def measured_records(results):
+    """Every arm's record in the folder `results`, by arm name."""
+    records = {}
+    for path in sorted(pathlib.Path(results).glob("*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        records[record["arm"]] = record
+    return records
 
 
 def settings_key(settings):
@@ -493,10 +512,7 @@ def main(argv=None):
                     f"in {record['seconds'] / 60:.1f} min",
                     flush=True,
                 )
-    records = {}
-    for path in sorted(pathlib.Path(args.results).glob("*.json")):
-        record = json.loads(path.read_text(encoding="utf-8"))
-        records[record["arm"]] = record
+    records = measured_records(args.results)
     report(records, args.images)
 
 

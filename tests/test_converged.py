@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 
+from tests.shared.scripts import arm_record
 from tests.shared.scripts import import_benchmark
 from tests.shared.scripts import run_benchmark
 
@@ -29,10 +30,6 @@ def study(tmp_path, *arguments):
 def run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("converged")
     return tmp_path, study(tmp_path, "--arms", ARMS)
-
-
-def record(tmp_path, arm):
-    return json.loads((tmp_path / "results" / f"{arm.replace('/', '_')}.json").read_text())
 
 
 @pytest.mark.backend_independent
@@ -55,9 +52,10 @@ def test_each_arm_is_scored_question_by_question(run):
     fft = [f"arc/fft/lr{rate}" for rate in ("0.0001", "0.001")]
     assert names == sorted(arm.replace("/", "_") + ".json" for arm in fft + ARMS.split(","))
     for arm in fft:
-        epochs = record(tmp_path, arm)["epochs"]["val_loss"]
-        assert 1 <= len(epochs) <= 2 and record(tmp_path, arm)["best_epoch"] <= len(epochs)
-    arc = record(tmp_path, "arc/mft/seed0")
+        fft_record = arm_record(tmp_path / "results", arm)
+        epochs = fft_record["epochs"]["val_loss"]
+        assert 1 <= len(epochs) <= 2 and fft_record["best_epoch"] <= len(epochs)
+    arc = arm_record(tmp_path / "results", "arc/mft/seed0")
     # --fast holds 8 held-out questions, which lm-eval scores, and 6 for
     # validation, scored by loss (the choices are made on validation loss).
     assert {len(arc["held_out"][m]) for m in ("acc", "acc_norm", "loss")} == {8}

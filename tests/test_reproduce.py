@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+from tests.shared.scripts import arm_record
 from tests.shared.scripts import import_benchmark
 from tests.shared.scripts import run_benchmark
 
@@ -41,10 +42,6 @@ def run(tmp_path_factory):
     return tmp_path, reproduce(tmp_path, "--arms", ARMS)
 
 
-def record(tmp_path, arm):
-    return json.loads((tmp_path / "results" / f"{arm.replace('/', '_')}.json").read_text())
-
-
 @on_the_study_backend
 def test_each_arm_is_scored_problem_by_problem(run):
     tmp_path, output = run
@@ -55,20 +52,26 @@ def test_each_arm_is_scored_problem_by_problem(run):
     assert names == sorted(arm.replace("/", "_") + ".json" for arm in arms)
     assert output.count("training FFT first") == 1
     assert (tmp_path / "weights" / "fft_backbone.weights.h5").exists()
-    mft = record(tmp_path, "mft/seed0")
+    mft = arm_record(tmp_path / "results", "mft/seed0")
     assert mft["backend"] == keras.backend.backend()
     # --fast scores 6 held-out and 4 validation problems, each on its own.
     assert len(mft["held_out"]["loss"]) == 6 and len(mft["validation"]["loss"]) == 4
     assert all(tokens > 0 for tokens in mft["held_out"]["tokens"])
     assert mft["score_budget"] == pytest.approx(0.47, rel=1e-4)
     assert 0 < mft["mask_changed"] and mft["median_score_travel"] > 0
-    assert mft["held_out"]["loss"] != record(tmp_path, "mft/seed1")["held_out"]["loss"]
+    assert (
+        mft["held_out"]["loss"] != arm_record(tmp_path / "results", "mft/seed1")["held_out"]["loss"]
+    )
     # LoRA from base ran at the rate best on validation of the three from FFT.
     losses = {
-        rate: np.mean(record(tmp_path, f"lora_from_fft/lr{rate}")["validation"]["loss"])
+        rate: np.mean(
+            arm_record(tmp_path / "results", f"lora_from_fft/lr{rate}")["validation"]["loss"]
+        )
         for rate in (1e-4, 3e-4, 1e-3)
     }
-    assert record(tmp_path, "lora_from_base")["learning_rate"] == min(losses, key=losses.get)
+    assert arm_record(tmp_path / "results", "lora_from_base")["learning_rate"] == min(
+        losses, key=losses.get
+    )
 
 
 @on_the_study_backend
@@ -91,7 +94,9 @@ def test_a_second_run_skips_measured_arms(run):
 def test_results_from_other_settings_are_refused(run):
     tmp_path, _ = run
     path = tmp_path / "results" / "mft_seed0.json"
-    path.write_text(json.dumps({**record(tmp_path, "mft/seed0"), "settings_key": "other"}))
+    path.write_text(
+        json.dumps({**arm_record(tmp_path / "results", "mft/seed0"), "settings_key": "other"})
+    )
     with pytest.raises(SystemExit, match="measured with other settings or another backend"):
         reproduce(tmp_path, "--arms", "mft/seed0")
 

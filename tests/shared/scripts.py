@@ -3,6 +3,7 @@
 import contextlib
 import importlib
 import io
+import json
 import pathlib
 import sys
 
@@ -28,3 +29,8 @@ def run_benchmark(name, *arguments):
     with contextlib.redirect_stdout(output):
         import_benchmark(name).main(list(arguments))
     return output.getvalue()
+
+
+def arm_record(results, arm):
+    """The record of `arm` that a study script wrote into the folder `results`."""
+    return json.loads((pathlib.Path(results) / f"{arm.replace('/', '_')}.json").read_text())
