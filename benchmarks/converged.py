@@ -279,13 +279,59 @@ class Study(ArmResults):
         return rates[chosen_fft(records, task, self.settings)]
 
     def fft_model(self, task):
+        """The chosen FFT model, trained again up to its kept epoch if its weights
+        are not here (they are not committed: 0.5 GB)."""
         rate = self.fft_rate(task)
-        if not self.weights_path(task, rate).exists():
-            print(f"No weights of {fft_arm(task, rate)}: training it again.", flush=True)
-            self.run(fft_arm(task, rate))
+        path = self.weights_path(task, rate)
+        if not path.exists():
+            arm = fft_arm(task, rate)
+            kept = self.record(arm)["best_epoch"]
+            print(f"No weights of {arm}: training its {kept} epoch(s) again.", flush=True)
+            _, val_loss = self.fine_tune_fully(task, rate, epochs=kept)
+            recorded = self.record(arm)["epochs"]["val_loss"][kept - 1]
+            print(f"  validation loss {val_loss[-1]:.4f} (recorded {recorded:.4f})", flush=True)
+            if abs(val_loss[-1] - recorded) > 0.01:
+                path.unlink()
+                raise SystemExit(f"{arm} trained again does not match its record.")
         model = self.load_model()
-        model.backbone.load_weights(self.weights_path(task, rate))
+        model.backbone.load_weights(path)
         return model, rate
+
+    def fine_tune_fully(self, task, rate, epochs=None):
+        """FFT from the base model, its weights saved; returns it and the
+        validation loss of each epoch. The schedule spans `fft_max_epochs`:
+        early stopping ends it, or `epochs` does to train the kept epoch again."""
+        s = self.settings
+        data = self.data[task]
+        model = self.load_model()
+        if epochs is None:
+            stop = keras.callbacks.EarlyStopping(
+                patience=s["fft_patience"], restore_best_weights=True
+            )
+        else:
+            stop = keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: setattr(
+                    model, "stop_training", epoch + 1 == epochs
+                )
+            )
+        progress = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: print(
+                f"  epoch {epoch + 1}: validation loss {logs['val_loss']:.4f}", flush=True
+            )
+        )
+        result = protocol.full_fine_tune(
+            model,
+            data["train"],
+            learning_rate=rate,
+            validation_data=data["validation"],
+            callbacks=[stop, progress],
+            batch_size=s["batch_size"],
+            epochs=s["fft_max_epochs"],
+            seed=0,
+            verbose=0,
+        )
+        model.backbone.save_weights(self.weights_path(task, rate))
+        return model, result["epochs"]["val_loss"]
 
     def lora_rates(self, task):
         """LoRA's grid, grown by factors of 10**0.5 until its best rate on
@@ -316,27 +362,8 @@ class Study(ArmResults):
         if name == "base":
             model = self.load_model()
         elif name == "fft":
-            rate = float(variant[2:])
-            model = self.load_model()
-            stop = keras.callbacks.EarlyStopping(
-                patience=s["fft_patience"], restore_best_weights=True
-            )
-            progress = keras.callbacks.LambdaCallback(
-                on_epoch_end=lambda epoch, logs: print(
-                    f"  epoch {epoch + 1}: validation loss {logs['val_loss']:.4f}", flush=True
-                )
-            )
-            result = protocol.full_fine_tune(
-                model,
-                data["train"],
-                learning_rate=rate,
-                validation_data=data["validation"],
-                callbacks=[stop, progress],
-                **{**train, "epochs": s["fft_max_epochs"]},
-            )
-            model.backbone.save_weights(self.weights_path(task, rate))
-            extra = {"epochs": {"val_loss": result["epochs"]["val_loss"]}}
-            extra["best_epoch"] = int(np.argmin(extra["epochs"]["val_loss"])) + 1
+            model, val_loss = self.fine_tune_fully(task, float(variant[2:]))
+            extra = {"epochs": {"val_loss": val_loss}, "best_epoch": int(np.argmin(val_loss)) + 1}
         elif name in ("mft", "mft_magnitude", "band"):
             if name == "mft_magnitude":
                 band["score_init"] = "magnitude"

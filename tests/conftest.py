@@ -52,7 +52,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("backend_independent") is not None:
             check_independent_fixtures(item)
-    # A test marked `one_backend(name)` runs in that backend's session only.
+    # A test marked `one_backend(name)` runs with that backend only.
     elsewhere = [
         item
         for item in items

@@ -6,6 +6,8 @@ The fast mode runs on TensorFlow only, the backend the study runs on
 
 import collections
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -65,6 +67,17 @@ def test_each_arm_is_scored_question_by_question(run):
     assert "| arc | mft vs fft | acc |" in output
     assert "| arc | mft vs continued_fft | acc |" in output
     assert (tmp_path / "converged_forest.png").exists()
+
+
+@on_the_study_backend
+def test_an_fft_model_whose_weights_are_gone_is_trained_again_to_its_kept_epoch(run, tmp_path):
+    shutil.copytree(run[0] / "results", tmp_path / "results")  # the records, no weights
+    output = study(tmp_path, "--arms", "arc/random_mask")
+    again = re.search(r"validation loss (\S+) \(recorded (\S+)\)", output)
+    assert "epoch(s) again" in output and float(again[1]) == pytest.approx(
+        float(again[2]), abs=1e-4
+    )
+    assert len(list((tmp_path / "weights").glob("arc_fft_*.weights.h5"))) == 1
 
 
 @on_the_study_backend

@@ -12,8 +12,8 @@ training or 4 held-out problems, so that each guide trains for a step or two;
 it says so on stderr, and `run_guide` checks that it did. Nothing else
 changes: the guides' code, sizes and settings run as written.
 
-A guide is documentation, run once: each in the nox session of one backend
-(`GUIDES`), so that every backend runs some of them. What they call is tested
+A guide is documentation, run once: each with one backend (`GUIDES`), so
+that every backend runs some of them. What they call is tested
 on every backend by the other tests, and the backends guide runs itself on
 all three.
 """
@@ -133,7 +133,7 @@ def check_paper_protocol(output, tmp_path):
     assert (tmp_path / "protocol_results.json").is_file()
 
 
-# The nox session (backend) each guide runs in, and what its output must show.
+# The backend each guide runs with, and what its output must show.
 # The quickstart runs as the notebook the site offers: the same code, in a kernel.
 NOTEBOOKS = {"quickstart.py"}
 GUIDES = {

@@ -1,6 +1,6 @@
 """What a test marked `backend_independent` may not do.
 
-Such a test runs in one nox session only (noxfile.py), so its result must not
+Such a test runs with one backend only (noxfile.py), so its result must not
 depend on the Keras backend: it may not build a layer, model or variable
 (tokenizers are layers too), call `keras.ops`, ask which backend runs, or
 start a process that inherits the session's backend.
