@@ -285,10 +285,11 @@ class Study(ArmResults):
         path = self.weights_path(task, rate)
         if not path.exists():
             arm = fft_arm(task, rate)
-            kept = self.record(arm)["best_epoch"]
+            record = self.record(arm)
+            kept = record["best_epoch"]
             print(f"No weights of {arm}: training its {kept} epoch(s) again.", flush=True)
             _, val_loss = self.fine_tune_fully(task, rate, epochs=kept)
-            recorded = self.record(arm)["epochs"]["val_loss"][kept - 1]
+            recorded = record["epochs"]["val_loss"][kept - 1]
             print(f"  validation loss {val_loss[-1]:.4f} (recorded {recorded:.4f})", flush=True)
             if abs(val_loss[-1] - recorded) > 0.01:
                 path.unlink()

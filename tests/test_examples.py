@@ -13,9 +13,8 @@ it says so on stderr, and `run_guide` checks that it did. Nothing else
 changes: the guides' code, sizes and settings run as written.
 
 A guide is documentation, run once: each with one backend (`GUIDES`), so
-that every backend runs some of them. What they call is tested
-on every backend by the other tests, and the backends guide runs itself on
-all three.
+that every backend runs some of them. What they call is tested on every
+backend by the other tests, and the backends guide runs itself on all three.
 """
 
 import importlib
