@@ -44,6 +44,7 @@ import time
 import keras
 import lm_eval
 import numpy as np
+from lm_eval.tasks import TaskManager
 from reproduce import ArmResults
 from reproduce import concatenated_rows
 from reproduce import holm
@@ -198,7 +199,12 @@ def lm_eval_accuracy(model, preprocessor, questions, batch_size):
         try:
             lm = KerasMFTLM(model=model, batch_size=batch_size, max_length=512)
             results = lm_eval.simple_evaluate(
-                model=lm, tasks=[task], log_samples=True, verbosity="ERROR"
+                model=lm,
+                tasks=[task],
+                # The task is given whole: no index of lm-eval's own tasks.
+                task_manager=TaskManager(include_defaults=False),
+                log_samples=True,
+                verbosity="ERROR",
             )
         finally:
             model.preprocessor = own
@@ -548,7 +554,7 @@ def report(records, images, settings):
         axes.set_yticks(range(len(rows)), [f"{r[0]}: {r[1]} vs {r[2]}" for r in reversed(rows)])
         axes.axvline(0.0, color="black", linewidth=0.8)
         axes.set_xlabel(
-            "improvement over the reference (ARC: accuracy; GSM8K: -loss), 95% interval"
+            "improvement over the reference, 95% interval\n(ARC: accuracy; GSM8K: minus the loss)"
         )
         figure.savefig(pathlib.Path(images) / "converged_forest.png", dpi=100)
 

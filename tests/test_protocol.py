@@ -158,11 +158,18 @@ def test_response_loss_is_the_mean_over_response_tokens(byte_tokenizer, data):
 
 
 def reference_greedy(model, prompt_ids, steps, end_id):
-    """Greedy decoding by recomputing the whole sequence at every step."""
+    """Greedy decoding by recomputing the whole sequence at every step.
+
+    The sequence is padded at the end to one length, which the causal model
+    never attends to: one shape, so JAX compiles each operation once.
+    """
     ids = list(prompt_ids)
+    length = len(ids) + steps
     for _ in range(steps):
-        batch = {"token_ids": np.array([ids]), "padding_mask": np.ones((1, len(ids)), bool)}
-        next_id = int(np.argmax(to_numpy(model(batch))[0, -1]))
+        token_ids = np.zeros((1, length), "int32")
+        token_ids[0, : len(ids)] = ids
+        batch = {"token_ids": token_ids, "padding_mask": np.arange(length)[None] < len(ids)}
+        next_id = int(np.argmax(to_numpy(model(batch))[0, len(ids) - 1]))
         if next_id == end_id:
             break
         ids.append(next_id)
