@@ -16,7 +16,9 @@ from tests.shared.scripts import arm_record
 from tests.shared.scripts import import_benchmark
 from tests.shared.scripts import run_benchmark
 
-ARMS = "mft/seed0,mft/seed1,continued_fft/seed0,lora_from_base"
+# LoRA trains from FFT at one rate: the choice of `lora_from_base`'s rate is
+# tested on hand-written records below.
+ARMS = "mft/seed0,mft/seed1,continued_fft/seed0,lora_from_fft/lr0.0001"
 # The arms' module fixture is built once, on one worker.
 pytestmark = pytest.mark.xdist_group("reproduce")
 on_the_study_backend = pytest.mark.one_backend("tensorflow")
@@ -46,9 +48,8 @@ def run(tmp_path_factory):
 def test_each_arm_is_scored_problem_by_problem(run):
     tmp_path, output = run
     names = sorted(path.name for path in (tmp_path / "results").glob("*.json"))
-    # FFT was trained once, for the first arm that needed it, and scored too;
-    # LoRA from base first measured LoRA from FFT at each rate to choose its own.
-    arms = ["fft"] + ARMS.split(",") + [f"lora_from_fft/lr{rate}" for rate in (1e-4, 3e-4, 1e-3)]
+    # FFT was trained once, for the first arm that needed it, and scored too.
+    arms = ["fft"] + ARMS.split(",")
     assert names == sorted(arm.replace("/", "_") + ".json" for arm in arms)
     assert output.count("training FFT first") == 1
     assert (tmp_path / "weights" / "fft_backbone.weights.h5").exists()
@@ -62,16 +63,8 @@ def test_each_arm_is_scored_problem_by_problem(run):
     assert (
         mft["held_out"]["loss"] != arm_record(tmp_path / "results", "mft/seed1")["held_out"]["loss"]
     )
-    # LoRA from base ran at the rate best on validation of the three from FFT.
-    losses = {
-        rate: np.mean(
-            arm_record(tmp_path / "results", f"lora_from_fft/lr{rate}")["validation"]["loss"]
-        )
-        for rate in (1e-4, 3e-4, 1e-3)
-    }
-    assert arm_record(tmp_path / "results", "lora_from_base")["learning_rate"] == min(
-        losses, key=losses.get
-    )
+    lora = arm_record(tmp_path / "results", "lora_from_fft/lr0.0001")
+    assert lora["learning_rate"] == 1e-4 and lora["held_out"]["loss"] != mft["held_out"]["loss"]
 
 
 @on_the_study_backend
